@@ -1,0 +1,8 @@
+"""mscvision: morphology and differentiation-state classification of cultured MSC images.
+
+Layers (each imports only the ones before it):
+``core`` (numpy + Pillow/tifffile) → ``synth`` (numpy) → ``runtime`` (+ onnxruntime)
+→ ``training`` (+ torch, Lightning, albumentations) → ``export`` (+ onnx).
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,5 @@
+import sys
+
+from mscvision.cli import main
+
+sys.exit(main())

@@ -1,0 +1,32 @@
+"""Errors a user can act on, and the exit codes shared by every subcommand (DESIGN.md)."""
+
+EXIT_OK = 0
+EXIT_INTERNAL = 1
+EXIT_USAGE = 2
+EXIT_INPUTS_FAILED = 3
+EXIT_QC_FAIL = 4
+EXIT_QC_REVIEW = 5
+
+
+class MscvisionError(Exception):
+    """A problem the user can fix: printed as one line, without a traceback."""
+
+    exit_code = EXIT_USAGE
+
+
+class ConfigError(MscvisionError):
+    """A bad config key or value."""
+
+
+class DataError(MscvisionError):
+    """A bad data set: manifest row, label, missing file, empty set."""
+
+
+class ImageError(MscvisionError):
+    """One image cannot be used (unreadable, wrong channels, wrong bit depth, too large)."""
+
+    exit_code = EXIT_INPUTS_FAILED
+
+
+class ModelError(MscvisionError):
+    """A model file that is missing, unreadable or not an mscvision model of a known version."""

@@ -1,0 +1,214 @@
+"""Run configuration: frozen dataclasses loaded from YAML, with dotted command-line overrides.
+
+Unknown keys and values of the wrong type are rejected with a message naming the key. The resolved
+config is saved in the run directory and inside every checkpoint, so a run rebuilds itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mscvision.core.errors import ConfigError
+from mscvision.core.preprocess import PreprocessSpec
+
+CONFIG_DIR = Path(__file__).resolve().parents[3] / "configs"  # the repo's configs/ (editable install)
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    n: int = 2400
+    seed: int = 0
+    modality: str = "phase"
+    bit_depth: int = 8
+    size: int = 128
+    cache_dir: str = "data/synthetic"  # generated once, reused while synth.json matches
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    path: str | None = None  # manifest.csv, folder with one, or class-per-folder tree; None = synthetic
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    val_fraction: float = 0.15
+    test_fraction: float = 0.2
+    split_seed: int = 0
+    skip_missing: bool = False  # rows whose image is missing: error (default) or warn-and-skip
+    skip_unreadable: bool = False  # images that fail to decode: error (default) or warn-and-skip
+    num_workers: int = 2
+    cache_images: bool = True  # keep decoded, scaled images in memory (fast epochs on small sets)
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    column: str | None = None  # manifest column; default = the task name
+    classes: list[str] | None = None  # output order; default = sorted labels found in the data
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    backbone: str = "resnet18"
+    stem_stride: int = 4  # 4: ImageNet stem (7x7/2 + maxpool); 2: 3x3/2; 1: 3x3/1 for tiny crops
+    pretrained: str | None = None  # local .pth of ImageNet weights; never downloaded
+    dropout: float = 0.0
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.1
+    class_weights: bool = True  # inverse-frequency weights per task, from the training split
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    enabled: bool = True
+    flips: bool = True
+    rot90: bool = True
+    affine_degrees: float = 15.0
+    affine_scale: float = 0.1  # zoom of ±10%
+    brightness_contrast: float = 0.2
+    gamma: float = 0.2
+    blur_prob: float = 0.2
+    noise_std: float = 0.02
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    max_epochs: int = 14
+    batch_size: int = 64
+    accelerator: str = "auto"  # auto | cpu | gpu
+    devices: int = 1
+    precision: str = "auto"  # auto: bf16-mixed on CUDA, 32-true on CPU
+    channels_last: str = "auto"  # auto: on for CUDA
+    early_stopping_patience: int = 6
+    deterministic: bool = False
+    num_threads: int = 0  # torch intra-op threads on CPU; 0 = library default
+    limit_train_batches: float = 1.0
+    limit_val_batches: float = 1.0
+    log_every_n_steps: int = 10
+    progress_bar: bool = True
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str = "default"
+    seed: int = 0
+    output_dir: str = "runs"
+    tasks: dict[str, TaskConfig] = field(default_factory=lambda: {
+        "morphology": TaskConfig(), "differentiation": TaskConfig()})
+    data: DataConfig = field(default_factory=DataConfig)
+    preprocess: PreprocessSpec = field(default_factory=PreprocessSpec)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def hash(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def load_config(paths: list[str | Path] | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """YAML files (default: configs/default.yaml), deep-merged in order, then ``key.sub=value``
+    overrides → a validated ``RunConfig``."""
+    import yaml
+
+    raw: dict = {}
+    for path in [Path(p) for p in paths] if paths else [CONFIG_DIR / "default.yaml"]:
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist. Fix: pass --config with a file from configs/.")
+        with open(path, encoding="utf-8") as f:
+            layer = yaml.safe_load(f) or {}
+        if not isinstance(layer, dict):
+            raise ConfigError(f"{path}: a config file must be a mapping of sections")
+        _deep_merge(raw, layer)
+    for override in overrides:
+        _apply_override(raw, override, yaml)
+    return from_dict(RunConfig, raw, "")
+
+
+def _deep_merge(base: dict, layer: dict) -> None:
+    for key, value in layer.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _deep_merge(base[key], value)
+        else:
+            base[key] = value
+
+
+def _apply_override(raw: dict, override: str, yaml) -> None:
+    if "=" not in override:
+        raise ConfigError(f"override {override!r} is not KEY=VALUE (e.g. trainer.max_epochs=5)")
+    key, value = override.split("=", 1)
+    node = raw
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {key!r}: {part!r} is not a section")
+    node[parts[-1]] = yaml.safe_load(value)
+
+
+def from_dict(cls: type, data: Any, where: str) -> Any:
+    """Build a (nested) dataclass from plain data, checking keys and types; ``where`` names the key."""
+    if data is None:
+        return cls()
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {[_join(where, k) for k in unknown]}; "
+                          f"known under {where or 'top level'}: {sorted(names)}")
+    values = {k: _coerce(hints[k], v, _join(where, k)) for k, v in data.items()}
+    try:
+        return cls(**values)
+    except TypeError as exc:
+        raise ConfigError(f"{where or 'config'}: {exc}") from exc
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def _coerce(hint: Any, value: Any, where: str) -> Any:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, where)
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value, where)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return {str(k): _coerce(args[1], v, f"{where}.{k}") for k, v in value.items()}
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        items = [_coerce(args[0], v, where) for v in value]
+        return tuple(items) if origin is tuple else items
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float, str, bool) and not (isinstance(value, hint) and not (hint is int and isinstance(value, bool))):
+        raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r} ({type(value).__name__})")
+    return value
+
+
+def save_config(config: RunConfig, path: Path) -> None:
+    import yaml
+
+    from mscvision.core.fileio import write_text_atomic
+
+    write_text_atomic(path, yaml.safe_dump(config.to_dict(), sort_keys=False))

@@ -1,0 +1,103 @@
+"""From config to labelled, split data: synthetic cache, manifest, tasks, targets, group split."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mscvision.core.errors import DataError
+from mscvision.core.manifest import Manifest, encode_targets, infer_classes, load_dataset
+from mscvision.core.splits import check_groups_disjoint, stratification_key, train_val_test_split
+from mscvision.core.tasks import Task
+from mscvision.training.config import DataConfig, RunConfig, SyntheticConfig
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    manifest: Manifest
+    tasks: list[Task]
+    targets: dict[str, np.ndarray]  # task -> class index per row (IGNORE_INDEX = unknown)
+    split: np.ndarray  # "train" / "val" / "test" per row
+    warnings: list[str]
+
+    def indices(self, side: str) -> np.ndarray:
+        return np.flatnonzero(self.split == side)
+
+
+def resolve_data_path(data: DataConfig) -> Path:
+    """The configured data set, or the synthetic default (generated once into the cache dir)."""
+    if data.path:
+        return Path(data.path)
+    return ensure_synthetic(data.synthetic)
+
+
+def ensure_synthetic(cfg: SyntheticConfig) -> Path:
+    from mscvision.synth import generate_dataset
+
+    params = {"n": cfg.n, "seed": cfg.seed, "modality": cfg.modality, "bit_depth": cfg.bit_depth, "size": cfg.size}
+    folder = Path(cfg.cache_dir) / "_".join(f"{k}{v}" for k, v in params.items())
+    if _cache_matches(folder, params):
+        return folder / "manifest.csv"
+    print(f"generating the synthetic data set ({cfg.n} images) into {folder} (once; cached)", flush=True)
+    return Path(generate_dataset(folder, workers=2, **params))
+
+
+def _cache_matches(folder: Path, params: dict) -> bool:
+    info, manifest = folder / "synth.json", folder / "manifest.csv"
+    if not (info.is_file() and manifest.is_file()):
+        return False
+    recorded = json.loads(info.read_text())
+    return all(recorded.get(k) == v for k, v in params.items())
+
+
+def prepare_data(config: RunConfig) -> PreparedData:
+    columns = {name: (task.column or name) for name, task in config.tasks.items()}
+    manifest, warnings = load_dataset(resolve_data_path(config.data), list(columns.values()),
+                                      skip_missing=config.data.skip_missing)
+    tasks = [Task(name, tuple(cfg.classes) if cfg.classes else infer_classes(manifest, columns[name]), columns[name])
+             for name, cfg in config.tasks.items()]
+    targets = encode_targets(manifest, tasks)
+    if not manifest.has_groups:
+        warnings.append("the data set has no 'group' column: each image is its own group, so near-"
+                        "duplicates (same cell, well or donor) may straddle the split and inflate metrics")
+    split = _split(manifest, targets, config.data)
+    for side in ("train", "val", "test"):
+        if not (split == side).any():
+            raise DataError(f"the {side} split is empty ({len(manifest)} images, "
+                            f"{len(set(manifest.groups))} groups). Fix: add data or groups, or adjust "
+                            "data.val_fraction / data.test_fraction.")
+    return PreparedData(manifest, tasks, targets, split, warnings)
+
+
+def _split(manifest: Manifest, targets: dict[str, np.ndarray], data: DataConfig) -> np.ndarray:
+    groups = np.asarray(manifest.groups)
+    if manifest.splits is not None:
+        split = np.asarray(manifest.splits)
+    else:
+        split = train_val_test_split(stratification_key(targets), groups, data.val_fraction,
+                                     data.test_fraction, data.split_seed)
+    check_groups_disjoint(groups, split)
+    return split
+
+
+def split_table(data: PreparedData) -> str:
+    """CSV of every row's split, written into the run directory."""
+    lines = ["path,group,split," + ",".join(t.name for t in data.tasks)]
+    for i, path in enumerate(data.manifest.paths):
+        labels = ",".join(data.manifest.labels[t.column][i] for t in data.tasks)
+        lines.append(f"{path},{data.manifest.groups[i]},{data.split[i]},{labels}")
+    return "\n".join(lines) + "\n"
+
+
+def class_weights(targets: dict[str, np.ndarray], tasks: list[Task], rows: np.ndarray) -> dict[str, list[float]]:
+    """Inverse-frequency weights per task over the given rows (mean weight 1 over samples)."""
+    weights = {}
+    for task in tasks:
+        y = targets[task.name][rows]
+        counts = np.bincount(y[y >= 0], minlength=task.num_classes).astype(float)
+        w = counts.sum() / (task.num_classes * np.maximum(counts, 1.0))
+        weights[task.name] = w.tolist()
+    return weights

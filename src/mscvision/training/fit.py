@@ -1,0 +1,134 @@
+"""One training run, end to end: data → fit → test on held-out groups → run directory."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+from mscvision.core.fileio import write_json_atomic, write_text_atomic
+from mscvision.training.config import RunConfig, save_config
+from mscvision.training.data import ImageSet, make_loader, scan_images
+from mscvision.training.dataset_setup import PreparedData, class_weights, prepare_data, split_table
+from mscvision.training.evaluate import metrics_for_split, plot_confusion, predict_probabilities
+from mscvision.training.augment import build_train_augment
+from mscvision.training.module import MONITOR, MscClassifier
+
+METRICS_SCHEMA = "mscvision.metrics/1"
+
+
+@dataclass(frozen=True)
+class RunResult:
+    run_dir: Path
+    metrics: dict
+    best_checkpoint: Path
+
+
+def new_run_dir(config: RunConfig) -> Path:
+    """``runs/<name>``, or ``runs/<name>-2``, ``-3``… when taken: a run never overwrites another."""
+    base = Path(config.output_dir) / config.name
+    candidate, n = base, 1
+    while candidate.exists():
+        n += 1
+        candidate = base.with_name(f"{config.name}-{n}")
+    candidate.mkdir(parents=True)
+    return candidate
+
+
+def train(config: RunConfig, run_dir: Path | None = None, resume: bool = False,
+          callbacks: tuple = ()) -> RunResult:
+    started = time.perf_counter()
+    run_dir = run_dir or new_run_dir(config)
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    if config.trainer.num_threads:
+        torch.set_num_threads(config.trainer.num_threads)
+    data = prepare_data(config)
+    save_config(config, run_dir / "config.yaml")
+    write_text_atomic(run_dir / "split.csv", split_table(data))
+    for message in data.warnings:
+        print(f"warning: {message}", flush=True)
+
+    loaders, skipped = _build_loaders(config, data)
+    cuda = _use_cuda(config)
+    module = MscClassifier(config.to_dict(), [t.to_dict() for t in data.tasks],
+                           class_weights(data.targets, data.tasks, loaders["train_rows"]) if config.optim.class_weights else None,
+                           channels_last=_channels_last(config, cuda))
+    checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=MONITOR, mode="max",
+                                 save_last=True)
+    trainer = _build_trainer(config, run_dir, cuda, [checkpoint, *callbacks])
+    last = run_dir / "checkpoints" / "last.ckpt"
+    trainer.fit(module, loaders["train"], loaders["val"], ckpt_path=str(last) if resume else None)
+    if trainer.interrupted:  # Ctrl-C: checkpoints are saved; `--resume RUN_DIR` continues
+        return RunResult(run_dir, {}, last)
+    best = Path(checkpoint.best_model_path or last)
+    metrics = evaluate_run(best, data, loaders, run_dir, cuda)
+    metrics["run"] = {"seconds": round(time.perf_counter() - started, 1), "skipped_images": skipped,
+                      "epochs": trainer.current_epoch, "best_checkpoint": best.name,
+                      "config_hash": config.hash(), "device": "cuda" if cuda else "cpu"}
+    write_json_atomic(run_dir / "metrics.json", metrics)
+    return RunResult(run_dir, metrics, best)
+
+
+def _build_loaders(config: RunConfig, data: PreparedData) -> tuple[dict, list[str]]:
+    spec, workers = config.preprocess, config.data.num_workers
+    scan = scan_images(data.manifest.paths, spec, config.data.cache_images, config.data.skip_unreadable)
+    for message in scan.skipped:
+        print(f"warning: skipped {message}", flush=True)
+    loaders: dict = {}
+    for side in ("train", "val", "test"):
+        rows = np.intersect1d(data.indices(side), scan.keep)
+        augment = build_train_augment(config.augment) if side == "train" else None
+        dataset = ImageSet([data.manifest.paths[i] for i in rows], {k: v[rows] for k, v in data.targets.items()},
+                           spec, augment, [scan.images[i] for i in rows] if config.data.cache_images else None,
+                           seed=config.seed)
+        loaders[side] = make_loader(dataset, config.trainer.batch_size, side == "train", workers, config.seed,
+                                    pin_memory=torch.cuda.is_available())
+        loaders[f"{side}_rows"] = rows
+    return loaders, scan.skipped
+
+
+def _use_cuda(config: RunConfig) -> bool:
+    if config.trainer.accelerator == "cpu":
+        return False
+    return torch.cuda.is_available()
+
+
+def _channels_last(config: RunConfig, cuda: bool) -> bool:
+    return cuda if config.trainer.channels_last == "auto" else config.trainer.channels_last in ("true", "on", "1")
+
+
+def _build_trainer(config: RunConfig, run_dir: Path, cuda: bool, callbacks: list) -> L.Trainer:
+    t = config.trainer
+    precision = ("bf16-mixed" if cuda else "32-true") if t.precision == "auto" else t.precision
+    callbacks = [*callbacks, EarlyStopping(MONITOR, mode="max", patience=t.early_stopping_patience)]
+    if t.progress_bar:
+        callbacks.append(TQDMProgressBar(refresh_rate=10))
+    return L.Trainer(
+        accelerator="gpu" if cuda else "cpu", devices=t.devices, precision=precision,
+        max_epochs=t.max_epochs, deterministic=t.deterministic, callbacks=callbacks,
+        logger=[CSVLogger(run_dir, name="logs", version=""), TensorBoardLogger(run_dir, name="logs", version="")],
+        limit_train_batches=t.limit_train_batches, limit_val_batches=t.limit_val_batches,
+        log_every_n_steps=t.log_every_n_steps, enable_progress_bar=t.progress_bar,
+        enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=run_dir,
+    )
+
+
+def evaluate_run(best: Path, data: PreparedData, loaders: dict, run_dir: Path, cuda: bool) -> dict:
+    """Metrics of the best checkpoint on val and test (held-out groups), plus confusion plots."""
+    model = MscClassifier.load_from_checkpoint(best, map_location="cpu")
+    device = "cuda" if cuda else "cpu"
+    metrics: dict = {"schema": METRICS_SCHEMA, "setup": "plain single pass, best checkpoint"}
+    for side in ("val", "test"):
+        rows = loaders[f"{side}_rows"]
+        probs = predict_probabilities(model, loaders[side], device)
+        metrics[side] = metrics_for_split(probs, {k: v[rows] for k, v in data.targets.items()}, data.tasks)
+        for task in data.tasks:
+            plot_confusion(metrics[side][task.name], task, f"{task.name} ({side})",
+                           run_dir / f"confusion_{side}_{task.name}.png")
+    return metrics

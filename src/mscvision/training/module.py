@@ -1,0 +1,110 @@
+"""The LightningModule: masked multi-task loss, AdamW with warmup + cosine, per-task validation metrics."""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mscvision.core.metrics import classification_metrics
+from mscvision.core.tasks import IGNORE_INDEX, Task
+from mscvision.training.config import RunConfig, from_dict
+from mscvision.training.models import MultiTaskNet, create_backbone
+
+MONITOR = "val/balanced_accuracy"  # mean over tasks: what early stopping and "best" follow
+
+
+class MscClassifier(L.LightningModule):
+    """Holds its whole config (``hparams``), so a checkpoint rebuilds the model and its preprocessing."""
+
+    def __init__(self, config: dict, tasks: list[dict], class_weights: dict[str, list[float]] | None = None,
+                 channels_last: bool = False):
+        super().__init__()
+        self.save_hyperparameters()
+        self.config: RunConfig = from_dict(RunConfig, config, "")
+        self.tasks = [Task.from_dict(t) for t in tasks]
+        model_cfg = self.config.model
+        backbone = create_backbone(model_cfg.backbone, self.config.preprocess.in_channels,
+                                   model_cfg.stem_stride, model_cfg.pretrained)
+        self.net = MultiTaskNet(backbone, {t.name: t.num_classes for t in self.tasks}, model_cfg.dropout)
+        for task in self.tasks:
+            weights = (class_weights or {}).get(task.name)
+            self.register_buffer(f"class_weight_{task.name}",
+                                 torch.tensor(weights, dtype=torch.float32) if weights else None,
+                                 persistent=False)
+        self.use_channels_last = channels_last
+        if channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+        self._val_outputs: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+
+    def forward(self, x: torch.Tensor):
+        if self.use_channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.net(x)
+
+    def multitask_loss(self, logits: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Sum of per-task cross-entropies; samples with an unknown label for a task are masked out."""
+        total = sum(value.sum() * 0.0 for value in logits.values())  # keeps the graph when all masked
+        for task in self.tasks:
+            y = targets[task.name]
+            known = y != IGNORE_INDEX
+            if known.any():
+                total = total + F.cross_entropy(
+                    logits[task.name][known].float(), y[known],
+                    weight=getattr(self, f"class_weight_{task.name}"),
+                    label_smoothing=self.config.optim.label_smoothing)
+        return total
+
+    def training_step(self, batch, batch_idx):
+        x, targets = batch
+        _, logits = self(x)
+        loss = self.multitask_loss(logits, targets)
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(x))
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x, targets = batch
+        _, logits = self(x)
+        self.log("val/loss", self.multitask_loss(logits, targets), prog_bar=False, batch_size=len(x))
+        for task in self.tasks:
+            pred = logits[task.name].argmax(dim=1)
+            self._val_outputs.setdefault(task.name, []).append((targets[task.name].cpu(), pred.cpu()))
+
+    def on_validation_epoch_end(self) -> None:
+        scores = []
+        for task in self.tasks:
+            pairs = self._val_outputs.get(task.name, [])
+            if not pairs:
+                continue
+            y = torch.cat([p[0] for p in pairs]).numpy()
+            pred = torch.cat([p[1] for p in pairs]).numpy()
+            figures = classification_metrics(y, pred, task.classes)
+            self.log(f"val/{task.name}/balanced_accuracy", figures["balanced_accuracy"])
+            self.log(f"val/{task.name}/macro_f1", figures["macro_f1"])
+            scores.append(figures["balanced_accuracy"])
+        if scores:
+            self.log(MONITOR, float(np.mean(scores)), prog_bar=True)
+        self._val_outputs.clear()
+
+    def configure_optimizers(self):
+        cfg = self.config.optim
+        decay, no_decay = [], []
+        for name, param in self.named_parameters():
+            (no_decay if param.ndim <= 1 else decay).append(param)  # no decay on norms and biases
+        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                       {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = int(total * cfg.warmup_epochs / max(1, self.trainer.max_epochs))
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, warmup, total))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+def warmup_cosine(step: int, warmup: int, total: int) -> float:
+    """LR multiplier: linear warmup to 1, then cosine decay to 0 at ``total`` steps."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
