@@ -183,12 +183,12 @@ def write_image(path: str | Path, array: np.ndarray, pixel_size_um: float | None
         if path.suffix.lower() in (".tif", ".tiff"):
             import tifffile
 
+            data = arr if arr.shape[2] > 1 else arr[:, :, 0]
             kwargs = {}
             if pixel_size_um:  # OME-XML is the one pixel-size record every reader agrees on
-                kwargs = {"ome": True, "metadata": {"axes": "YXS" if arr.shape[2] > 1 else "YX",
-                                                    "PhysicalSizeX": pixel_size_um, "PhysicalSizeXUnit": "µm",
-                                                    "PhysicalSizeY": pixel_size_um, "PhysicalSizeYUnit": "µm"}}
-            data = arr if arr.shape[2] > 1 else arr[:, :, 0]
+                data = np.moveaxis(arr, 2, 0) if arr.shape[2] > 1 else data
+                kwargs = {"ome": True, "metadata": {"axes": "CYX" if arr.shape[2] > 1 else "YX",
+                                                    "PhysicalSizeX": pixel_size_um, "PhysicalSizeY": pixel_size_um}}
             tifffile.imwrite(tmp, np.ascontiguousarray(data), photometric="minisblack", **kwargs)
         else:
             _write_pillow(tmp, arr, path.suffix.lower())

@@ -42,6 +42,7 @@ class DataConfig:
     skip_unreadable: bool = False  # images that fail to decode: error (default) or warn-and-skip
     num_workers: int = 2
     cache_images: bool = True  # keep decoded, scaled images in memory (fast epochs on small sets)
+    balanced_sampling: bool = False  # draw training images inversely to the first task's class counts
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,7 @@ class ModelConfig:
     stem_stride: int = 4  # 4: ImageNet stem (7x7/2 + maxpool); 2: 3x3/2; 1: 3x3/1 for tiny crops
     pretrained: str | None = None  # local .pth of ImageNet weights; never downloaded
     dropout: float = 0.0
+    init_from: str | None = None  # run dir or .ckpt to fine-tune from; heads kept where classes match
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,8 @@ class OptimConfig:
     warmup_epochs: float = 1.0
     label_smoothing: float = 0.1
     class_weights: bool = True  # inverse-frequency weights per task, from the training split
+    ema_decay: float = 0.0  # > 0: keep an exponential moving average of the weights; it is what is
+    #                         evaluated, checkpointed as "best" and exported
 
 
 @dataclass(frozen=True)
@@ -95,6 +99,7 @@ class TrainerConfig:
     limit_val_batches: float = 1.0
     log_every_n_steps: int = 10
     progress_bar: bool = True
+    tta: bool = False  # also report test figures with dihedral (8-way) test-time augmentation
 
 
 @dataclass(frozen=True)
@@ -201,6 +206,11 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
         return tuple(items) if origin is tuple else items
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if hint in (int, float, str, bool) and not (isinstance(value, hint) and not (hint is int and isinstance(value, bool))):
         raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r} ({type(value).__name__})")
     return value

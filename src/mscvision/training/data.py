@@ -97,8 +97,8 @@ class EpochSampler(Sampler[int]):
 
 
 def make_loader(dataset: ImageSet, batch_size: int, train: bool, workers: int, seed: int,
-                pin_memory: bool = False) -> DataLoader:
-    sampler = EpochSampler(len(dataset), seed, shuffle=train)
+                pin_memory: bool = False, weights: np.ndarray | None = None) -> DataLoader:
+    sampler = EpochSampler(len(dataset), seed, shuffle=train, weights=weights)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
                       drop_last=train and len(dataset) > batch_size, pin_memory=pin_memory,
                       persistent_workers=False)

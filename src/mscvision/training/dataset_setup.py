@@ -53,7 +53,16 @@ def _cache_matches(folder: Path, params: dict) -> bool:
     return all(recorded.get(k) == v for k, v in params.items())
 
 
-def prepare_data(config: RunConfig) -> PreparedData:
+@dataclass(frozen=True)
+class Labelled:
+    manifest: Manifest
+    tasks: list[Task]
+    targets: dict[str, np.ndarray]
+    warnings: list[str]
+
+
+def load_labelled(config: RunConfig) -> Labelled:
+    """The configured data set with its tasks (classes from the config or the data) and targets."""
     columns = {name: (task.column or name) for name, task in config.tasks.items()}
     manifest, warnings = load_dataset(resolve_data_path(config.data), list(columns.values()),
                                       skip_missing=config.data.skip_missing)
@@ -63,13 +72,22 @@ def prepare_data(config: RunConfig) -> PreparedData:
     if not manifest.has_groups:
         warnings.append("the data set has no 'group' column: each image is its own group, so near-"
                         "duplicates (same cell, well or donor) may straddle the split and inflate metrics")
-    split = _split(manifest, targets, config.data)
+    return Labelled(manifest, tasks, targets, warnings)
+
+
+def prepare_data(config: RunConfig, split: np.ndarray | None = None) -> PreparedData:
+    """Load, label and split the configured data; ``split`` (per row) overrides the split (CV folds)."""
+    labelled = load_labelled(config)
+    manifest, targets = labelled.manifest, labelled.targets
+    if split is None:
+        split = _split(manifest, targets, config.data)
+    check_groups_disjoint(np.asarray(manifest.groups), split)
     for side in ("train", "val", "test"):
         if not (split == side).any():
             raise DataError(f"the {side} split is empty ({len(manifest)} images, "
                             f"{len(set(manifest.groups))} groups). Fix: add data or groups, or adjust "
                             "data.val_fraction / data.test_fraction.")
-    return PreparedData(manifest, tasks, targets, split, warnings)
+    return PreparedData(manifest, labelled.tasks, targets, split, labelled.warnings)
 
 
 def _split(manifest: Manifest, targets: dict[str, np.ndarray], data: DataConfig) -> np.ndarray:
@@ -79,7 +97,6 @@ def _split(manifest: Manifest, targets: dict[str, np.ndarray], data: DataConfig)
     else:
         split = train_val_test_split(stratification_key(targets), groups, data.val_fraction,
                                      data.test_fraction, data.split_seed)
-    check_groups_disjoint(groups, split)
     return split
 
 
@@ -101,3 +118,12 @@ def class_weights(targets: dict[str, np.ndarray], tasks: list[Task], rows: np.nd
         w = counts.sum() / (task.num_classes * np.maximum(counts, 1.0))
         weights[task.name] = w.tolist()
     return weights
+
+
+def sample_weights(targets: dict[str, np.ndarray], task: Task, rows: np.ndarray) -> np.ndarray:
+    """Per-row sampling weight, inverse to the row's class count in ``task`` (unknown labels: mean)."""
+    y = targets[task.name][rows]
+    counts = np.bincount(y[y >= 0], minlength=task.num_classes).astype(float)
+    per_class = 1.0 / np.maximum(counts, 1.0)
+    weights = np.where(y >= 0, per_class[np.maximum(y, 0)], per_class[counts > 0].mean())
+    return weights / weights.sum()

@@ -12,15 +12,31 @@ from mscvision.core.tasks import Task
 
 
 @torch.inference_mode()
-def predict_probabilities(model: torch.nn.Module, loader, device: torch.device | str = "cpu") -> dict[str, np.ndarray]:
-    """Softmax probabilities per task over a loader, in loader order."""
+def predict_probabilities(model: torch.nn.Module, loader, device: torch.device | str = "cpu",
+                          tta: bool = False) -> dict[str, np.ndarray]:
+    """Softmax probabilities per task over a loader, in loader order.
+
+    ``tta``: the mean over the 8 dihedral views (4 rotations x optional flip); cells have no
+    preferred orientation, so each view is an equally valid look at the same image.
+    """
     model.eval().to(device)
     out: dict[str, list[np.ndarray]] = {}
     for x, _ in loader:
-        _, logits = model(x.to(device))
-        for task, value in logits.items():
-            out.setdefault(task, []).append(torch.softmax(value.float(), dim=1).cpu().numpy())
+        x = x.to(device)
+        views = dihedral_views(x) if tta else [x]
+        summed: dict[str, torch.Tensor] = {}
+        for view in views:
+            _, logits = model(view)
+            for task, value in logits.items():
+                summed[task] = summed.get(task, 0) + torch.softmax(value.float(), dim=1)
+        for task, value in summed.items():
+            out.setdefault(task, []).append((value / len(views)).cpu().numpy())
     return {task: np.concatenate(chunks) for task, chunks in out.items()}
+
+
+def dihedral_views(x: torch.Tensor) -> list[torch.Tensor]:
+    rotations = [torch.rot90(x, k, dims=(2, 3)) for k in range(4)]
+    return rotations + [torch.flip(r, dims=(3,)) for r in rotations]
 
 
 def metrics_for_split(probs: dict[str, np.ndarray], targets: dict[str, np.ndarray], tasks: list[Task]) -> dict:

@@ -14,8 +14,9 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from mscvision.core.fileio import write_json_atomic, write_text_atomic
 from mscvision.training.config import RunConfig, save_config
-from mscvision.training.data import ImageSet, make_loader, scan_images
-from mscvision.training.dataset_setup import PreparedData, class_weights, prepare_data, split_table
+from mscvision.training.data import ImageSet, ScanResult, load_unit_image, make_loader, scan_images
+from mscvision.training.dataset_setup import PreparedData, class_weights, prepare_data, sample_weights, split_table
+from mscvision.training.finetune import init_from_run
 from mscvision.training.evaluate import metrics_for_split, plot_confusion, predict_probabilities
 from mscvision.training.augment import build_train_augment
 from mscvision.training.module import MONITOR, MscClassifier
@@ -28,6 +29,8 @@ class RunResult:
     run_dir: Path
     metrics: dict
     best_checkpoint: Path
+    test_rows: np.ndarray | None = None  # manifest rows of the test split, in prediction order
+    test_probs: dict[str, np.ndarray] | None = None  # plain single pass, per task
 
 
 def new_run_dir(config: RunConfig) -> Path:
@@ -42,37 +45,49 @@ def new_run_dir(config: RunConfig) -> Path:
 
 
 def train(config: RunConfig, run_dir: Path | None = None, resume: bool = False,
-          callbacks: tuple = ()) -> RunResult:
+          callbacks: tuple = (), split: np.ndarray | None = None) -> RunResult:
+    """Train, then evaluate the best checkpoint on val and the held-out test groups.
+
+    ``split`` (train/val/test per manifest row) replaces the configured split: cross-validation.
+    """
     started = time.perf_counter()
     run_dir = run_dir or new_run_dir(config)
     L.seed_everything(config.seed, workers=True, verbose=False)
     if config.trainer.num_threads:
         torch.set_num_threads(config.trainer.num_threads)
-    data = prepare_data(config)
+    data = prepare_data(config, split)
     save_config(config, run_dir / "config.yaml")
     write_text_atomic(run_dir / "split.csv", split_table(data))
     for message in data.warnings:
         print(f"warning: {message}", flush=True)
 
     loaders, skipped = _build_loaders(config, data)
+    if not data.manifest.has_groups:
+        warn_near_duplicates(data, loaders["scan"], config.preprocess)
     cuda = _use_cuda(config)
     module = MscClassifier(config.to_dict(), [t.to_dict() for t in data.tasks],
                            class_weights(data.targets, data.tasks, loaders["train_rows"]) if config.optim.class_weights else None,
                            channels_last=_channels_last(config, cuda))
+    if config.model.init_from and not resume:
+        for message in init_from_run(module, config.model.init_from):
+            print(message, flush=True)
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=MONITOR, mode="max",
-                                 save_last=True)
-    trainer = _build_trainer(config, run_dir, cuda, [checkpoint, *callbacks])
+                                 enable_version_counter=False)
+    # Lightning >= 2.5 refreshes save_last only when "best" improves; resume needs every epoch's state.
+    every_epoch = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", monitor=None, save_top_k=1,
+                                  enable_version_counter=False)
+    trainer = _build_trainer(config, run_dir, cuda, [checkpoint, every_epoch, *callbacks])
     last = run_dir / "checkpoints" / "last.ckpt"
     trainer.fit(module, loaders["train"], loaders["val"], ckpt_path=str(last) if resume else None)
     if trainer.interrupted:  # Ctrl-C: checkpoints are saved; `--resume RUN_DIR` continues
         return RunResult(run_dir, {}, last)
     best = Path(checkpoint.best_model_path or last)
-    metrics = evaluate_run(best, data, loaders, run_dir, cuda)
+    metrics, test_probs = evaluate_run(best, data, loaders, run_dir, cuda, config.trainer.tta)
     metrics["run"] = {"seconds": round(time.perf_counter() - started, 1), "skipped_images": skipped,
                       "epochs": trainer.current_epoch, "best_checkpoint": best.name,
                       "config_hash": config.hash(), "device": "cuda" if cuda else "cpu"}
     write_json_atomic(run_dir / "metrics.json", metrics)
-    return RunResult(run_dir, metrics, best)
+    return RunResult(run_dir, metrics, best, loaders["test_rows"], test_probs)
 
 
 def _build_loaders(config: RunConfig, data: PreparedData) -> tuple[dict, list[str]]:
@@ -87,10 +102,29 @@ def _build_loaders(config: RunConfig, data: PreparedData) -> tuple[dict, list[st
         dataset = ImageSet([data.manifest.paths[i] for i in rows], {k: v[rows] for k, v in data.targets.items()},
                            spec, augment, [scan.images[i] for i in rows] if config.data.cache_images else None,
                            seed=config.seed)
+        weights = (sample_weights(data.targets, data.tasks[0], rows)
+                   if side == "train" and config.data.balanced_sampling else None)
         loaders[side] = make_loader(dataset, config.trainer.batch_size, side == "train", workers, config.seed,
-                                    pin_memory=torch.cuda.is_available())
+                                    pin_memory=torch.cuda.is_available(), weights=weights)
         loaders[f"{side}_rows"] = rows
+    loaders["scan"] = scan
     return loaders, scan.skipped
+
+
+def warn_near_duplicates(data: PreparedData, scan: ScanResult, spec) -> None:
+    """Without groups, look for the same image on both sides of the split (perceptual hash)."""
+    from mscvision.core.duplicates import average_hash, cross_split_near_duplicates
+
+    rows = scan.keep
+    images = (scan.images[i] if scan.images[i] is not None else load_unit_image(data.manifest.paths[i], spec)
+              for i in rows)
+    hashes = np.stack([average_hash(image) for image in images])
+    pairs = cross_split_near_duplicates(hashes, data.split[rows])
+    if pairs:
+        examples = ", ".join(f"{data.manifest.paths[rows[a]].name} ~ {data.manifest.paths[rows[b]].name}"
+                             for a, b, _ in pairs[:3])
+        print(f"warning: {len(pairs)} near-duplicate image pair(s) straddle the split (e.g. {examples}); "
+              "held-out figures may be inflated. Fix: add a 'group' column (donor, well, track).", flush=True)
 
 
 def _use_cuda(config: RunConfig) -> bool:
@@ -119,16 +153,44 @@ def _build_trainer(config: RunConfig, run_dir: Path, cuda: bool, callbacks: list
     )
 
 
-def evaluate_run(best: Path, data: PreparedData, loaders: dict, run_dir: Path, cuda: bool) -> dict:
-    """Metrics of the best checkpoint on val and test (held-out groups), plus confusion plots."""
+def evaluate_run(best: Path, data: PreparedData, loaders: dict, run_dir: Path, cuda: bool,
+                 tta: bool = False) -> tuple[dict, dict[str, np.ndarray]]:
+    """Metrics of the best checkpoint (EMA weights when kept) on val and the held-out test groups.
+
+    Plain single-pass figures sit under "val"/"test"; with ``tta`` the dihedral test-time
+    augmentation figures are added under "val_tta"/"test_tta". Per-image test predictions are
+    written to ``predictions_test.csv`` (error analysis, pooled cross-validation).
+    """
     model = MscClassifier.load_from_checkpoint(best, map_location="cpu")
     device = "cuda" if cuda else "cpu"
-    metrics: dict = {"schema": METRICS_SCHEMA, "setup": "plain single pass, best checkpoint"}
+    metrics: dict = {"schema": METRICS_SCHEMA,
+                     "setup": {"val": "plain single pass", "test": "plain single pass",
+                               **({"val_tta": "dihedral x8 TTA", "test_tta": "dihedral x8 TTA"} if tta else {}),
+                               "weights": "EMA" if model.ema_net is not None else "trained"}}
     for side in ("val", "test"):
         rows = loaders[f"{side}_rows"]
-        probs = predict_probabilities(model, loaders[side], device)
-        metrics[side] = metrics_for_split(probs, {k: v[rows] for k, v in data.targets.items()}, data.tasks)
+        targets = {k: v[rows] for k, v in data.targets.items()}
+        for name, use_tta in [(side, False), *([(f"{side}_tta", True)] if tta else [])]:
+            probs = predict_probabilities(model, loaders[side], device, tta=use_tta)
+            metrics[name] = metrics_for_split(probs, targets, data.tasks)
+            if name == "test":
+                write_predictions(run_dir / "predictions_test.csv", data, rows, probs)
+                test_probs = probs
         for task in data.tasks:
             plot_confusion(metrics[side][task.name], task, f"{task.name} ({side})",
                            run_dir / f"confusion_{side}_{task.name}.png")
-    return metrics
+    return metrics, test_probs
+
+
+def write_predictions(path: Path, data: PreparedData, rows: np.ndarray, probs: dict[str, np.ndarray]) -> None:
+    header = ["path", "group"]
+    for task in data.tasks:
+        header += [f"{task.name}.true", f"{task.name}.label", *(f"{task.name}.p.{c}" for c in task.classes)]
+    lines = [",".join(header)]
+    for j, i in enumerate(rows):
+        cells = [str(data.manifest.paths[i]), data.manifest.groups[i]]
+        for task in data.tasks:
+            cells += [data.manifest.labels[task.column][i], task.classes[int(probs[task.name][j].argmax())],
+                      *(f"{p:.6f}" for p in probs[task.name][j])]
+        lines.append(",".join(cells))
+    write_text_atomic(path, "\n".join(lines) + "\n")

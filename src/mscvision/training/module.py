@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import lightning as L
@@ -38,12 +39,32 @@ class MscClassifier(L.LightningModule):
         self.use_channels_last = channels_last
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
+        self.ema_net = None
+        if self.config.optim.ema_decay > 0:
+            self.ema_net = copy.deepcopy(self.net).requires_grad_(False)
         self._val_outputs: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+
+    @property
+    def eval_net(self) -> torch.nn.Module:
+        """The weights that are evaluated, checkpointed as best and exported: the EMA when kept."""
+        return self.ema_net if self.ema_net is not None else self.net
 
     def forward(self, x: torch.Tensor):
         if self.use_channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return self.net(x)
+        return (self.net if self.training else self.eval_net)(x)
+
+    @torch.no_grad()
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        if self.ema_net is None:
+            return
+        # timm-style warm-up: early on the average follows the weights closely
+        step = self.global_step
+        decay = min(self.config.optim.ema_decay, (1 + step) / (10 + step))
+        for ema, live in zip(self.ema_net.parameters(), self.net.parameters()):
+            ema.lerp_(live.detach(), 1.0 - decay)
+        for ema, live in zip(self.ema_net.buffers(), self.net.buffers()):
+            ema.copy_(live)
 
     def multitask_loss(self, logits: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) -> torch.Tensor:
         """Sum of per-task cross-entropies; samples with an unknown label for a task are masked out."""
@@ -93,6 +114,8 @@ class MscClassifier(L.LightningModule):
         cfg = self.config.optim
         decay, no_decay = [], []
         for name, param in self.named_parameters():
+            if not param.requires_grad:  # the EMA copy
+                continue
             (no_decay if param.ndim <= 1 else decay).append(param)  # no decay on norms and biases
         optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                        {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)

@@ -1,0 +1,91 @@
+"""Backbones, local pretrained weights, fine-tuning, folder-tree data sets, cross-validation folds."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+from conftest import make_shapes_dataset, tiny_overrides
+from mscvision.core.errors import ConfigError
+from mscvision.core.manifest import load_dataset
+from mscvision.training.config import load_config
+from mscvision.training.crossval import fold_splits
+from mscvision.training.fit import train
+from mscvision.training.models import BACKBONES, create_backbone
+
+
+@pytest.mark.parametrize("name", [b for b in BACKBONES if b != "tiny"])
+def test_every_backbone_takes_any_channel_count(name):
+    stem = 2 if name != "convnext_tiny" else 4
+    net = create_backbone(name, in_channels=5, stem_stride=stem).eval()
+    with torch.no_grad():
+        out = net(torch.randn(2, 5, 64, 64))
+    assert out.shape == (2, net.num_features)
+
+
+def test_pretrained_rgb_weights_are_adapted_to_five_channels(tmp_path):
+    reference = torchvision.models.resnet18(weights=None)
+    torch.save(reference.state_dict(), tmp_path / "imagenet.pth")
+    net = create_backbone("resnet18", in_channels=5, stem_stride=4, pretrained=str(tmp_path / "imagenet.pth"))
+    rgb = reference.conv1.weight
+    assert net.conv1.weight.shape == (64, 5, 7, 7)
+    torch.testing.assert_close(net.conv1.weight[:, 2], rgb.mean(dim=1) * 3 / 5)
+    torch.testing.assert_close(net.layer3[0].conv1.weight, reference.layer3[0].conv1.weight)
+    # the summed response to a flat image is unchanged by the adaptation
+    torch.testing.assert_close(net.conv1.weight.sum(dim=1), rgb.sum(dim=1), rtol=1e-5, atol=1e-5)
+
+
+def test_pretrained_file_of_another_architecture_is_refused(tmp_path):
+    torch.save(torchvision.models.resnet34(weights=None).state_dict(), tmp_path / "r34.pth")
+    with pytest.raises(ConfigError, match="does not fit"):
+        create_backbone("resnet18", 1, pretrained=str(tmp_path / "r34.pth"))
+
+
+def test_init_from_keeps_backbone_and_matching_heads_only(tmp_path):
+    source = train(load_config(None, tiny_overrides(make_shapes_dataset(tmp_path / "a"), tmp_path / "runs", epochs=1)))
+    # a new in-house set: same 'shape' classes, 'count' relabelled to a different class set
+    manifest = make_shapes_dataset(tmp_path / "b", seed=1)
+    text = manifest.read_text().replace(",one,", ",single,").replace(",two,", ",double,")
+    manifest.write_text(text)
+    overrides = [*tiny_overrides(manifest, tmp_path / "runs2", epochs=1), f"model.init_from={source.run_dir}",
+                 "trainer.max_epochs=0"]
+    cfg = load_config(None, overrides)
+    from mscvision.training.finetune import init_from_run
+    from mscvision.training.module import MscClassifier
+
+    module = MscClassifier(cfg.to_dict(), [{"name": "shape", "classes": ["bar", "disc"], "column": "shape"},
+                                           {"name": "count", "classes": ["double", "single"], "column": "count"}])
+    fresh_count_head = module.net.heads["count"].weight.clone()
+    messages = init_from_run(module, source.run_dir)
+    src = torch.load(source.best_checkpoint, weights_only=False)["state_dict"]
+    torch.testing.assert_close(module.net.backbone.features[0].weight, src["net.backbone.features.0.weight"])
+    torch.testing.assert_close(module.net.heads["shape"].weight, src["net.heads.shape.weight"])
+    torch.testing.assert_close(module.net.heads["count"].weight, fresh_count_head)
+    assert any("'count': new" in m for m in messages) and any("'shape': kept" in m for m in messages)
+
+
+def test_folder_tree_becomes_a_one_task_manifest(tmp_path):
+    from mscvision.core.imageio import write_image
+
+    for label in ("round", "long"):
+        for i in range(3):
+            write_image(tmp_path / "tree" / label / "sub" / f"{i}.png", np.full((8, 8), i, np.uint8))
+    manifest, _ = load_dataset(tmp_path / "tree", ["phenotype"])
+    assert len(manifest) == 6 and sorted(set(manifest.labels["phenotype"])) == ["long", "round"]
+    assert not manifest.has_groups
+
+
+def test_cross_validation_folds_keep_every_group_on_one_side():
+    rng = np.random.default_rng(0)
+    groups = rng.integers(0, 40, 800).astype(str)
+    key = rng.integers(0, 5, 800)
+    splits = fold_splits(key, groups, k=5, seed=0, val_fraction=0.1)
+    test_of = np.full(800, -1)
+    for fold, split in enumerate(splits):
+        for g in np.unique(groups):
+            assert len(set(split[groups == g])) == 1, (fold, g)
+        assert (split == "val").any() and (split == "train").any()
+        test_of[split == "test"] = fold
+    assert (test_of >= 0).all()  # every row is out-of-fold exactly once

@@ -1,0 +1,99 @@
+"""The one preprocessing definition, checked against hand-computed values."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mscvision.core.errors import ConfigError, ImageError
+from mscvision.core.preprocess import PreprocessSpec, crop_or_pad, percentile_normalize, preprocess, resize
+
+
+def test_resize_upscale_matches_hand_computation():
+    # out centres at -0.25, 0.25, 0.75, 1.25 in input pixels; edge weights renormalised
+    x = np.array([[0.0, 1.0]], np.float32).reshape(1, 2, 1)
+    out = resize(x, (1, 4))[0, :, 0]
+    np.testing.assert_allclose(out, [0.0, 0.25, 0.75, 1.0], atol=1e-6)
+
+
+def test_resize_downscale_by_two_uses_antialiasing_triangle():
+    # 4 -> 2: centre 0.5, support 2: weights 0.75, 0.75, 0.25 (renormalised at the edge)
+    x = np.array([0.0, 1.0, 2.0, 3.0], np.float32).reshape(1, 4, 1)
+    out = resize(x, (1, 2))[0, :, 0]
+    np.testing.assert_allclose(out, [(0.75 * 0 + 0.75 * 1 + 0.25 * 2) / 1.75, (0.25 * 1 + 0.75 * 2 + 0.75 * 3) / 1.75],
+                               atol=1e-6)
+
+
+@pytest.mark.parametrize("shape,size", [((37, 53), (16, 16)), ((20, 20), (64, 48)), ((64, 64), (96, 96))])
+def test_resize_matches_pillow_bilinear(shape, size):
+    x = np.random.default_rng(0).random(shape, dtype=np.float32)
+    expected = np.asarray(Image.fromarray(x, "F").resize((size[1], size[0]), Image.BILINEAR))
+    np.testing.assert_allclose(resize(x[:, :, None], size)[:, :, 0], expected, atol=1e-4)
+
+
+def test_crop_or_pad_centres_both_ways():
+    x = np.arange(12, dtype=np.float32).reshape(3, 4, 1)  # rows of 4
+    out = crop_or_pad(x, (5, 2))[:, :, 0]
+    expected = np.array([[0, 0], [1, 2], [5, 6], [9, 10], [0, 0]], np.float32)
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_percentile_normalisation_hand_computed():
+    # values 0..100: 10th percentile = 10, 90th = 90 -> (v - 10) / 80, clipped
+    x = np.arange(101, dtype=np.float32).reshape(101, 1, 1)
+    out = percentile_normalize(x, 10, 90)[:, 0, 0]
+    assert out[10] == 0.0 and out[90] == 1.0 and out[0] == 0.0 and out[100] == 1.0
+    np.testing.assert_allclose(out[50], 0.5)
+
+
+def test_percentile_is_per_channel_and_flat_channel_is_zero():
+    x = np.stack([np.linspace(0, 1000, 100), np.full(100, 7.0)], axis=1).reshape(10, 10, 2).astype(np.float32)
+    out = percentile_normalize(x, 0, 100)
+    assert out[..., 0].min() == 0 and out[..., 0].max() == 1
+    assert np.all(out[..., 1] == 0)
+
+
+def test_fixed_range_by_bit_depth():
+    spec = PreprocessSpec(intensity="fixed", size=(2, 2))
+    eight = np.array([[0, 255], [51, 102]], np.uint8)[:, :, None]
+    sixteen = np.array([[0, 65535], [13107, 26214]], np.uint16)[:, :, None]
+    np.testing.assert_allclose(preprocess(eight, spec)[0], [[0, 1], [0.2, 0.4]], atol=1e-6)
+    np.testing.assert_allclose(preprocess(sixteen, spec)[0], [[0, 1], [0.2, 0.4]], atol=1e-6)
+
+
+def test_mean_std_and_channel_selection_order():
+    spec = PreprocessSpec(in_channels=2, channels=(2, 0), intensity="fixed", size=(1, 1), mean=(0.5, 0.0), std=(0.5, 2.0))
+    image = np.array([[[255, 0, 0]]], np.uint8)  # channel 0 full, channel 2 empty
+    out = preprocess(image, spec)
+    np.testing.assert_allclose(out[:, 0, 0], [(0 - 0.5) / 0.5, (1.0 - 0.0) / 2.0])
+
+
+def test_pixel_size_rescales_before_fitting():
+    spec = PreprocessSpec(intensity="fixed", size=(4, 4), fit="crop_or_pad", pixel_size_um=1.0)
+    image = np.full((4, 4, 1), 255, np.uint8)
+    out = preprocess(image, spec, pixel_size_um=0.5)  # half-size pixels: 4 px -> 2 px, then padded
+    assert out[0].sum() == pytest.approx(4.0)
+
+
+def test_wrong_channel_count_names_the_source():
+    with pytest.raises(ImageError, match="cells.tif: has 5 channel"):
+        preprocess(np.zeros((8, 8, 5), np.uint8), PreprocessSpec(in_channels=3), source="cells.tif")
+
+
+def test_grey_saved_as_rgb_is_accepted_for_one_channel_models():
+    rgb = np.repeat(np.arange(64, dtype=np.uint8).reshape(8, 8, 1), 3, axis=2)
+    spec = PreprocessSpec(size=(8, 8), intensity="fixed")
+    np.testing.assert_array_equal(preprocess(rgb, spec), preprocess(rgb[:, :, :1], spec))
+
+
+def test_bit_depth_check():
+    with pytest.raises(ImageError, match="16-bit"):
+        preprocess(np.zeros((4, 4, 1), np.uint16), PreprocessSpec(bit_depth=8, size=(4, 4)))
+
+
+def test_spec_round_trips_through_json_and_rejects_unknown_keys():
+    spec = PreprocessSpec(in_channels=2, channels=(1, 0), size=(64, 64), mean=(0.1, 0.2), std=(1.0, 2.0))
+    import json
+
+    assert PreprocessSpec.from_dict(json.loads(spec.to_json())) == spec
+    with pytest.raises(ConfigError, match="unknown preprocessing key"):
+        PreprocessSpec.from_dict({**spec.to_dict(), "gamma": 2})

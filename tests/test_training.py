@@ -1,0 +1,174 @@
+"""Training end to end on a tiny generated data set: run directory, resume, bad input, augmentation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_shapes_dataset, tiny_overrides
+from mscvision.cli import main
+from mscvision.core.preprocess import PreprocessSpec
+from mscvision.training.augment import build_train_augment
+from mscvision.training.config import AugmentConfig, load_config
+from mscvision.training.data import ImageSet
+from mscvision.training.fit import train
+
+TASK_KEYS = {"accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "n", "per_class"}
+
+
+def test_run_directory_and_metrics_schema(tmp_path, shapes_dataset):
+    result = train(load_config(None, tiny_overrides(shapes_dataset, tmp_path / "runs")))
+    run = result.run_dir
+    for name in ("config.yaml", "split.csv", "metrics.json", "checkpoints/best.ckpt", "checkpoints/last.ckpt",
+                 "logs/metrics.csv", "confusion_test_shape.png", "confusion_val_count.png"):
+        assert (run / name).is_file(), name
+    assert list((run / "logs").glob("events.out.tfevents*"))
+    metrics = json.loads((run / "metrics.json").read_text())
+    for side in ("val", "test"):
+        assert set(metrics[side]) == {"shape", "count"}
+        assert TASK_KEYS <= set(metrics[side]["shape"])
+    # the held-out groups in split.csv never meet the training groups
+    rows = [line.split(",") for line in (run / "split.csv").read_text().splitlines()[1:]]
+    sides = {}
+    for _, group, side, *_ in rows:
+        sides.setdefault(group, set()).add(side)
+    assert all(len(s) == 1 for s in sides.values())
+    # the config travels inside the checkpoint
+    ckpt = torch.load(run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["hyper_parameters"]["config"]["preprocess"]["size"] == (32, 32) or \
+        list(ckpt["hyper_parameters"]["config"]["preprocess"]["size"]) == [32, 32]
+
+
+def test_a_second_run_never_overwrites_the_first(tmp_path, shapes_dataset):
+    cfg = load_config(None, tiny_overrides(shapes_dataset, tmp_path / "runs", epochs=1))
+    first, second = train(cfg).run_dir, train(cfg).run_dir
+    assert first != second and first.is_dir() and second.name == f"{first.name}-2"
+
+
+def test_unknown_labels_are_masked_from_the_loss(tmp_path):
+    manifest = make_shapes_dataset(tmp_path / "partial", unknown_every=3)
+    result = train(load_config(None, tiny_overrides(manifest, tmp_path / "runs", epochs=1)))
+    n_known = sum(1 for line in manifest.read_text().splitlines()[1:] if line.split(",")[2])
+    counted = sum(result.metrics[s]["count"]["n"] for s in ("val", "test"))
+    assert counted < sum(result.metrics[s]["shape"]["n"] for s in ("val", "test"))
+    assert counted <= n_known
+
+
+class StopAfter(L.Callback):
+    """Simulates an interruption: stop cleanly after ``epochs`` epochs (checkpoints are saved)."""
+
+    def __init__(self, epochs: int):
+        self.epochs = epochs
+
+    def on_train_epoch_end(self, trainer, module):
+        if trainer.current_epoch + 1 >= self.epochs:
+            trainer.should_stop = True
+
+
+def _weights(run_dir: Path) -> dict:
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+
+
+def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, shapes_dataset):
+    torch.set_num_threads(1)
+    overrides = [*tiny_overrides(shapes_dataset, tmp_path / "runs", epochs=4), "trainer.deterministic=true",
+                 "trainer.early_stopping_patience=100"]
+    cfg = load_config(None, overrides)
+    full = train(cfg)
+    cut = train(cfg, callbacks=(StopAfter(2),))
+    assert torch.load(cut.run_dir / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 1
+    resumed = train(cfg, run_dir=cut.run_dir, resume=True)
+    a, b = _weights(full.run_dir), _weights(resumed.run_dir)
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+    assert full.metrics["test"] == resumed.metrics["test"]
+
+
+def test_sixteen_bit_images_survive_augmentation():
+    rng = np.random.default_rng(0)
+    image = rng.integers(1000, 60000, (32, 32, 1), dtype=np.uint16)
+    spec = PreprocessSpec(intensity="fixed", size=(32, 32))
+    augment = build_train_augment(AugmentConfig(affine_degrees=0.0, affine_scale=0.0))
+    dataset = ImageSet(["x.tif"], {"t": np.array([0])}, spec, augment,
+                       cached=[(image.astype(np.float32) / 65535)], seed=0)
+    x, _ = dataset[0]
+    values = x.numpy().ravel()
+    assert x.dtype == torch.float32
+    assert len(np.unique(values)) > 256  # not squeezed through 8 bits
+    assert 0.0 <= values.min() and values.max() <= 1.0 and values.std() > 0.1
+
+
+def test_augmentation_is_reproducible_per_epoch_and_sample():
+    spec = PreprocessSpec(intensity="fixed", size=(16, 16))
+    image = np.random.default_rng(1).random((16, 16, 1), dtype=np.float32)
+    dataset = ImageSet(["a.png"], {"t": np.array([0])}, spec, build_train_augment(AugmentConfig()), cached=[image])
+    first, again, other_epoch = dataset[5][0], dataset[5][0], dataset[6][0]  # key = epoch * n + index
+    assert torch.equal(first, again) and not torch.equal(first, other_epoch)
+
+
+# --- bad input: one clear line naming the file, row or key; exit codes per DESIGN.md; no traceback ---
+
+def _train_cli(capsys, manifest: Path, tmp_path: Path, *extra: str) -> tuple[int, str]:
+    code = main(["train", *tiny_overrides(manifest, tmp_path / "runs", epochs=1), *extra])
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return code, err
+
+
+def _edit_manifest(manifest: Path, row: int, column: int, value: str) -> None:
+    lines = manifest.read_text().splitlines()
+    cells = lines[row].split(",")
+    cells[column] = value
+    lines[row] = ",".join(cells)
+    manifest.write_text("\n".join(lines) + "\n")
+
+
+def test_corrupt_image_is_named(tmp_path, capsys, shapes_dataset):
+    (shapes_dataset.parent / "images" / "img004.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    code, err = _train_cli(capsys, shapes_dataset, tmp_path)
+    assert code == 3 and "img004.png: cannot be decoded" in err and "skip_unreadable" in err
+
+
+def test_corrupt_image_can_be_skipped_and_counted(tmp_path, capsys, shapes_dataset):
+    (shapes_dataset.parent / "images" / "img004.png").write_text("not an image")
+    code = main(["train", *tiny_overrides(shapes_dataset, tmp_path / "runs", epochs=1), "data.skip_unreadable=true"])
+    assert code == 0
+    metrics = json.loads(next((tmp_path / "runs").glob("*/metrics.json")).read_text())
+    assert len(metrics["run"]["skipped_images"]) == 1 and "img004.png" in metrics["run"]["skipped_images"][0]
+
+
+def test_missing_file_names_the_row(tmp_path, capsys, shapes_dataset):
+    _edit_manifest(shapes_dataset, 3, 0, "images/nope.png")
+    code, err = _train_cli(capsys, shapes_dataset, tmp_path)
+    assert code == 2 and "manifest.csv:3: image 'images/nope.png' does not exist" in err
+
+
+def test_unknown_label_names_row_label_and_task(tmp_path, capsys, shapes_dataset):
+    _edit_manifest(shapes_dataset, 5, 1, "triangle")
+    code, err = _train_cli(capsys, shapes_dataset, tmp_path, "tasks.shape.classes=[disc, bar]")
+    assert code == 2 and "manifest.csv:5: label 'triangle' is not a class of task 'shape'" in err
+
+
+def test_wrong_channel_count_is_named(tmp_path, capsys, shapes_dataset):
+    from mscvision.core.imageio import write_image
+
+    write_image(shapes_dataset.parent / "images" / "img007.png", (np.zeros((32, 32, 3)) + [0, 50, 200]).astype(np.uint8))
+    code, err = _train_cli(capsys, shapes_dataset, tmp_path)
+    assert code == 3 and "img007.png: has 3 channel(s); the model expects 1" in err
+
+
+def test_empty_data_set(tmp_path, capsys, shapes_dataset):
+    shapes_dataset.write_text("path,shape,count,group\n")
+    code, err = _train_cli(capsys, shapes_dataset, tmp_path)
+    assert code == 2 and "no usable rows" in err
+
+
+def test_bad_config_value_is_named(tmp_path, capsys, shapes_dataset):
+    code, err = _train_cli(capsys, shapes_dataset, tmp_path, "trainer.batch_size=big")
+    assert code == 2 and "trainer.batch_size: expected int" in err
