@@ -24,6 +24,40 @@ def run_train(args: argparse.Namespace) -> int:
     return run_from_args(args)
 
 
+def run_export(args: argparse.Namespace) -> int:
+    from mscvision.export import export_run
+
+    export_run(args.run, args.out, args.precision, threads=args.threads, parity_images=args.parity_images,
+               calibration_images=args.calibration_images)
+    return 0
+
+
+def _add_export_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run", metavar="RUN_DIR_OR_CKPT", help="a run directory, or a checkpoint inside one")
+    parser.add_argument("--out", help="NAME.onnx to write (default: RUN_DIR/model.onnx)")
+    parser.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32",
+                        help="fp32 is always written; fp16/int8 add a variant beside it if it meets its gate")
+    parser.add_argument("--threads", type=int, default=0, help="onnxruntime threads for the parity check")
+    parser.add_argument("--parity-images", type=int, default=1024, help="most held-out images to check")
+    parser.add_argument("--calibration-images", type=int, default=256, help="training images for int8")
+
+
+def _add_deploy_commands(sub) -> None:
+    """export (needs mscvision[train]); predict, info, verify (the bare station install)."""
+    from mscvision.runtime import commands
+
+    _add_export_arguments(sub.add_parser("export", help="export a trained run to one ONNX file "
+                                                        "(needs mscvision[train])"))
+    sub.choices["export"].set_defaults(handler=run_export)
+    for name, add, handler, text in (
+            ("predict", commands.add_predict_arguments, commands.run_predict, "predict images with an exported model"),
+            ("info", commands.add_info_arguments, commands.run_info, "show a model's metadata and model card"),
+            ("verify", commands.add_verify_arguments, commands.run_verify,
+             "check this station against a model's conformance vectors")):
+        add(sub.add_parser(name, help=text))
+        sub.choices[name].set_defaults(handler=handler)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mscvision", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"mscvision {__version__}")
@@ -39,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a model (needs mscvision[train])")
     add_train_arguments(train)
     train.set_defaults(handler=run_train)
+    _add_deploy_commands(sub)
     return parser
 
 

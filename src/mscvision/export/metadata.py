@@ -1,0 +1,100 @@
+"""The metadata document embedded in every exported model (read back by ``runtime.metadata``)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import platform
+import subprocess
+from pathlib import Path
+
+from mscvision import __version__
+from mscvision.core.fileio import sha256_file
+from mscvision.core.preprocess import PreprocessSpec
+from mscvision.core.tasks import Task
+from mscvision.runtime.metadata import FEATURES_OUTPUT, FORMAT, FORMAT_VERSION, INPUT_NAME, logits_output, probability_output
+
+TOO_LARGE_FACTOR = 2  # inputs with a side over twice the largest training image are refused
+_METRIC_KEYS = ("balanced_accuracy", "macro_f1", "weighted_f1", "accuracy", "n")
+
+
+def build_metadata(*, name: str, tasks: list[Task], settings: dict[str, dict], spec: PreprocessSpec,
+                   max_side: int, bit_depths: tuple[int, ...], provenance: dict, card: dict) -> dict:
+    return {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "name": name, "precision": "fp32",
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "tasks": [{"name": t.name, "classes": list(t.classes), **settings[t.name]} for t in tasks],
+        "temperature_applied_in_graph": True,
+        "input": {"name": INPUT_NAME, "dtype": "float32", "layout": "NCHW", "batch": "dynamic",
+                  "channels": spec.in_channels, "height": spec.size[0], "width": spec.size[1],
+                  "max_image_side": max(TOO_LARGE_FACTOR * max_side, *spec.size),
+                  "training_bit_depths": list(bit_depths)},
+        "outputs": {"probabilities": {t.name: probability_output(t.name) for t in tasks},
+                    "logits": {t.name: logits_output(t.name) for t in tasks}, "features": FEATURES_OUTPUT,
+                    "notes": "probabilities = softmax(logits / temperature); logits and features are reserved"},
+        "preprocess": spec.to_dict(),
+        "decision": "per task: the top class when its probability >= threshold, else 'review'",
+        "provenance": provenance,
+        "versions": library_versions(),
+        "model_card": card,
+    }
+
+
+def provenance(config, run_dir: Path | None, checkpoint: Path, metrics: dict, manifest: Path | None) -> dict:
+    test = metrics.get("test", {})
+    return {
+        "config_hash": config.hash(), "run_dir": str(run_dir) if run_dir else None,
+        "checkpoint": checkpoint.name, "checkpoint_sha256": sha256_file(checkpoint),
+        "data_manifest": str(manifest) if manifest else None,
+        "data_manifest_sha256": sha256_file(manifest) if manifest and manifest.is_file() else None,
+        "split_sha256": sha256_file(run_dir / "split.csv") if run_dir else None,
+        "git_commit": git_commit(),
+        "test_metrics": {task: {k: m[k] for k in _METRIC_KEYS if k in m} for task, m in test.items()},
+        "metrics_setup": metrics.get("setup"),
+    }
+
+
+def model_card(config, tasks: list[Task], metrics: dict, n_split: dict[str, int]) -> dict:
+    synthetic = not config.data.path
+    data = (f"the embedded synthetic MSC-culture generator (n={config.data.synthetic.n}, "
+            f"modality {config.data.synthetic.modality}, {config.data.synthetic.bit_depth}-bit)"
+            if synthetic else f"the data set at {config.data.path}")
+    figures = "; ".join(f"{task}: balanced accuracy {m['balanced_accuracy']:.3f}, macro F1 {m['macro_f1']:.3f} "
+                        f"(n={m['n']})" for task, m in metrics.get("test", {}).items())
+    subject = ("of cultured mesenchymal stromal cells (trained on synthetic images only)" if synthetic
+               else "like those of its training data set")
+    limits = ["not validated on real MSC images" if synthetic else
+              "validated only on the held-out groups of its own data set",
+              "single fields about the size of the training images; larger images are refused (no tiling yet)",
+              "probabilities are not calibrated (temperature 1.0) unless the tasks say otherwise"]
+    return {
+        "intended_use": (f"Research use: classify single-field microscopy images {subject} for "
+                         f"{', '.join(t.name for t in tasks)}; a QC aid whose outputs a person reviews, "
+                         "not a release decision on its own."),
+        "training_data": f"{data}; images per split: " + ", ".join(f"{k} {v}" for k, v in n_split.items()) +
+                         "; split by group (no group straddles train/val/test).",
+        "figures": f"test split, held-out groups, plain single pass: {figures or 'none recorded'}.",
+        "known_limits": "; ".join(limits) + ".",
+    }
+
+
+def library_versions() -> dict:
+    import numpy
+    import onnx
+    import onnxruntime
+    import torch
+
+    return {"mscvision": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__, "numpy": numpy.__version__}
+
+
+def git_commit() -> str | None:
+    """The commit of the source tree this mscvision runs from, with '+dirty' for local changes."""
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("+dirty" if dirty else "") if commit else None

@@ -1,0 +1,219 @@
+"""`mscvision export`: checkpoint → one self-describing ONNX file, gated by parity on real images.
+
+Writes, for ``--out models/NAME.onnx``: ``NAME.onnx`` (fp32, the default model), ``NAME.json`` (its
+metadata, readable), ``NAME.parity.json``, ``NAME.vectors/`` (conformance vectors) and, when asked
+for and within their gate, ``NAME.fp16.onnx`` / ``NAME.int8.onnx`` with their own json and vectors.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from mscvision.core.errors import EXIT_INTERNAL, ConfigError, DataError, MscvisionError
+from mscvision.core.fileio import sha256_file, write_json_atomic
+from mscvision.core.tasks import Task
+from mscvision.export import parity
+from mscvision.export.graph import OPSET, DeployNet, embed_metadata, export_proto, save_single_file
+from mscvision.export.metadata import build_metadata, model_card, provenance
+from mscvision.export.quantize import to_fp16, to_int8
+from mscvision.export.samples import Samples, load_samples, read_split
+from mscvision.export.vectors import write_vectors
+from mscvision.runtime.station import cpu_flags
+
+PRECISIONS = ("fp32", "fp16", "int8")
+PARITY_SCHEMA = "mscvision.parity/1"
+
+
+class ParityError(MscvisionError):
+    """The exported fp32 graph does not reproduce the torch model: a toolchain defect, never shipped."""
+
+    exit_code = EXIT_INTERNAL
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    run_dir: Path
+    checkpoint: Path
+    metrics: dict
+
+
+def locate_run(target: str | Path) -> RunFiles:
+    """A run directory (its best, else last, checkpoint) or a checkpoint inside one."""
+    path = Path(target)
+    if path.is_dir():
+        run_dir = path
+        candidates = [path / "checkpoints" / "best.ckpt", path / "checkpoints" / "last.ckpt"]
+        checkpoint = next((c for c in candidates if c.is_file()), None)
+        if checkpoint is None:
+            raise DataError(f"{path}: no checkpoints/best.ckpt or last.ckpt. Fix: pass a run directory "
+                            "written by `scripts/train.py`, or a .ckpt file.")
+    elif path.is_file():
+        checkpoint, run_dir = path, path.parent.parent
+    else:
+        raise DataError(f"{path}: no such run directory or checkpoint.")
+    metrics_file = run_dir / "metrics.json"
+    metrics = json.loads(metrics_file.read_text(encoding="utf-8")) if metrics_file.is_file() else {}
+    return RunFiles(run_dir, checkpoint, metrics)
+
+
+def export_run(run_dir_or_ckpt: str | Path, out: str | Path | None = None, precision: str = "fp32", *,
+               threads: int = 0, parity_images: int = 1024, calibration_images: int = 256,
+               log=print) -> Path:
+    """Export a trained run; returns the fp32 model's path (the default model, always written).
+
+    ``precision`` fp16 / int8 adds that variant beside it when it meets its parity gate. Raises
+    ``ParityError`` (and removes the file) when the fp32 graph fails its gate.
+    """
+    if precision not in PRECISIONS:
+        raise ConfigError(f"--precision {precision!r}: use one of {PRECISIONS}")
+    run = locate_run(run_dir_or_ckpt)
+    out = Path(out) if out else run.run_dir / "model.onnx"
+    if out.suffix != ".onnx":
+        raise ConfigError(f"--out {out}: the model file must end in .onnx")
+    module = _load_evaluated_model(run.checkpoint)
+    tasks, spec = module.tasks, module.config.preprocess
+    rows = read_split(run.run_dir)
+    heldout = load_samples(rows, ("test", "val"), tasks, spec, parity.MIN_PARITY_IMAGES, parity_images)
+    settings = task_settings(run.run_dir, tasks)
+    deploy = DeployNet(_evaluated_net(module), [t.name for t in tasks], [settings[t.name]["temperature"] for t in tasks])
+    reference = parity.torch_probabilities(deploy, heldout.tensors, tasks)
+    metadata = _metadata(out.stem, module, run, rows, heldout, settings)
+
+    log(f"exporting {run.checkpoint} (opset {OPSET}) → {out}")
+    _remove_variants(out)
+    proto = export_proto(deploy, spec)
+    embed_metadata(proto, metadata)
+    save_single_file(proto, out)
+    report = {"schema": PARITY_SCHEMA, "split": "+".join(heldout.splits), "n_images": len(heldout),
+              "setup": "plain single pass; reference: the torch model as evaluated (fp32, CPU)",
+              "notes": parity.parity_notes(len(heldout)), "gates": {}}
+    failures = _measure(out, "fp32", reference, heldout, tasks, threads, report, log)
+    parity_path = out.with_name(out.stem + ".parity.json")
+    write_json_atomic(parity_path, report)
+    if failures:
+        out.unlink()
+        raise ParityError(f"the exported graph does not reproduce the torch model ({'; '.join(failures)}); "
+                          f"{out} was removed. Figures: {parity_path}")
+    _finish(out, metadata, heldout.paths, log)
+    if precision != "fp32":
+        variant, settings = _variant(out, precision, rows, tasks, spec, calibration_images, metadata)
+        report["gates"][precision] = {"variant": settings}
+        if not _measure(variant, precision, reference, heldout, tasks, threads, report, log):
+            _finish(variant, json.loads(_read_metadata(variant)), heldout.paths, log)
+        else:
+            log(f"{precision} variant rejected by its gate; {out.name} (fp32) stays the default model")
+            variant.unlink()
+        write_json_atomic(parity_path, report)
+    return out
+
+
+def _load_evaluated_model(checkpoint: Path):
+    """The weights `evaluate_run` measured: the same checkpoint, loaded the same way."""
+    from mscvision.training.module import MscClassifier
+
+    return MscClassifier.load_from_checkpoint(checkpoint, map_location="cpu").eval()
+
+
+def _evaluated_net(module):
+    """The EMA copy when training kept one (that is what was evaluated), else the trained net."""
+    return getattr(module, "eval_net", module.net)
+
+
+def task_settings(run_dir: Path, tasks: list[Task]) -> dict[str, dict]:
+    """Temperature and decision threshold per task: 1.0 / 0.0 until a calibration step writes
+    ``calibration.json`` ({"tasks": {TASK: {"temperature": T, "threshold": p}}}) into the run."""
+    fitted = {}
+    path = run_dir / "calibration.json"
+    if path.is_file():
+        fitted = json.loads(path.read_text(encoding="utf-8")).get("tasks", {})
+    return {t.name: {"temperature": float(fitted.get(t.name, {}).get("temperature", 1.0)),
+                     "threshold": float(fitted.get(t.name, {}).get("threshold", 0.0))} for t in tasks}
+
+
+def _metadata(name: str, module, run: RunFiles, rows: list[dict], heldout: Samples, settings: dict) -> dict:
+    config = module.config
+    n_split = {s: sum(r["split"] == s for r in rows) for s in ("train", "val", "test")}
+    meta = build_metadata(name=name, tasks=module.tasks, settings=settings, spec=config.preprocess,
+                          max_side=heldout.max_side, bit_depths=heldout.bit_depths,
+                          provenance=provenance(config, run.run_dir, run.checkpoint, run.metrics,
+                                                _manifest_file(config, rows)),
+                          card=model_card(config, module.tasks, run.metrics, n_split))
+    meta["graph"] = {"opset": OPSET, "exporter": "torch.onnx.export (dynamo)", "export_batch": "dynamic"}
+    return meta
+
+
+def _manifest_file(config, rows: list[dict]) -> Path | None:
+    """The data manifest: the configured one, else the manifest.csv above the images (synthetic)."""
+    if config.data.path:
+        path = Path(config.data.path)
+        return path / "manifest.csv" if path.is_dir() else path
+    first = Path(rows[0]["path"]) if rows else None
+    for folder in (first.parents if first else ()):
+        if (folder / "manifest.csv").is_file():
+            return folder / "manifest.csv"
+    return None
+
+
+def _measure(path: Path, precision: str, reference: dict, heldout: Samples, tasks: list[Task], threads: int,
+             report: dict, log) -> list[str]:
+    candidate = parity.onnx_probabilities(path, heldout.tensors, threads)
+    figures = parity.parity_figures(reference, candidate, heldout.targets, tasks)
+    failures = parity.gate_failures(figures, precision)
+    report[precision] = figures
+    extra = {"cpu_flags": cpu_flags()} if precision == "int8" else {}
+    report["gates"][precision] = {**parity.gate_entry(precision, failures, extra),
+                                  **report["gates"].get(precision, {})}
+    for task, f in figures.items():
+        log(f"parity {precision:4} {task}: max|Δp| {f['max_abs_diff']:.2e}, top-1 agreement "
+            f"{f['top1_agreement']:.2%} ({f['changed_predictions']} changed of {f['n_images']}), "
+            f"balanced accuracy {100 * f['balanced_accuracy_delta']:+.2f} points")
+    for failure in failures:
+        log(f"parity {precision} gate missed: {failure}")
+    return failures
+
+
+def _variant(fp32_path: Path, precision: str, rows: list[dict], tasks: list[Task], spec, n_calibration: int,
+             metadata: dict) -> tuple[Path, dict]:
+    path = fp32_path.with_name(f"{fp32_path.stem}.{precision}.onnx")
+    if precision == "fp16":
+        proto, settings = to_fp16(onnx.load(str(fp32_path))), {"method": "float16 weights and activations, "
+                                                                     "float32 inputs/outputs, softmax and heads"}
+    else:
+        calibration = load_samples(rows, ("train",), tasks, spec, n_calibration, n_calibration, seed=1)
+        proto, settings = to_int8(fp32_path, calibration.tensors)
+    settings["cpu_flags_at_export"] = cpu_flags()
+    embed_metadata(proto, {**metadata, "precision": precision, "quantization": settings})
+    save_single_file(proto, path)
+    return path, settings
+
+
+def _remove_variants(out: Path) -> None:
+    """Variants of an earlier export under this name would not match the new fp32 model."""
+    import shutil
+
+    for precision in PRECISIONS[1:]:
+        stem = f"{out.stem}.{precision}"
+        for file in (out.with_name(stem + ".onnx"), out.with_name(stem + ".json")):
+            file.unlink(missing_ok=True)
+        shutil.rmtree(out.with_name(stem + ".vectors"), ignore_errors=True)
+
+
+def _read_metadata(path: Path) -> str:
+    from mscvision.runtime.metadata import METADATA_KEY
+
+    return next(p.value for p in onnx.load(str(path), load_external_data=False).metadata_props
+                if p.key == METADATA_KEY)
+
+
+def _finish(path: Path, metadata: dict, candidates: list[str], log) -> None:
+    """The readable metadata copy (with the file's hash) and the conformance vectors."""
+    file_info = {"name": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size}
+    write_json_atomic(path.with_suffix(".json"), {**metadata, "file": file_info})
+    vectors = write_vectors(path, path.with_name(path.stem + ".vectors"), candidates)
+    log(f"wrote {path} ({file_info['bytes'] / 1e6:.2f} MB, sha256 {file_info['sha256'][:12]}…), "
+        f"{path.with_suffix('.json').name}, {vectors.name}/")

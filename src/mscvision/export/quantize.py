@@ -1,0 +1,89 @@
+"""Smaller / faster variants of an exported fp32 model: fp16 and int8 (static, QDQ).
+
+Both keep float32 inputs and outputs so a station feeds them the same tensor. The end of the graph
+(heads, temperature, softmax) stays in float: it is tiny, and quantising probabilities would cost
+exactly the precision a decision threshold needs.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from mscvision.runtime.metadata import FEATURES_OUTPUT, INPUT_NAME
+
+
+def to_fp16(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Weights and activations in float16; inputs/outputs, heads and softmax stay float32."""
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+
+    head = tail_nodes(proto)
+    proto = onnx.ModelProto.FromString(proto.SerializeToString())
+    del proto.graph.value_info[:]  # the exporter's float32 annotations would contradict the new types
+    converted = convert_float_to_float16(proto, keep_io_types=True, node_block_list=head,
+                                         op_block_list=[*DEFAULT_OP_BLOCK_LIST, "Softmax"])
+    sort_nodes(converted.graph)  # the converter appends its input casts after their consumers
+    return converted
+
+
+def sort_nodes(graph: onnx.GraphProto) -> None:
+    """Reorder ``graph.node`` topologically (ONNX requires it), keeping the order where it is valid."""
+    ready = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    pending, ordered = list(graph.node), []
+    while pending:
+        progress = [n for n in pending if all(i in ready for i in n.input)]
+        if not progress:
+            raise RuntimeError(f"graph has a cycle or a dangling input near node {pending[0].name}")
+        for node in progress:
+            ready.update(node.output)
+        ordered += progress
+        placed = {id(n) for n in progress}
+        pending = [n for n in pending if id(n) not in placed]
+    del graph.node[:]
+    graph.node.extend(ordered)
+
+
+def tail_nodes(proto: onnx.ModelProto) -> list[str]:
+    """Names of the nodes after the feature vector: the heads, the temperature and the softmax."""
+    produced_by_tail = {FEATURES_OUTPUT}
+    names = []
+    for node in proto.graph.node:  # ONNX nodes are topologically sorted
+        if produced_by_tail & set(node.input):
+            names.append(node.name)
+            produced_by_tail.update(node.output)
+    return names
+
+
+class _Calibration:
+    """onnxruntime's CalibrationDataReader protocol over preprocessed training images."""
+
+    def __init__(self, tensors: np.ndarray, batch: int = 16):
+        self.batches = iter([tensors[i:i + batch] for i in range(0, len(tensors), batch)])
+
+    def get_next(self) -> dict | None:
+        batch = next(self.batches, None)
+        return None if batch is None else {INPUT_NAME: np.ascontiguousarray(batch, np.float32)}
+
+
+def to_int8(fp32_path: Path, calibration: np.ndarray) -> tuple[onnx.ModelProto, dict]:
+    """Static QDQ quantisation: ``quant_pre_process`` first, per-channel int8 weights, activations
+    calibrated (min/max) on ``calibration`` (training images through the real preprocessing)."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with tempfile.TemporaryDirectory(prefix="mscvision-int8-") as tmp:
+        prepared, quantised = Path(tmp) / "prepared.onnx", Path(tmp) / "int8.onnx"
+        quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=False)
+        excluded = tail_nodes(onnx.load(str(prepared)))
+        quantize_static(str(prepared), str(quantised), _Calibration(calibration), quant_format=QuantFormat.QDQ,
+                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=excluded,
+                        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+        proto = onnx.load(str(quantised))
+    settings = {"method": "onnxruntime static quantisation, QDQ", "weights": "int8, per channel, symmetric",
+                "activations": "uint8, per tensor, min/max calibration", "calibration_images": int(len(calibration)),
+                "calibration_split": "train", "kept_in_float": excluded}
+    return proto, settings

@@ -1,0 +1,110 @@
+"""The station's subcommands: `predict`, `info`, `verify`. Arguments here import nothing heavy;
+each handler imports onnxruntime (through the runtime modules) only when it runs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from mscvision.core.errors import EXIT_INPUTS_FAILED, EXIT_OK, EXIT_USAGE
+
+
+def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="an exported .onnx model")
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or globs")
+    parser.add_argument("--out", type=Path, help="FILE.csv or FILE.jsonl (default: CSV on stdout)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=0, help="intra-op threads (0 = all cores)")
+    parser.add_argument("--recursive", action="store_true", help="descend into sub-folders")
+    parser.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto",
+                        help="auto: CUDA/TensorRT where onnxruntime-gpu offers them, else CPU")
+
+
+def add_info_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="an exported .onnx model")
+    parser.add_argument("--json", action="store_true", help="print the raw metadata JSON")
+
+
+def add_verify_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="an exported .onnx model")
+    parser.add_argument("vectors", nargs="?", type=Path, help="its vectors folder (default: MODEL's NAME.vectors)")
+    parser.add_argument("--threads", type=int, default=0, help="intra-op threads (0 = all cores)")
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from mscvision.runtime.inputs import collect_inputs
+    from mscvision.runtime.model import load_model
+    from mscvision.runtime.predict import Tally, predict_files, prediction_columns, write_rows
+
+    if args.batch_size < 1 or args.threads < 0:
+        print("error: --batch-size must be >= 1 and --threads >= 0", file=sys.stderr)
+        return EXIT_USAGE
+    model = load_model(args.model, args.threads, args.device)
+    paths = collect_inputs(args.inputs, args.recursive)
+    if not paths:
+        print(f"error: no image files found in {args.inputs}", file=sys.stderr)
+        return EXIT_USAGE
+    tally = Tally()
+    rows = predict_files(model, paths, args.batch_size, workers=min(4, max(1, args.threads or 2)))
+    write_rows(rows, prediction_columns(model.metadata), args.out, tally, progress_total=len(paths))
+    print(tally.line() + (f" → {args.out}" if args.out else ""), file=sys.stderr)
+    return EXIT_INPUTS_FAILED if tally.counts["error"] else EXIT_OK
+
+
+def run_info(args: argparse.Namespace) -> int:
+    from mscvision.core.fileio import sha256_file
+    from mscvision.runtime.model import read_metadata
+
+    metadata = read_metadata(args.model)
+    if args.json:
+        print(json.dumps(metadata.raw, indent=2))
+    else:
+        print(describe(metadata.raw, sha256_file(args.model)))
+    return EXIT_OK
+
+
+def describe(raw: dict, sha256: str) -> str:
+    """The metadata and model card as readable text."""
+    lines = [f"model        {raw.get('name', '?')} ({raw['precision']}, format {raw['format_version']})",
+             f"sha256       {sha256}",
+             f"input        float32 (N, {raw['input']['channels']}, {raw['input']['height']}, "
+             f"{raw['input']['width']}); images up to {raw['input']['max_image_side']} px a side"]
+    for task in raw["tasks"]:
+        lines.append(f"task         {task['name']}: {', '.join(task['classes'])} "
+                     f"(temperature {task['temperature']:g}, applied in the graph; review below p={task['threshold']:g})")
+    lines.append("preprocess   " + ", ".join(f"{k}={v}" for k, v in raw["preprocess"].items() if v is not None))
+    prov = raw.get("provenance", {})
+    lines.append(f"provenance   config {prov.get('config_hash')}, manifest {str(prov.get('data_manifest_sha256'))[:16]}, "
+                 f"git {prov.get('git_commit') or 'unknown'}")
+    for task, figures in (prov.get("test_metrics") or {}).items():
+        lines.append(f"test         {task}: balanced accuracy {figures['balanced_accuracy']:.3f}, "
+                     f"macro F1 {figures['macro_f1']:.3f}, n={figures['n']}")
+    lines.append("versions     " + ", ".join(f"{k} {v}" for k, v in raw.get("versions", {}).items()))
+    for key, text in raw.get("model_card", {}).items():
+        lines.append(f"\n{key.replace('_', ' ').capitalize()}:\n  {text}")
+    return "\n".join(lines)
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    from mscvision.runtime.model import load_model
+    from mscvision.runtime.verify import default_vectors_dir, verify_model
+
+    model = load_model(args.model, args.threads, device="cpu")
+    folder = args.vectors or default_vectors_dir(Path(args.model))
+    report = verify_model(model, folder)
+    station = report.station
+    print(f"onnxruntime {station['onnxruntime']} on {station['machine']} ({station['system']}), "
+          f"threads {station['intra_op_threads']}, providers {', '.join(station['providers'])}")
+    print(f"cpu flags: {' '.join(station['cpu_flags']) or 'unknown'}")
+    for line in report.lines:
+        print(line)
+    if report.passed:
+        print(f"verify: PASS ({len(report.lines)} vectors, {folder})")
+        return EXIT_OK
+    for failure in report.failures:
+        print(f"error: {failure}", file=sys.stderr)
+    print(f"verify: FAIL ({len(report.failures)} problem(s)); this station does not reproduce the export",
+          file=sys.stderr)
+    return EXIT_INPUTS_FAILED
