@@ -1,0 +1,115 @@
+"""One image from one random stream: plan the scene, draw the maps, form the image, expose it.
+
+``render_crop`` makes a training crop (one dominant state per task plus a minority);
+``render_field`` makes a whole-well field: a Voronoi mosaic of zones, each with its own
+dominant states, so that tiles of the field disagree the way regions of a real well do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from mscvision.synth.fluorescence import fluorescence
+from mscvision.synth.labels import JOINT, Donor
+from mscvision.synth.optics import blur, draw_spots, expose, illumination, phase_contrast, tone_curve
+from mscvision.synth.organelles import add_cell_organelles, add_debris, add_mineral
+from mscvision.synth.scene import (CHONDRO, MARGIN, Canvas, Cell, Zone, crop_areas, enforce_dominance,
+                                   mixture, place_cells, state_fractions)
+
+MODALITIES = ("phase", "fluorescence")
+
+
+@dataclass
+class Rendered:
+    image: np.ndarray  # (H, W) phase or (H, W, 2) fluorescence; uint8 or uint16
+    morphology: np.ndarray  # cell-area fraction per morphology state, sums to 1
+    differentiation: np.ndarray  # cell-area fraction per differentiation state
+
+
+def _coverage(rng) -> float:
+    """Confluence: fraction of the canvas covered by cells, drawn independently of class."""
+    return rng.uniform(0.18, 0.6)
+
+
+def render_crop(rng, donor: Donor, dominant: tuple[int, int], size: int, modality: str, bit_depth: int) -> Rendered:
+    scale = rng.uniform(0.8, 1.2) * donor.size  # magnification +-20%, times the donor's cell size
+    side = size + 2 * MARGIN
+    canvas = Canvas(side, side)
+    zone = Zone(mixture(rng, dominant[0], 3), mixture(rng, dominant[1], 4), _coverage(rng) * side * side, dominant)
+    first = tuple(MARGIN + size * rng.uniform(0.3, 0.7, 2))  # the dominant state is always in view
+    cells = place_cells(rng, [zone], lambda y, x: 0, canvas, scale, first)
+    box = (MARGIN, MARGIN, MARGIN + size, MARGIN + size)
+    cells = enforce_dominance(cells, box, dominant)
+    morph, diff = state_fractions(cells, crop_areas(cells, box))
+    return Rendered(_form(rng, cells, canvas, donor, scale, modality, bit_depth, box), morph, diff)
+
+
+def render_field(rng, donor: Donor, size: int, modality: str, bit_depth: int, zones: int = 9) -> Rendered:
+    scale = rng.uniform(0.8, 1.2) * donor.size
+    side = size + 2 * MARGIN
+    canvas = Canvas(side, side)
+    seeds = rng.uniform(0, side, (zones, 2))
+    owner = _nearest(seeds, *np.mgrid[0:side:8, 0:side:8].reshape(2, -1))
+    zone_area = np.bincount(owner, minlength=zones) * 64.0
+    plan = []
+    for k in range(zones):
+        m, d = divmod(int(rng.choice(JOINT.size, p=JOINT.ravel())), JOINT.shape[1])
+        plan.append(Zone(mixture(rng, m, 3), mixture(rng, d, 4), _coverage(rng) * zone_area[k], (m, d)))
+    cells = place_cells(rng, plan, lambda y, x: int(_nearest(seeds, np.array([y]), np.array([x]))[0]),
+                        canvas, scale, max_attempts=int(40 * side * side / 128 ** 2))
+    box = (MARGIN, MARGIN, MARGIN + size, MARGIN + size)
+    morph, diff = state_fractions(cells, crop_areas(cells, box))
+    return Rendered(_form(rng, cells, canvas, donor, scale, modality, bit_depth, box), morph, diff)
+
+
+def _nearest(seeds: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+    return np.argmin((ys[:, None] - seeds[None, :, 0]) ** 2 + (xs[:, None] - seeds[None, :, 1]) ** 2, axis=1)
+
+
+def _form(rng, cells: list[Cell], canvas: Canvas, donor: Donor, scale: float, modality: str, bit_depth: int, box):
+    org = add_cell_organelles(rng, cells, scale, donor.granularity * rng.uniform(0.4, 1.6), donor.droplet_size)
+    add_mineral(rng, org, cells, scale)
+    add_debris(rng, org, canvas.shape, scale)
+    maps = _maps(rng, cells, org, canvas, donor)
+    y0, x0, y1, x1 = box
+    light = illumination(rng, (y1 - y0, x1 - x0), float(max(y1 - y0, x1 - x0)))
+    if modality == "phase":
+        rel = tone_curve(rng, phase_contrast(rng, maps, donor.halo, donor.background_texture)[y0:y1, x0:x1])
+        return expose(rng, np.clip(rel, 0.02, None) * light, bit_depth)
+    channels = fluorescence(rng, cells, org, canvas, maps["matrix"])
+    return np.stack([expose(rng, tone_curve(rng, ch[y0:y1, x0:x1], True) * light * 4.0, bit_depth)
+                     for ch in channels], axis=-1)
+
+
+def _maps(rng, cells: list[Cell], org, canvas: Canvas, donor: Donor) -> dict:
+    opd = np.zeros(canvas.shape, np.float32)
+    bright = np.zeros_like(opd)
+    chondro = np.zeros_like(opd)
+    nucleus_gain = 0.35 * donor.nucleus_contrast * rng.uniform(0.7, 1.3)
+    for c in cells:
+        win = canvas.window(c.patch)
+        if win is None:
+            continue
+        big, small = win
+        p = c.patch
+        if p.bright:  # rounded cells: thick and refractile
+            bright[big] += (p.thick * donor.roundness_brightness * rng.uniform(1.2, 1.8))[small]
+            opd[big] += (0.3 * p.thick)[small]
+        else:
+            opd[big] += (p.thick * rng.uniform(0.8, 1.2) + nucleus_gain * p.nucleus)[small]
+        if c.diff == CHONDRO:
+            chondro[big] += p.mask[small]
+    draw_spots(opd, org.nucleoli, gain=0.6 * donor.nucleus_contrast)
+    draw_spots(opd, org.granules, gain=0.45)
+    draw_spots(bright, org.droplets, gain=0.9)
+    dark = np.zeros_like(opd)
+    draw_spots(dark, org.specks, dome=False)
+    matrix = np.zeros_like(opd)
+    if chondro.any():  # dense cartilage-like matrix where chondrogenic cells crowd together
+        matrix = np.clip((blur(chondro, 6.0) - 0.25) * 3, 0, 1)
+        grain = 1 + 0.25 * blur(rng.normal(0, 1, opd.shape).astype(np.float32), 1.0) / 0.28
+        opd += rng.uniform(0.35, 0.6) * matrix * grain
+        bright += 0.25 * np.clip(blur(chondro, 1.5) - chondro, 0, None) * matrix  # pericellular lacunae
+    return {"opd": opd, "bright": bright, "dark": dark, "matrix": matrix}
