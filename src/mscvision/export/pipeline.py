@@ -61,6 +61,24 @@ def locate_run(target: str | Path) -> RunFiles:
     return RunFiles(run_dir, checkpoint, metrics)
 
 
+@dataclass
+class _Export:
+    """What every step of one export shares: the model, its data and the torch reference."""
+
+    module: object  # MscClassifier
+    rows: list[dict]  # split.csv
+    heldout: Samples
+    deploy: DeployNet
+    reference: dict[str, np.ndarray]  # torch probabilities on ``heldout``
+    metadata: dict
+    threads: int
+    log: object
+
+    @property
+    def tasks(self) -> list[Task]:
+        return self.module.tasks
+
+
 def export_run(run_dir_or_ckpt: str | Path, out: str | Path | None = None, precision: str = "fp32", *,
                threads: int = 0, parity_images: int = 1024, calibration_images: int = 256,
                log=print) -> Path:
@@ -75,41 +93,66 @@ def export_run(run_dir_or_ckpt: str | Path, out: str | Path | None = None, preci
     out = Path(out) if out else run.run_dir / "model.onnx"
     if out.suffix != ".onnx":
         raise ConfigError(f"--out {out}: the model file must end in .onnx")
+    job = _prepare(run, out.stem, parity_images, threads, log)
+    report = {"schema": PARITY_SCHEMA, "split": "+".join(job.heldout.splits), "n_images": len(job.heldout),
+              "setup": "plain single pass; reference: the torch model as evaluated (fp32, CPU)",
+              "notes": parity.parity_notes(len(job.heldout)), "gates": {}}
+    _export_fp32(job, out, report)
+    if precision != "fp32":
+        _export_variant(job, out, precision, report, calibration_images)
+    return out
+
+
+def _prepare(run: RunFiles, name: str, parity_images: int, threads: int, log) -> _Export:
     module = _load_evaluated_model(run.checkpoint)
     tasks, spec = module.tasks, module.config.preprocess
     rows = read_split(run.run_dir)
     heldout = load_samples(rows, ("test", "val"), tasks, spec, parity.MIN_PARITY_IMAGES, parity_images)
     settings = task_settings(run.run_dir, tasks)
-    deploy = DeployNet(_evaluated_net(module), [t.name for t in tasks], [settings[t.name]["temperature"] for t in tasks])
+    deploy = DeployNet(_evaluated_net(module), [t.name for t in tasks],
+                       [settings[t.name]["temperature"] for t in tasks])
     reference = parity.torch_probabilities(deploy, heldout.tensors, tasks)
-    metadata = _metadata(out.stem, module, run, rows, heldout, settings)
+    metadata = _metadata(name, module, run, rows, heldout, settings)
+    log(f"exporting {run.checkpoint} (opset {OPSET})")
+    return _Export(module, rows, heldout, deploy, reference, metadata, threads, log)
 
-    log(f"exporting {run.checkpoint} (opset {OPSET}) → {out}")
+
+def _export_fp32(job: _Export, out: Path, report: dict) -> None:
     _remove_variants(out)
-    proto = export_proto(deploy, spec)
-    embed_metadata(proto, metadata)
+    proto = export_proto(job.deploy, job.module.config.preprocess)
+    embed_metadata(proto, job.metadata)
     save_single_file(proto, out)
-    report = {"schema": PARITY_SCHEMA, "split": "+".join(heldout.splits), "n_images": len(heldout),
-              "setup": "plain single pass; reference: the torch model as evaluated (fp32, CPU)",
-              "notes": parity.parity_notes(len(heldout)), "gates": {}}
-    failures = _measure(out, "fp32", reference, heldout, tasks, threads, report, log)
+    failures = _measure(job, out, "fp32", report)
     parity_path = out.with_name(out.stem + ".parity.json")
     write_json_atomic(parity_path, report)
     if failures:
         out.unlink()
         raise ParityError(f"the exported graph does not reproduce the torch model ({'; '.join(failures)}); "
                           f"{out} was removed. Figures: {parity_path}")
-    _finish(out, metadata, heldout.paths, log)
-    if precision != "fp32":
-        variant, settings = _variant(out, precision, rows, tasks, spec, calibration_images, metadata)
-        report["gates"][precision] = {"variant": settings}
-        if not _measure(variant, precision, reference, heldout, tasks, threads, report, log):
-            _finish(variant, json.loads(_read_metadata(variant)), heldout.paths, log)
-        else:
-            log(f"{precision} variant rejected by its gate; {out.name} (fp32) stays the default model")
-            variant.unlink()
-        write_json_atomic(parity_path, report)
-    return out
+    _finish(out, job.metadata, job.heldout.paths, job.log)
+
+
+def _export_variant(job: _Export, out: Path, precision: str, report: dict, n_calibration: int) -> None:
+    """fp16 / int8 beside the fp32 model, kept only if it meets its gate."""
+    path = out.with_name(f"{out.stem}.{precision}.onnx")
+    if precision == "fp16":
+        proto, settings = to_fp16(onnx.load(str(out))), {"method": "float16 weights and activations; float32 "
+                                                                    "inputs/outputs, heads and softmax"}
+    else:
+        calibration = load_samples(job.rows, ("train",), job.tasks, job.module.config.preprocess,
+                                   n_calibration, n_calibration, seed=1)
+        proto, settings = to_int8(out, calibration.tensors)
+    settings["cpu_flags_at_export"] = cpu_flags()
+    metadata = {**job.metadata, "precision": precision, "quantization": settings}
+    embed_metadata(proto, metadata)
+    save_single_file(proto, path)
+    report["gates"][precision] = {"variant": settings}
+    if _measure(job, path, precision, report):
+        job.log(f"{precision} variant rejected by its gate; {out.name} (fp32) stays the default model")
+        path.unlink()
+    else:
+        _finish(path, metadata, job.heldout.paths, job.log)
+    write_json_atomic(out.with_name(out.stem + ".parity.json"), report)
 
 
 def _load_evaluated_model(checkpoint: Path):
@@ -159,37 +202,22 @@ def _manifest_file(config, rows: list[dict]) -> Path | None:
     return None
 
 
-def _measure(path: Path, precision: str, reference: dict, heldout: Samples, tasks: list[Task], threads: int,
-             report: dict, log) -> list[str]:
-    candidate = parity.onnx_probabilities(path, heldout.tensors, threads)
-    figures = parity.parity_figures(reference, candidate, heldout.targets, tasks)
+def _measure(job: _Export, path: Path, precision: str, report: dict) -> list[str]:
+    """Parity of the file at ``path`` against the torch reference, into ``report``; the gate's failures."""
+    candidate = parity.onnx_probabilities(path, job.heldout.tensors, job.threads)
+    figures = parity.parity_figures(job.reference, candidate, job.heldout.targets, job.tasks)
     failures = parity.gate_failures(figures, precision)
     report[precision] = figures
     extra = {"cpu_flags": cpu_flags()} if precision == "int8" else {}
     report["gates"][precision] = {**parity.gate_entry(precision, failures, extra),
                                   **report["gates"].get(precision, {})}
     for task, f in figures.items():
-        log(f"parity {precision:4} {task}: max|Δp| {f['max_abs_diff']:.2e}, top-1 agreement "
-            f"{f['top1_agreement']:.2%} ({f['changed_predictions']} changed of {f['n_images']}), "
-            f"balanced accuracy {100 * f['balanced_accuracy_delta']:+.2f} points")
+        job.log(f"parity {precision:4} {task}: max|Δp| {f['max_abs_diff']:.2e}, top-1 agreement "
+                f"{f['top1_agreement']:.2%} ({f['changed_predictions']} changed of {f['n_images']}), "
+                f"balanced accuracy {100 * f['balanced_accuracy_delta']:+.2f} points")
     for failure in failures:
-        log(f"parity {precision} gate missed: {failure}")
+        job.log(f"parity {precision} gate missed: {failure}")
     return failures
-
-
-def _variant(fp32_path: Path, precision: str, rows: list[dict], tasks: list[Task], spec, n_calibration: int,
-             metadata: dict) -> tuple[Path, dict]:
-    path = fp32_path.with_name(f"{fp32_path.stem}.{precision}.onnx")
-    if precision == "fp16":
-        proto, settings = to_fp16(onnx.load(str(fp32_path))), {"method": "float16 weights and activations, "
-                                                                     "float32 inputs/outputs, softmax and heads"}
-    else:
-        calibration = load_samples(rows, ("train",), tasks, spec, n_calibration, n_calibration, seed=1)
-        proto, settings = to_int8(fp32_path, calibration.tensors)
-    settings["cpu_flags_at_export"] = cpu_flags()
-    embed_metadata(proto, {**metadata, "precision": precision, "quantization": settings})
-    save_single_file(proto, path)
-    return path, settings
 
 
 def _remove_variants(out: Path) -> None:
@@ -201,13 +229,6 @@ def _remove_variants(out: Path) -> None:
         for file in (out.with_name(stem + ".onnx"), out.with_name(stem + ".json")):
             file.unlink(missing_ok=True)
         shutil.rmtree(out.with_name(stem + ".vectors"), ignore_errors=True)
-
-
-def _read_metadata(path: Path) -> str:
-    from mscvision.runtime.metadata import METADATA_KEY
-
-    return next(p.value for p in onnx.load(str(path), load_external_data=False).metadata_props
-                if p.key == METADATA_KEY)
 
 
 def _finish(path: Path, metadata: dict, candidates: list[str], log) -> None:

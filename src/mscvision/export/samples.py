@@ -34,7 +34,12 @@ def read_split(run_dir: Path) -> list[dict]:
         raise DataError(f"{run_dir}: no split.csv, so there are no held-out images for the parity gate. "
                         "Fix: export from a run directory written by `scripts/train.py`.")
     with open(path, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
+        rows = list(csv.DictReader(f))
+    if rows and not Path(rows[0]["path"]).is_file():
+        raise DataError(f"{path}: image {rows[0]['path']} is not found from here. Fix: run export from the "
+                        "folder training ran in (relative paths in split.csv are relative to it), or make "
+                        "the data set available at that path.")
+    return rows
 
 
 def load_samples(rows: list[dict], splits: tuple[str, ...], tasks: list[Task], spec: PreprocessSpec,
