@@ -46,6 +46,8 @@ def run_predict(args: argparse.Namespace) -> int:
     if not paths:
         print(f"error: no image files found in {args.inputs}", file=sys.stderr)
         return EXIT_USAGE
+    print(f"model {model.path.name} ({model.metadata.precision}, sha256 {model.sha256[:16]}…) on "
+          f"{', '.join(model.providers)}; {len(paths)} input(s)", file=sys.stderr)
     tally = Tally()
     rows = predict_files(model, paths, args.batch_size, workers=min(4, max(1, args.threads or 2)))
     write_rows(rows, prediction_columns(model.metadata), args.out, tally, progress_total=len(paths))

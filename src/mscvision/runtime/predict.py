@@ -7,7 +7,6 @@ Rows: ``path``, ``status`` (ok | review | error), ``reason``, then per task ``TA
 from __future__ import annotations
 
 import csv
-import io
 import json
 import sys
 import time
@@ -115,14 +114,8 @@ def _write(rows: Iterable[dict], columns: list[str], f: TextIO, fmt: str, tally:
             writer.writerow(row)
         else:
             f.write(json.dumps({c: row[c] if row[c] != "" or c == "reason" else None for c in columns}) + "\n")
-        if show:
+        if show and (tally.total % 16 == 0 or tally.total == total):
             print(f"\r{tally.total}/{total} images", end="", file=sys.stderr, flush=True)
     if show:
         print(file=sys.stderr)
 
-
-def rows_to_csv(rows: list[dict], columns: list[str]) -> str:
-    """For tests and small callers: the CSV text of ``rows``."""
-    buffer = io.StringIO()
-    _write(rows, columns, buffer, "csv", Tally(), 0)
-    return buffer.getvalue()
