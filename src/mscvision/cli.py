@@ -32,6 +32,17 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_bench(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from mscvision.benchmarks.run import markdown, run_benchmark
+
+    report = run_benchmark([Path(r) for r in args.runs], args.threads, args.quick,
+                           Path(args.out) if args.out else None)
+    print(markdown(report))
+    return 0
+
+
 def _add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run", metavar="RUN_DIR_OR_CKPT", help="a run directory, or a checkpoint inside one")
     parser.add_argument("--out", help="NAME.onnx to write (default: RUN_DIR/model.onnx)")
@@ -74,6 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_arguments(train)
     train.set_defaults(handler=run_train)
     _add_deploy_commands(sub)
+
+    from mscvision.benchmarks.arguments import add_bench_arguments
+
+    add_bench_arguments(sub.add_parser("bench", help="benchmark trained runs (needs mscvision[train])"))
+    sub.choices["bench"].set_defaults(handler=run_bench)
     return parser
 
 

@@ -103,6 +103,12 @@ class TrainerConfig:
 
 
 @dataclass(frozen=True)
+class ExportConfig:
+    enabled: bool = True  # export RUN_DIR/model.onnx at the end of `scripts/train.py`
+    precision: str = "fp32"  # fp16 / int8 add that variant beside fp32 when it meets its gate
+
+
+@dataclass(frozen=True)
 class RunConfig:
     name: str = "default"
     seed: int = 0
@@ -115,6 +121,7 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

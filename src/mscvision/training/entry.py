@@ -1,4 +1,4 @@
-"""The train command: arguments → config → one run → a short summary."""
+"""The train command: arguments → config → one run → a short summary → the exported model."""
 
 from __future__ import annotations
 
@@ -19,8 +19,13 @@ def run_from_args(args: argparse.Namespace) -> int:
         config = load_config([run_dir / "config.yaml"], args.overrides)
         result = train(config, run_dir=run_dir, resume=True)
     else:
-        result = train(load_config(args.config, args.overrides))
+        config = load_config(args.config, args.overrides)
+        result = train(config)
     print_summary(result)
+    if result.metrics and config.export.enabled:
+        from mscvision.export import export_run
+
+        export_run(result.run_dir, precision=config.export.precision)
     return 0
 
 

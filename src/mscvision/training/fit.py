@@ -61,7 +61,7 @@ def train(config: RunConfig, run_dir: Path | None = None, resume: bool = False,
     for message in data.warnings:
         print(f"warning: {message}", flush=True)
 
-    loaders, skipped = _build_loaders(config, data)
+    loaders, skipped = build_loaders(config, data)
     if not data.manifest.has_groups:
         warn_near_duplicates(data, loaders["scan"], config.preprocess)
     cuda = _use_cuda(config)
@@ -90,7 +90,7 @@ def train(config: RunConfig, run_dir: Path | None = None, resume: bool = False,
     return RunResult(run_dir, metrics, best, loaders["test_rows"], test_probs)
 
 
-def _build_loaders(config: RunConfig, data: PreparedData) -> tuple[dict, list[str]]:
+def build_loaders(config: RunConfig, data: PreparedData) -> tuple[dict, list[str]]:
     spec, workers = config.preprocess, config.data.num_workers
     scan = scan_images(data.manifest.paths, spec, config.data.cache_images, config.data.skip_unreadable)
     for message in scan.skipped:

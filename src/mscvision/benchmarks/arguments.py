@@ -1,0 +1,20 @@
+"""Arguments of `mscvision bench` / `scripts/benchmark.py` (light: no torch import)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+
+def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="trained run directories (runs/NAME)")
+    parser.add_argument("--quick", action="store_true", help="reduced repeats and sizes (< 2 minutes)")
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+                        help="total thread budget for every engine (default: all cores)")
+    parser.add_argument("--out", metavar="FILE.json", help="write JSON here and the Markdown table beside it (.md)")
+
+
+def bench_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="benchmark", description="benchmark trained runs against this machine's limit")
+    add_bench_arguments(parser)
+    return parser

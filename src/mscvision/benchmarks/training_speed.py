@@ -1,0 +1,77 @@
+"""Training throughput: the real input pipeline (cache → augment → collate → step) vs tensors in memory."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from mscvision.training.config import RunConfig
+from mscvision.training.dataset_setup import class_weights, prepare_data
+from mscvision.training.fit import build_loaders
+from mscvision.training.module import MscClassifier
+
+
+def _step(module: MscClassifier, optimizer, x, targets, precision_ctx) -> None:
+    with precision_ctx():
+        _, logits = module(x)
+        loss = module.multitask_loss(logits, targets)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+def training_throughput(config: RunConfig, steps: int = 20, device: str = "cpu", bf16: bool = False,
+                        channels_last: bool = False, compile_model: bool = False) -> dict:
+    """Images/s of ``steps`` optimiser steps fed by the real loader vs by one batch kept in memory."""
+    data = prepare_data(config)
+    loaders, _ = build_loaders(config, data)
+    module = MscClassifier(config.to_dict(), [t.to_dict() for t in data.tasks],
+                           class_weights(data.targets, data.tasks, loaders["train_rows"]),
+                           channels_last=channels_last).to(device).train()
+    optimizer = torch.optim.AdamW(module.parameters(), lr=1e-3)
+    if compile_model:
+        module.net = torch.compile(module.net)
+    ctx = (lambda: torch.autocast(device, dtype=torch.bfloat16)) if bf16 else torch.enable_grad  # noqa: E731
+    loader = loaders["train"]
+    batch_size = loader.batch_size
+
+    def pipeline() -> float:
+        it, done = iter(loader), 0
+        x, y = next(it)  # warm-up step (worker start, first kernels)
+        _step(module, optimizer, x.to(device), {k: v.to(device) for k, v in y.items()}, ctx)
+        _sync(device)
+        start = time.perf_counter()
+        while done < steps:
+            try:
+                x, y = next(it)
+            except StopIteration:
+                it = iter(loader)
+                continue
+            _step(module, optimizer, x.to(device, non_blocking=True), {k: v.to(device) for k, v in y.items()}, ctx)
+            done += 1
+        _sync(device)
+        return steps * batch_size / (time.perf_counter() - start)
+
+    def in_memory() -> float:
+        x, y = next(iter(loader))
+        x, y = x.to(device), {k: v.to(device) for k, v in y.items()}
+        _step(module, optimizer, x, y, ctx)
+        _sync(device)
+        start = time.perf_counter()
+        for _ in range(steps):
+            _step(module, optimizer, x, y, ctx)
+        _sync(device)
+        return steps * batch_size / (time.perf_counter() - start)
+
+    memory_rate = in_memory()
+    pipeline_rate = pipeline()
+    return {"pipeline_img_s": round(pipeline_rate, 1), "in_memory_img_s": round(memory_rate, 1),
+            "ratio": round(pipeline_rate / memory_rate, 3), "batch_size": batch_size, "steps": steps,
+            "workers": config.data.num_workers, "augment": config.augment.enabled, "device": device,
+            "bf16": bf16, "channels_last": channels_last, "compile": compile_model}
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
