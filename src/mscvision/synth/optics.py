@@ -86,14 +86,14 @@ def phase_contrast(rng, maps: dict, halo: float, texture: float) -> np.ndarray:
     ring = bright - blur(bright, 1.3)  # positive inside the edge, negative just outside: dark rim
     img += rng.uniform(0.35, 0.7) * bright + rng.uniform(0.5, 1.0) * ring
     img -= rng.uniform(0.35, 0.75) * dark
-    mottle = blur(rng.normal(0, 1, opd.shape).astype(np.float32), rng.uniform(1.5, 6))
-    img += texture * rng.uniform(0.01, 0.04) * mottle / (mottle.std() + 1e-6)
-    return blur(img, rng.uniform(0.3, 1.5))  # defocus
+    mottle = blur(rng.normal(0, 1, opd.shape).astype(np.float32), rng.uniform(1.0, 8.0))
+    img += texture * rng.uniform(0.0, 0.05) * mottle / (mottle.std() + 1e-6)
+    return blur(img, rng.uniform(0.3, 1.3))  # defocus
 
 
 def expose(rng, signal: np.ndarray, bit_depth: int) -> np.ndarray:
     """Camera: photons with shot noise, read noise, gain and offset, then integers that clip."""
-    photons = np.exp(rng.uniform(np.log(60), np.log(1500)))  # at background level
+    photons = np.exp(rng.uniform(np.log(40), np.log(2500)))  # at background level
     counts = rng.poisson(np.clip(signal, 0, None) * photons).astype(np.float32)
     counts += rng.normal(0, rng.uniform(1, 8), signal.shape).astype(np.float32)
     if bit_depth == 8:

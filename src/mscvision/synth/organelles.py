@@ -49,8 +49,8 @@ def speck_radii(rng, k: int) -> np.ndarray:
 def _inside(rng, patch, k: int, spread: float, keep_out_nucleus: bool):
     """k points near the nucleus that fall inside the cell body (box coordinates)."""
     ny, nx = patch.nucleus_yx
-    ys = ny + rng.normal(0, spread, 4 * k)
-    xs = nx + rng.normal(0, spread, 4 * k)
+    ys = ny + rng.normal(0, spread, 6 * k)
+    xs = nx + rng.normal(0, spread, 6 * k)
     iy, ix = ys.astype(int), xs.astype(int)
     h, w = patch.mask.shape
     ok = (iy >= 0) & (iy < h) & (ix >= 0) & (ix < w)
@@ -73,9 +73,9 @@ def add_cell_organelles(rng, cells: list[Cell], scale: float, granularity: float
         k = rng.poisson(granularity * p.area / 60)
         ys, xs = _inside(rng, p, k, 0.45 * size, keep_out_nucleus=True)
         org.granules.add(ys, xs, rng.uniform(0.5, 1.0, len(ys)), rng.uniform(0.4, 1.0, len(ys)))
-        if c.diff == ADIPO:
-            k = int(np.clip(rng.normal(p.area / 45, p.area / 150), 4, 45))
-            ys, xs = _inside(rng, p, k, max(0.45 * size, 1.6 * p.nucleus_r), keep_out_nucleus=True)
+        if c.diff == ADIPO:  # droplets pack the cytoplasm around the nucleus
+            k = int(np.clip(rng.normal(p.area / 25, p.area / 100), 8, 70))
+            ys, xs = _inside(rng, p, k, 1.2 * p.nucleus_r + 0.15 * size, keep_out_nucleus=True)
             org.droplets.add(ys, xs, droplet_radii(rng, len(ys), scale * donor_droplet), rng.uniform(0.7, 1.0, len(ys)))
     return org
 
@@ -83,12 +83,12 @@ def add_cell_organelles(rng, cells: list[Cell], scale: float, granularity: float
 def add_mineral(rng, org: Organelles, cells: list[Cell], scale: float) -> None:
     """Osteogenic cells lay down mineral: dense nodules of dark granules over and around them."""
     for c in cells:
-        if c.diff != OSTEO or rng.random() > 0.75:
+        if c.diff != OSTEO:
             continue
         p = c.patch
         cy, cx = p.y0 + p.nucleus_yx[0] + rng.normal(0, 6), p.x0 + p.nucleus_yx[1] + rng.normal(0, 6)
-        k = int(rng.integers(20, 60))
-        sigma = rng.uniform(3.0, 6.5) * scale
+        k = int(rng.integers(40, 100))
+        sigma = rng.uniform(3.5, 7.0) * scale
         org.specks.add(cy + rng.normal(0, sigma, k), cx + rng.normal(0, sigma, k), speck_radii(rng, k),
                        rng.uniform(0.5, 1.0, k))
 

@@ -3,7 +3,8 @@
 Two feature sets, each fed to a logistic regression evaluated on held-out donors:
   * global intensity statistics (raw and after per-image percentile normalisation - the latter is
     what the default preprocessing gives a model): mean, std, percentiles, 16-bin histogram;
-  * texture: rotation-invariant uniform local binary patterns (LBP riu2, P=8) at several radii.
+  * texture: rotation-invariant uniform local binary patterns (LBP riu2) at Ojala et al.'s three
+    standard scales (P, R) = (8, 1), (16, 2), (24, 3), concatenated.
 If either comes close to a CNN, the CNN may be reading brightness or texture rather than cells.
 numpy only; scikit-learn is imported inside ``evaluate`` (it is in the train extra).
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 PERCENTILES = (1, 5, 25, 50, 75, 95, 99)
-LBP_RADII = (1, 2, 3, 5)
+LBP_SCALES = ((8, 1.0), (16, 2.0), (24, 3.0))  # (points, radius): Ojala, Pietikainen & Maenpaa 2002
 
 
 def _stats(x: np.ndarray) -> np.ndarray:
@@ -63,8 +64,8 @@ def lbp_riu2(x: np.ndarray, radius: float, points: int = 8) -> np.ndarray:
 
 def lbp_features(image: np.ndarray) -> np.ndarray:
     img = image if image.ndim == 3 else image[:, :, None]
-    return np.concatenate([lbp_riu2(normalise(img[:, :, c].astype(np.float64)), r)
-                           for c in range(img.shape[2]) for r in LBP_RADII])
+    return np.concatenate([lbp_riu2(normalise(img[:, :, c].astype(np.float64)), r, p)
+                           for c in range(img.shape[2]) for p, r in LBP_SCALES])
 
 
 def evaluate(features: np.ndarray, labels: np.ndarray, groups: np.ndarray, folds: int = 4) -> float:

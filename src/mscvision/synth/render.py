@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mscvision.synth.artefacts import ghosts, scratches
 from mscvision.synth.fluorescence import fluorescence
 from mscvision.synth.labels import JOINT, Donor
 from mscvision.synth.optics import blur, draw_spots, expose, illumination, phase_contrast, tone_curve
@@ -76,7 +77,9 @@ def _form(rng, cells: list[Cell], canvas: Canvas, donor: Donor, scale: float, mo
     y0, x0, y1, x1 = box
     light = illumination(rng, (y1 - y0, x1 - x0), float(max(y1 - y0, x1 - x0)))
     if modality == "phase":
-        rel = tone_curve(rng, phase_contrast(rng, maps, donor.halo, donor.background_texture)[y0:y1, x0:x1])
+        maps["opd"] += scratches(rng, canvas.shape, rng.uniform(0, 1.5))
+        rel = phase_contrast(rng, maps, donor.halo, donor.background_texture)
+        rel = tone_curve(rng, (rel + ghosts(rng, canvas.shape, rng.uniform(0, 5)))[y0:y1, x0:x1])
         return expose(rng, np.clip(rel, 0.02, None) * light, bit_depth)
     channels = fluorescence(rng, cells, org, canvas, maps["matrix"])
     return np.stack([expose(rng, tone_curve(rng, ch[y0:y1, x0:x1], True) * light * 4.0, bit_depth)
@@ -108,8 +111,7 @@ def _maps(rng, cells: list[Cell], org, canvas: Canvas, donor: Donor) -> dict:
     draw_spots(dark, org.specks, dome=False)
     matrix = np.zeros_like(opd)
     if chondro.any():  # dense cartilage-like matrix where chondrogenic cells crowd together
-        matrix = np.clip((blur(chondro, 6.0) - 0.25) * 3, 0, 1)
-        grain = 1 + 0.25 * blur(rng.normal(0, 1, opd.shape).astype(np.float32), 1.0) / 0.28
-        opd += rng.uniform(0.35, 0.6) * matrix * grain
-        bright += 0.25 * np.clip(blur(chondro, 1.5) - chondro, 0, None) * matrix  # pericellular lacunae
+        matrix = np.clip((blur(chondro, 7.0) - 0.12) * 5, 0, 1)
+        opd += rng.uniform(0.5, 0.8) * matrix  # a nodule of hyaline matrix: halo-ringed, homogeneous
+        bright += 0.3 * np.clip(blur(chondro, 1.5) - chondro, 0, None) * matrix  # pericellular lacunae
     return {"opd": opd, "bright": bright, "dark": dark, "matrix": matrix}

@@ -133,16 +133,17 @@ def _find_spot(rng, canvas: Canvas, patch: Patch, zone: Zone, diff: int, yx) -> 
     """Try a few positions; chondrogenic cells condense into nodules, the rest avoid each other."""
     chondro = diff == CHONDRO
     if chondro:
-        if not zone.clusters or rng.random() < 0.12:
+        if not zone.clusters or rng.random() < 0.08:
             zone.clusters.append([yx[0], yx[1], 0])
         cluster = zone.clusters[int(rng.integers(len(zone.clusters)))]
-        spread = np.sqrt(patch.area / np.pi) * (0.9 + 0.6 * np.sqrt(cluster[2]))
+        spread = np.sqrt(patch.area / np.pi) * (0.8 + 0.5 * np.sqrt(cluster[2]))
     best, best_overlap = None, 0.35 if not chondro else 0.6
     for attempt in range(10):
         if chondro:
             cy, cx = cluster[0] + rng.normal(0, spread), cluster[1] + rng.normal(0, spread)
         else:
-            cy, cx = yx if attempt == 0 else (rng.uniform(0, canvas.shape[0]), rng.uniform(0, canvas.shape[1]))
+            reach = min(96, canvas.shape[0] / 2)  # stay near the drawn position: in a field, that is its zone
+            cy, cx = yx if attempt == 0 else (yx[0] + rng.uniform(-reach, reach), yx[1] + rng.uniform(-reach, reach))
         cand = patch.shifted(int(cy), int(cx))
         ov = canvas.overlap(cand)
         if ov < best_overlap:
