@@ -7,6 +7,8 @@ exactly the precision a decision threshold needs.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import tempfile
 from pathlib import Path
 
@@ -14,6 +16,12 @@ import numpy as np
 import onnx
 
 from mscvision.runtime.metadata import FEATURES_OUTPUT, INPUT_NAME
+
+# Activation ranges: the 99.999th percentile of |activations| over the calibration images rather than
+# the min/max, so one outlier does not stretch a whole tensor's scale. Measured on a ResNet-18
+# (synthetic default, 6 epochs): differentiation top-1 agreement 98.67% with min/max, 99.0% with
+# this; MitoCheck ResNet-18 99.35% either way.
+CALIBRATION_PERCENTILE = 99.999
 
 
 def to_fp16(proto: onnx.ModelProto) -> onnx.ModelProto:
@@ -61,7 +69,10 @@ class _Calibration:
     """onnxruntime's CalibrationDataReader protocol over preprocessed training images."""
 
     def __init__(self, tensors: np.ndarray, batch: int = 16):
-        self.batches = iter([tensors[i:i + batch] for i in range(0, len(tensors), batch)])
+        batch = min(batch, len(tensors))
+        usable = len(tensors) - len(tensors) % batch  # equal batches: the histogram collector stacks them
+        self.used = usable
+        self.batches = iter([tensors[i:i + batch] for i in range(0, usable, batch)])
 
     def get_next(self) -> dict | None:
         batch = next(self.batches, None)
@@ -70,7 +81,7 @@ class _Calibration:
 
 def to_int8(fp32_path: Path, calibration: np.ndarray) -> tuple[onnx.ModelProto, dict]:
     """Static QDQ quantisation: ``quant_pre_process`` first, per-channel int8 weights, activations
-    calibrated (min/max) on ``calibration`` (training images through the real preprocessing)."""
+    calibrated (percentile) on ``calibration`` (training images through the real preprocessing)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -78,12 +89,16 @@ def to_int8(fp32_path: Path, calibration: np.ndarray) -> tuple[onnx.ModelProto, 
         prepared, quantised = Path(tmp) / "prepared.onnx", Path(tmp) / "int8.onnx"
         quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=False)
         excluded = tail_nodes(onnx.load(str(prepared)))
-        quantize_static(str(prepared), str(quantised), _Calibration(calibration), quant_format=QuantFormat.QDQ,
-                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=excluded,
-                        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+        reader = _Calibration(calibration)
+        with contextlib.redirect_stdout(io.StringIO()):  # the histogram collector prints progress
+            quantize_static(str(prepared), str(quantised), reader,
+                            quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
+                            weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.Percentile,
+                            nodes_to_exclude=excluded,
+                            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True,
+                                           "CalibPercentile": CALIBRATION_PERCENTILE})
         proto = onnx.load(str(quantised))
     settings = {"method": "onnxruntime static quantisation, QDQ", "weights": "int8, per channel, symmetric",
-                "activations": "uint8, per tensor, min/max calibration", "calibration_images": int(len(calibration)),
+                "activations": f"uint8, per tensor, {CALIBRATION_PERCENTILE} percentile calibration", "calibration_images": reader.used,
                 "calibration_split": "train", "kept_in_float": excluded}
     return proto, settings
