@@ -6,7 +6,7 @@
 Fits logistic regressions on (1) global intensity statistics and (2) LBP texture histograms,
 evaluated on held-out donors (group k-fold), and checks the bars of the generator's issue:
 intensity <= chance + 0.15 per task, LBP >= 0.15 below the CNN (when its metrics are given).
-Generating with --n also measures images/s on one core.
+Generating with --n also measures images/s on one core (--speed: only that).
 """
 
 from __future__ import annotations
@@ -86,6 +86,14 @@ def print_table(report: dict) -> None:
         print(f"generation: {report['images_per_s']:.1f} images/s on one core")
 
 
+def measure_speed(n: int, seed: int, modality: str, folder: str | None = None) -> float:
+    """Images/s of ``generate_dataset`` with one worker (files written, as in real use)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        generate_dataset(folder or tmp, n=n, seed=seed, modality=modality, workers=1)
+        return n / (time.perf_counter() - start)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, help="an existing synthetic data set (folder with manifest.csv)")
@@ -94,13 +102,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modality", default="phase", choices=("phase", "fluorescence"))
     parser.add_argument("--cnn-metrics", type=Path, help="RUN/metrics.json of a trained CNN, for the LBP gap")
     parser.add_argument("--out", type=Path, help="write the report as JSON here")
+    parser.add_argument("--speed", action="store_true", help="only time generating --n images on one core")
     args = parser.parse_args(argv)
+    if args.speed:
+        print(f"generation: {measure_speed(args.n, args.seed, args.modality):.1f} images/s on one core")
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
         data, speed = args.data, None
         if data is None:
-            start = time.perf_counter()
-            generate_dataset(tmp, n=args.n, seed=args.seed, modality=args.modality, workers=1)
-            speed, data = args.n / (time.perf_counter() - start), Path(tmp)
+            speed, data = measure_speed(args.n, args.seed, args.modality, tmp), Path(tmp)
         cnn = json.loads(args.cnn_metrics.read_text()) if args.cnn_metrics else None
         report = benchmark(data, cnn)
     if speed is not None:

@@ -29,6 +29,10 @@ from mscvision.synth.render import MODALITIES, render_crop, render_field
 GENERATOR_VERSION = "1.0"
 MANIFEST = "manifest.csv"
 FIELD_ZONE_PX = 512  # one Voronoi zone per ~512x512 px of a whole-well field
+# Nominal pixel size of the synthetic microscope (10x objective, 6.5 um camera pixels, 2x2 binning);
+# each image's magnification is jittered +-20% around it on purpose, so it is not per-image truth.
+# TIFFs carry it (OME-XML also pins their channel axis); PNGs cannot.
+PIXEL_SIZE_UM = 1.3
 
 
 def manifest_columns() -> list[str]:
@@ -68,7 +72,7 @@ def generate_dataset(out_dir, n: int = 2400, seed: int = 0, modality: str = "pha
     write_json_atomic(out / "synth.json", {
         "generator": "mscvision.synth", "generator_version": GENERATOR_VERSION, "seed": seed, "n": n,
         "modality": modality, "bit_depth": bit_depth, "size": size, "field_size": field_size,
-        "donors": donor_count(n), "fractions": "cell-area", "tasks": {
+        "donors": donor_count(n), "fractions": "cell-area", "nominal_pixel_size_um": PIXEL_SIZE_UM, "tasks": {
             "morphology": list(MORPHOLOGY_CLASSES), "differentiation": list(DIFFERENTIATION_CLASSES)}})
     _write_manifest(out / MANIFEST, rows)
     return out / MANIFEST
@@ -87,7 +91,7 @@ def render_one(job: tuple) -> dict:
         result = render_crop(rng, donor, (morph, diff), size, modality, bit_depth)
         name = f"images/img_{index:06d}"
     rel = name + (".png" if modality == "phase" else ".tif")
-    write_image(Path(out) / rel, result.image)
+    write_image(Path(out) / rel, result.image, pixel_size_um=PIXEL_SIZE_UM if rel.endswith(".tif") else None)
     row = {"path": rel, "morphology": MORPHOLOGY_CLASSES[int(np.argmax(result.morphology))],
            "differentiation": DIFFERENTIATION_CLASSES[int(np.argmax(result.differentiation))],
            "group": donor.name}

@@ -51,7 +51,7 @@ def _cell_channels(rng, cells: list[Cell], canvas: Canvas):
 
 
 def fluorescence(rng, cells: list[Cell], org: Organelles, canvas: Canvas, matrix: np.ndarray):
-    """Relative intensities (background ~ 0.05) of the nucleus and actin channels."""
+    """Relative intensities (background ~ 0.05, stained structures ~ 1) of the nucleus and actin channels."""
     nuc, actin = _cell_channels(rng, cells, canvas)
     chromatin = 1 + 0.3 * blur(rng.normal(0, 1, nuc.shape).astype(np.float32), 1.2)
     nuc *= chromatin
@@ -63,4 +63,4 @@ def fluorescence(rng, cells: list[Cell], org: Organelles, canvas: Canvas, matrix
     glow = np.zeros_like(actin)
     draw_spots(glow, org.specks, dome=False)
     psf = rng.uniform(0.7, 1.6)
-    return [blur(ch + rng.uniform(0.1, 0.3) * glow, psf) + rng.uniform(0.02, 0.08) for ch in (nuc, actin)]
+    return [blur(ch + rng.uniform(0.05, 0.2) * glow, psf) + rng.uniform(0.02, 0.08) for ch in (nuc, actin)]

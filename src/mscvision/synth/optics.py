@@ -7,9 +7,10 @@ their surroundings, a bright halo rings them, and wide flat regions fade towards
 refractile objects (rounded cells, lipid droplets) leave the linear range and look bright with a
 dark rim; they get their own "bright" map. Absorbing mineral and dust go in a "dark" map.
 
-Then: defocus blur, uneven illumination, exposure/gain/offset, shot and read noise, quantisation.
-Exposure, gain, halo strength and noise are drawn per image, and the donor shifts them again,
-so no global intensity statistic tells a class apart.
+Then: defocus blur, a per-image tone curve, uneven illumination, exposure/gain/offset, shot and
+read noise, quantisation. All are drawn per image independently of class (the donor shifts some
+again); the tone curve in particular maps every image onto a random class-blind histogram, so no
+global intensity statistic tells a class apart and a model has to look at cells.
 """
 
 from __future__ import annotations
@@ -38,30 +39,29 @@ def blur(img: np.ndarray, sigma: float) -> np.ndarray:
     return np.fft.irfft2(np.fft.rfft2(img) * kernel, s=img.shape).astype(np.float32)
 
 
-@lru_cache(maxsize=4096)
-def _stamp(r4: int, sy4: int, sx4: int, dome: bool) -> np.ndarray:
-    """Disc of radius r4/4 px at sub-pixel offset (sy4, sx4)/4; a sphere's height profile if dome."""
-    r = r4 / 4
-    half = int(np.ceil(r)) + 1
-    y, x = np.mgrid[-half:half + 1, -half:half + 1].astype(np.float32)
-    d = np.hypot(y - sy4 / 4, x - sx4 / 4)
-    edge = np.clip(r - d + 0.5, 0, 1)
-    if dome:
-        edge = edge * np.sqrt(np.clip(1 - (d / (r + 0.5)) ** 2, 0, 1)) * 1.3
-    return edge.astype(np.float32)
-
-
 def draw_spots(canvas: np.ndarray, spots: Spots, dome: bool = True, gain: float = 1.0) -> None:
-    """Add every spot of ``spots`` into ``canvas`` in place (stamps are cached, so this is cheap)."""
-    h, w = canvas.shape
-    for y, x, r, a in zip(spots.y, spots.x, spots.r, spots.a):
-        iy, ix = int(np.floor(y)), int(np.floor(x))
-        st = _stamp(int(round(r * 4)), int((y - iy) * 4), int((x - ix) * 4), dome)
-        half = st.shape[0] // 2
-        y0, x0 = iy - half, ix - half
-        ya, xa, yb, xb = max(y0, 0), max(x0, 0), min(y0 + st.shape[0], h), min(x0 + st.shape[1], w)
-        if ya < yb and xa < xb:
-            canvas[ya:yb, xa:xb] += (a * gain) * st[ya - y0:yb - y0, xa - x0:xb - x0]
+    """Add every spot (an anti-aliased disc, or a sphere's height profile if ``dome``) into ``canvas``.
+
+    All spots are drawn at once: one small window per spot, scattered into the canvas with a
+    single ``bincount`` - a Python loop over hundreds of droplets would dominate the frame time.
+    """
+    y, x, r, a = spots.arrays()
+    if y.size == 0:
+        return
+    half = int(np.ceil(r.max())) + 1
+    g = np.arange(-half, half + 1)
+    iy, ix = np.floor(y).astype(int), np.floor(x).astype(int)
+    gy = iy[:, None, None] + g[None, :, None]
+    gx = ix[:, None, None] + g[None, None, :]
+    d = np.hypot(gy - y[:, None, None] + 0.5, gx - x[:, None, None] + 0.5)  # pixel centres
+    rr = r[:, None, None]
+    value = np.clip(rr - d + 0.5, 0, 1)
+    if dome:
+        value = value * np.sqrt(np.clip(1 - (d / (rr + 0.5)) ** 2, 0, 1)) * 1.3
+    value = value * (a * gain)[:, None, None]
+    inside = (gy >= 0) & (gy < canvas.shape[0]) & (gx >= 0) & (gx < canvas.shape[1]) & (value != 0)
+    flat = np.broadcast_to(gy, value.shape)[inside] * canvas.shape[1] + np.broadcast_to(gx, value.shape)[inside]
+    canvas += np.bincount(flat, weights=value[inside], minlength=canvas.size).reshape(canvas.shape).astype(canvas.dtype)
 
 
 def illumination(rng, shape: tuple[int, int], scale_px: float) -> np.ndarray:
@@ -108,22 +108,27 @@ def expose(rng, signal: np.ndarray, bit_depth: int) -> np.ndarray:
 TONE_LEVELS = np.array([0.2, 1, 3, 10, 25, 50, 75, 90, 97, 99, 99.8])
 
 
-def _reference_quantiles(rng, background: float, fluorescence: bool) -> np.ndarray:
-    """Quantiles of a random, class-blind intensity distribution: a background peak plus a dark
-    and a bright tail (phase), or a dark background plus a bright tail (fluorescence)."""
+def _reference_quantiles(rng) -> np.ndarray:
+    """Quantiles of a random, class-blind phase-contrast histogram: a background peak at 1 plus a
+    dark tail (cell bodies) and a bright tail (halos, refractile objects) of random weights."""
     k = 4000
     spread = rng.uniform(0.02, 0.08)
-    parts = [rng.normal(background, spread, k)]
-    bright = rng.exponential(rng.uniform(0.1, 0.5), int(k * rng.uniform(0.1, 0.6)))
-    if fluorescence:
-        parts.append(background + spread + bright)
-    else:
-        parts += [background + spread + bright, background - spread - rng.exponential(rng.uniform(0.1, 0.4),
-                                                                                        int(k * rng.uniform(0.1, 0.6)))]
-    return np.percentile(np.concatenate(parts), TONE_LEVELS)
+    dark = 1 - spread - rng.exponential(rng.uniform(0.1, 0.4), int(k * rng.uniform(0.1, 0.6)))
+    bright = 1 + spread + rng.exponential(rng.uniform(0.1, 0.5), int(k * rng.uniform(0.1, 0.6)))
+    return np.percentile(np.concatenate([rng.normal(1.0, spread, k), dark, bright]), TONE_LEVELS)
 
 
-def tone_curve(rng, rel: np.ndarray, fluorescence: bool = False) -> np.ndarray:
+def fluorescence_tone(rng, rel: np.ndarray) -> np.ndarray:
+    """Exposure and gamma for a dark-field channel: its 99.5th percentile lands at a random level.
+
+    Full histogram matching (as for phase) would lift the dark background whenever the stained
+    area is small, so fluorescence only gets a class-blind exposure and gamma.
+    """
+    top = np.percentile(rel, 99.5) + 1e-6
+    return (rng.uniform(0.6, 3.0) * np.clip(rel / top, 0, None) ** rng.uniform(0.7, 1.4)).astype(np.float32)
+
+
+def tone_curve(rng, rel: np.ndarray) -> np.ndarray:
     """Monotone per-image tone curve onto a class-blind reference histogram.
 
     Acquisition software applies auto-contrast and gamma per image; here the curve is drawn
@@ -132,7 +137,7 @@ def tone_curve(rng, rel: np.ndarray, fluorescence: bool = False) -> np.ndarray:
     """
     own = np.percentile(rel, TONE_LEVELS)
     own = own + np.arange(len(own)) * 1e-6  # strictly increasing for interpolation
-    target = np.sort(_reference_quantiles(rng, 0.15 if fluorescence else 1.0, fluorescence))
+    target = np.sort(_reference_quantiles(rng))
     target = np.maximum(target, 0.02)
     out = np.interp(rel, own, target)
     lo, hi = own[0], own[-1]  # beyond the outer knots keep the slope of the last segment

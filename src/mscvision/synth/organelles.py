@@ -19,14 +19,19 @@ from mscvision.synth.scene import ADIPO, OSTEO, ROUNDED, Cell
 
 @dataclass
 class Spots:
-    y: list = field(default_factory=list)
-    x: list = field(default_factory=list)
-    r: list = field(default_factory=list)
-    a: list = field(default_factory=list)
+    """Columns y, x, radius, amplitude, gathered in chunks and joined when drawn."""
+
+    chunks: list = field(default_factory=list)
 
     def add(self, y, x, r, a) -> None:
-        for lst, val in ((self.y, y), (self.x, x), (self.r, r), (self.a, a)):
-            lst.extend(np.broadcast_to(np.asarray(val, float), np.shape(y)).tolist())
+        y = np.atleast_1d(np.asarray(y, float))
+        if y.size:
+            self.chunks.append(np.stack([y, *(np.broadcast_to(np.asarray(v, float), y.shape) for v in (x, r, a))]))
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        if not self.chunks:
+            return tuple(np.zeros(0) for _ in range(4))
+        return tuple(np.concatenate(self.chunks, axis=1))
 
 
 @dataclass

@@ -58,6 +58,8 @@ def write_preview(path, seed: int = 0, modality: str = "phase", per_row: int = 6
         y = GAP + r * (size + GAP) + size // 2 - 12
         draw.text((8, y), task, fill=(90, 90, 90))
         draw.text((8, y + 14), name, fill=(0, 0, 0))
+    if modality == "phase":  # grey tiles and text: one channel keeps the README's PNG a third the size
+        image = image.convert("L")
     path = Path(path)
     with atomic_path(path) as tmp:
         image.save(tmp, format="PNG")

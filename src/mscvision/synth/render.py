@@ -14,7 +14,8 @@ import numpy as np
 from mscvision.synth.artefacts import ghosts, scratches
 from mscvision.synth.fluorescence import fluorescence
 from mscvision.synth.labels import JOINT, Donor
-from mscvision.synth.optics import blur, draw_spots, expose, illumination, phase_contrast, tone_curve
+from mscvision.synth.optics import (blur, draw_spots, expose, fluorescence_tone, illumination, phase_contrast,
+                                    tone_curve)
 from mscvision.synth.organelles import add_cell_organelles, add_debris, add_mineral
 from mscvision.synth.scene import (CHONDRO, MARGIN, Canvas, Cell, Zone, crop_areas, enforce_dominance,
                                    mixture, place_cells, state_fractions)
@@ -82,7 +83,7 @@ def _form(rng, cells: list[Cell], canvas: Canvas, donor: Donor, scale: float, mo
         rel = tone_curve(rng, (rel + ghosts(rng, canvas.shape, rng.uniform(0, 5)))[y0:y1, x0:x1])
         return expose(rng, np.clip(rel, 0.02, None) * light, bit_depth)
     channels = fluorescence(rng, cells, org, canvas, maps["matrix"])
-    return np.stack([expose(rng, tone_curve(rng, ch[y0:y1, x0:x1], True) * light * 4.0, bit_depth)
+    return np.stack([expose(rng, fluorescence_tone(rng, ch[y0:y1, x0:x1]) * light, bit_depth)
                      for ch in channels], axis=-1)
 
 

@@ -43,10 +43,10 @@ class Zone:
 
 
 def _behind(rng, deficit: np.ndarray) -> int:
-    p = np.clip(deficit, 0, None)
-    if p.sum() <= 0:
+    p = np.cumsum(np.clip(deficit, 0, None))
+    if p[-1] <= 0:
         return int(np.argmax(deficit))
-    return int(rng.choice(len(p), p=p / p.sum()))
+    return int(np.searchsorted(p, rng.random() * p[-1], side="right"))
 
 
 @dataclass
