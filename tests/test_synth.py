@@ -137,7 +137,7 @@ def test_preview_and_cli(tmp_path):
     add_arguments(parser)
     assert run(parser.parse_args(["--preview", str(tmp_path / "p.png"), "--seed", "1"])) == 0
     montage = decode_image(tmp_path / "p.png").array
-    assert montage.shape[2] == 3 and montage.shape[0] > 7 * 128
+    assert montage.shape[2] == 1 and montage.shape[0] > 7 * 128  # phase montage: one grey channel
     assert run(parser.parse_args(["--out", str(tmp_path / "d"), "--n", "2"])) == 0
     assert (tmp_path / "d/manifest.csv").is_file()
     with pytest.raises(ConfigError):
