@@ -21,9 +21,10 @@ def test_brief_training_on_mitocheck_beats_chance(tmp_path):
     assert len(test["per_class"]) == 16
     assert test["n"] > 300
     assert test["balanced_accuracy"] > 3 / 16  # chance is 1/16 per class
-    lines = (result.run_dir / "split.csv").read_text().splitlines()[1:]
+    import csv
+
     sides = {}
-    for line in lines:
-        _, group, side, _ = line.rsplit(",", 3)
-        sides.setdefault(group, set()).add(side)
+    with open(result.run_dir / "split.csv", newline="") as f:
+        for row in csv.DictReader(f):
+            sides.setdefault(row["group"], set()).add(row["split"])
     assert all(len(s) == 1 for s in sides.values())

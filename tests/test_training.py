@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -33,11 +34,13 @@ def test_run_directory_and_metrics_schema(tmp_path, shapes_dataset):
         assert set(metrics[side]) == {"shape", "count"}
         assert TASK_KEYS <= set(metrics[side]["shape"])
     # the held-out groups in split.csv never meet the training groups
-    rows = [line.split(",") for line in (run / "split.csv").read_text().splitlines()[1:]]
     sides = {}
-    for _, group, side, *_ in rows:
-        sides.setdefault(group, set()).add(side)
+    with open(run / "split.csv", newline="") as f:
+        for row in csv.DictReader(f):
+            assert Path(row["path"]).is_absolute()
+            sides.setdefault(row["group"], set()).add(row["split"])
     assert all(len(s) == 1 for s in sides.values())
+    assert metrics["run"]["data_manifest"]["sha256"] and metrics["run"]["data_manifest"]["rows"] == 48
     # the config travels inside the checkpoint
     ckpt = torch.load(run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["hyper_parameters"]["config"]["preprocess"]["size"] == (32, 32) or \
@@ -141,18 +144,20 @@ def test_corrupt_image_can_be_skipped_and_counted(tmp_path, capsys, shapes_datas
     assert code == 0
     metrics = json.loads(next((tmp_path / "runs").glob("*/metrics.json")).read_text())
     assert len(metrics["run"]["skipped_images"]) == 1 and "img004.png" in metrics["run"]["skipped_images"][0]
+    split = (next((tmp_path / "runs").glob("*/split.csv"))).read_text()
+    assert next(line for line in split.splitlines() if "img004.png" in line).split(",")[2] == "excluded"
 
 
 def test_missing_file_names_the_row(tmp_path, capsys, shapes_dataset):
     _edit_manifest(shapes_dataset, 3, 0, "images/nope.png")
     code, err = _train_cli(capsys, shapes_dataset, tmp_path)
-    assert code == 2 and "manifest.csv:3: image 'images/nope.png' does not exist" in err
+    assert code == 2 and "manifest.csv:4: image 'images/nope.png' does not exist" in err
 
 
 def test_unknown_label_names_row_label_and_task(tmp_path, capsys, shapes_dataset):
     _edit_manifest(shapes_dataset, 5, 1, "triangle")
     code, err = _train_cli(capsys, shapes_dataset, tmp_path, "tasks.shape.classes=[disc, bar]")
-    assert code == 2 and "manifest.csv:5: label 'triangle' is not a class of task 'shape'" in err
+    assert code == 2 and "manifest.csv:6: label 'triangle' is not a class of task 'shape'" in err
 
 
 def test_wrong_channel_count_is_named(tmp_path, capsys, shapes_dataset):

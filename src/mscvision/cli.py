@@ -108,6 +108,9 @@ def guarded(handler, args: argparse.Namespace, command: str) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `mscvision info MODEL | head`: the reader left; not an error
+        sys.stderr.close()
+        return 0
     except ModuleNotFoundError as exc:
         if exc.name in ("torch", "torchvision", "lightning", "albumentations", "onnx", "onnxscript", "yaml"):
             print(f"error: `{command}` needs {exc.name}: pip install 'mscvision[train]'",

@@ -100,13 +100,22 @@ def _split(manifest: Manifest, targets: dict[str, np.ndarray], data: DataConfig)
     return split
 
 
-def split_table(data: PreparedData) -> str:
-    """CSV of every row's split, written into the run directory."""
-    lines = ["path,group,split," + ",".join(t.name for t in data.tasks)]
+def split_table(data: PreparedData, usable: np.ndarray | None = None) -> str:
+    """CSV of every row's split with absolute image paths (export and audits read it from anywhere).
+
+    Rows outside ``usable`` (images skipped as unreadable) are marked ``excluded``.
+    """
+    import csv
+    import io
+
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["path", "group", "split", *(t.name for t in data.tasks)])
+    excluded = set(range(len(data.manifest))) - set(usable.tolist() if usable is not None else range(len(data.manifest)))
     for i, path in enumerate(data.manifest.paths):
-        labels = ",".join(data.manifest.labels[t.column][i] for t in data.tasks)
-        lines.append(f"{path},{data.manifest.groups[i]},{data.split[i]},{labels}")
-    return "\n".join(lines) + "\n"
+        writer.writerow([str(Path(path).resolve()), data.manifest.groups[i], "excluded" if i in excluded else data.split[i],
+                         *(data.manifest.labels[t.column][i] for t in data.tasks)])
+    return buf.getvalue()
 
 
 def class_weights(targets: dict[str, np.ndarray], tasks: list[Task], rows: np.ndarray) -> dict[str, list[float]]:

@@ -57,11 +57,11 @@ def train(config: RunConfig, run_dir: Path | None = None, resume: bool = False,
         torch.set_num_threads(config.trainer.num_threads)
     data = prepare_data(config, split)
     save_config(config, run_dir / "config.yaml")
-    write_text_atomic(run_dir / "split.csv", split_table(data))
     for message in data.warnings:
         print(f"warning: {message}", flush=True)
 
     loaders, skipped = build_loaders(config, data)
+    write_text_atomic(run_dir / "split.csv", split_table(data, loaders["scan"].keep))
     if not data.manifest.has_groups:
         warn_near_duplicates(data, loaders["scan"], config.preprocess)
     cuda = _use_cuda(config)
@@ -85,7 +85,8 @@ def train(config: RunConfig, run_dir: Path | None = None, resume: bool = False,
     metrics, test_probs = evaluate_run(best, data, loaders, run_dir, cuda, config.trainer.tta)
     metrics["run"] = {"seconds": round(time.perf_counter() - started, 1), "skipped_images": skipped,
                       "epochs": trainer.current_epoch, "best_checkpoint": best.name,
-                      "config_hash": config.hash(), "device": "cuda" if cuda else "cpu"}
+                      "config_hash": config.hash(), "device": "cuda" if cuda else "cpu",
+                      "data_manifest": manifest_record(data)}
     write_json_atomic(run_dir / "metrics.json", metrics)
     return RunResult(run_dir, metrics, best, loaders["test_rows"], test_probs)
 
@@ -182,15 +183,30 @@ def evaluate_run(best: Path, data: PreparedData, loaders: dict, run_dir: Path, c
     return metrics, test_probs
 
 
+def manifest_record(data: PreparedData) -> dict | None:
+    """Which data the run saw: the manifest file and its SHA-256 (None for a folder tree)."""
+    from mscvision.core.fileio import sha256_file
+
+    path = data.manifest.root / "manifest.csv"
+    if not path.is_file():
+        return None
+    return {"path": str(path.resolve()), "sha256": sha256_file(path), "rows": len(data.manifest)}
+
+
 def write_predictions(path: Path, data: PreparedData, rows: np.ndarray, probs: dict[str, np.ndarray]) -> None:
+    import csv
+    import io
+
     header = ["path", "group"]
     for task in data.tasks:
         header += [f"{task.name}.true", f"{task.name}.label", *(f"{task.name}.p.{c}" for c in task.classes)]
-    lines = [",".join(header)]
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
     for j, i in enumerate(rows):
-        cells = [str(data.manifest.paths[i]), data.manifest.groups[i]]
+        cells = [str(Path(data.manifest.paths[i]).resolve()), data.manifest.groups[i]]
         for task in data.tasks:
             cells += [data.manifest.labels[task.column][i], task.classes[int(probs[task.name][j].argmax())],
                       *(f"{p:.6f}" for p in probs[task.name][j])]
-        lines.append(",".join(cells))
-    write_text_atomic(path, "\n".join(lines) + "\n")
+        writer.writerow(cells)
+    write_text_atomic(path, buf.getvalue())

@@ -127,9 +127,11 @@ def _load_local_weights(net: nn.Module, path: str) -> None:
     state = {k: v for k, v in state.items() if k not in head}
     mismatched = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
     missing = [k for k in own if k not in state and k not in head]
-    if mismatched or missing:
-        raise ConfigError(f"{path}: does not fit {type(net).__name__} (shape mismatch {mismatched[:3]}, "
-                          f"missing {missing[:3]}). Fix: use weights saved from torchvision's same architecture.")
+    unexpected = [k for k in state if k not in own]
+    if mismatched or missing or unexpected:
+        raise ConfigError(f"{path}: does not fit this backbone (shape mismatch {mismatched[:3]}, missing "
+                          f"{missing[:3]}, unexpected {unexpected[:3]}). Fix: use weights saved from "
+                          "torchvision's same architecture.")
     net.load_state_dict(state, strict=False)
 
 
