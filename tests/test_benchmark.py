@@ -1,0 +1,54 @@
+"""The benchmark's arithmetic and report (its timings are figures, never test assertions)."""
+
+from mscvision.benchmarks.machine import gemm_gflops, theoretical_fp32_peak
+from mscvision.benchmarks.run import headline, markdown
+
+
+def _engine(p50, img_s, gflops):
+    return {"b1": {"p50_ms": p50, "p99_ms": p50 * 1.5}, "b32_img_s": img_s, "gflops_b32": gflops, "threads": 2}
+
+
+def _report():
+    model = {"input_shape": [1, 64, 64], "gflops_per_image": 1.1,
+             "cpu_inference": {"torch_eager": _engine(10.0, 100, 110.0), "ort_fp32": _engine(4.0, 120, 132.0),
+                               "ort_int8": _engine(2.0, 360, 396.0)},
+             "end_to_end": {"n_images": 1024, "predict_img_s": 300, "session_img_s": 360, "ratio": 0.833,
+                            "model": "model.int8.onnx", "threads": 2, "decode_workers": 1, "batch_size": 32},
+             "training": {"pipeline_img_s": 95, "in_memory_img_s": 100, "ratio": 0.95, "device": "cpu",
+                          "batch_size": 64, "augment": True, "workers": 2}}
+    return {"machine": {"cpu": {"model": "X", "cores": 2, "flags": ["avx2"]}, "threads": 2,
+                        "versions": {"torch": "t", "onnxruntime": "o"}},
+            "machine_limit": {"gemm": {"n": 2048, "best": 150.0, "torch": 150.0, "numpy": 100.0, "onnxruntime": 140.0},
+                              "theoretical": {"gflops": 166.0, "assumption": "a"}},
+            "models": {"m": model}}
+
+
+def test_headline_ratios_use_the_right_figures():
+    h = headline(_report())
+    assert h["ort_fp32_vs_torch_b1_latency"] == 0.4
+    assert h["int8_vs_fp32_b32_throughput"] == 3.0
+    assert h["predict_vs_session_throughput"] == 0.833
+    assert h["train_pipeline_vs_in_memory"] == 0.95
+    assert h["best_model_gflops_vs_gemm_peak"] == 0.88  # fp32 engines only: 132 / 150
+    assert set(h["per_model"]["m"]) == {k for k in h if k != "per_model"}
+
+
+def test_markdown_table_names_every_engine():
+    report = _report()
+    report["headline"] = headline(report)
+    text = markdown(report)
+    for engine in ("torch_eager", "ort_fp32", "ort_int8"):
+        assert f"| {engine} |" in text
+    assert "150.0 GFLOP/s" in text
+
+
+def test_theoretical_peak_from_the_vector_isa():
+    assert theoretical_fp32_peak({"model": "AMD EPYC", "cores": 2, "mhz": 2500.0, "flags": ["avx512f", "fma"]})["gflops"] == 160.0
+    assert theoretical_fp32_peak({"model": "Intel Xeon", "cores": 2, "mhz": 2500.0, "flags": ["avx512f"]})["gflops"] == 320.0
+    assert theoretical_fp32_peak({"model": "?", "cores": 2, "mhz": None, "flags": []})["gflops"] is None
+
+
+def test_gemm_measures_every_engine():
+    figures = gemm_gflops(64, threads=1, repeats=1)
+    assert {"torch", "numpy", "onnxruntime"} <= set(figures)
+    assert figures["best"] == max(figures["torch"], figures["numpy"], figures["onnxruntime"]) > 0
