@@ -101,7 +101,7 @@ def add_mineral(rng, org: Organelles, cells: list[Cell], scale: float) -> None:
 def add_debris(rng, org: Organelles, shape: tuple[int, int], scale: float) -> None:
     """Debris and dust in every class: scattered dark specks and droplet-like refractile spots."""
     area = shape[0] * shape[1] / 128 ** 2
-    for spots, kind, mean in ((org.specks, "dark", rng.uniform(0, 70)), (org.droplets, "bright", rng.uniform(0, 30))):
+    for spots, kind, mean in ((org.specks, "dark", rng.uniform(0, 100)), (org.droplets, "bright", rng.uniform(0, 45))):
         k = rng.poisson(mean * area)
         radii = speck_radii(rng, k) if kind == "dark" else droplet_radii(rng, k, scale)
         spots.add(rng.uniform(0, shape[0], k), rng.uniform(0, shape[1], k), radii, rng.uniform(0.4, 1.0, k))

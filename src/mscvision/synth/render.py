@@ -80,7 +80,7 @@ def _form(rng, cells: list[Cell], canvas: Canvas, donor: Donor, scale: float, mo
     if modality == "phase":
         maps["opd"] += scratches(rng, canvas.shape, rng.uniform(0, 1.5))
         rel = phase_contrast(rng, maps, donor.halo, donor.background_texture)
-        rel = tone_curve(rng, (rel + ghosts(rng, canvas.shape, rng.uniform(0, 5)))[y0:y1, x0:x1])
+        rel = tone_curve(rng, (rel + ghosts(rng, canvas.shape, rng.uniform(0, 8)))[y0:y1, x0:x1])
         return expose(rng, np.clip(rel, 0.02, None) * light, bit_depth)
     channels = fluorescence(rng, cells, org, canvas, maps["matrix"])
     return np.stack([expose(rng, fluorescence_tone(rng, ch[y0:y1, x0:x1]) * light, bit_depth)

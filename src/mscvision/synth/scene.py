@@ -106,7 +106,12 @@ class Canvas:
 
 def place_cells(rng, zones: list[Zone], zone_of, canvas: Canvas, scale: float,
                 first_at: tuple[float, float] | None = None, max_attempts: int = 1500) -> list[Cell]:
-    """Fill every zone's area budget with cells; ``zone_of(y, x)`` maps a position to its zone."""
+    """Fill every zone's area budget with cells; ``zone_of(y, x)`` maps a position to its zone.
+
+    With ``first_at`` (crops), the first cell is of the zone's dominant state and sits in view,
+    so an image's label is never carried by cells in the margin alone. Positions are drawn
+    first and states second, so a zone's cells land where the zone is.
+    """
     cells: list[Cell] = []
     h, w = canvas.shape
     attempts = 0
