@@ -73,3 +73,11 @@ def test_corrupt_and_fake_files_name_the_file(tmp_path):
         decode_image(tmp_path / "notes.png")
     with pytest.raises(ImageError, match=r"missing\.png: no such file"):
         decode_image(tmp_path / "missing.png")
+
+
+def test_write_image_multichannel_tiff_round_trip_without_pixel_size(tmp_path):
+    data = np.random.default_rng(2).integers(0, 60000, (20, 24, 2), dtype=np.uint16)
+    write_image(tmp_path / "two.tif", data)
+    img = decode_image(tmp_path / "two.tif")
+    assert img.array.shape == (20, 24, 2) and img.pixel_size_um is None
+    np.testing.assert_array_equal(img.array, data)

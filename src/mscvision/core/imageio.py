@@ -183,13 +183,13 @@ def write_image(path: str | Path, array: np.ndarray, pixel_size_um: float | None
         if path.suffix.lower() in (".tif", ".tiff"):
             import tifffile
 
-            data = arr if arr.shape[2] > 1 else arr[:, :, 0]
-            kwargs = {}
-            if pixel_size_um:  # OME-XML is the one pixel-size record every reader agrees on
-                data = np.moveaxis(arr, 2, 0) if arr.shape[2] > 1 else data
-                kwargs = {"ome": True, "metadata": {"axes": "CYX" if arr.shape[2] > 1 else "YX",
-                                                    "PhysicalSizeX": pixel_size_um, "PhysicalSizeY": pixel_size_um}}
-            tifffile.imwrite(tmp, np.ascontiguousarray(data), photometric="minisblack", **kwargs)
+            # OME-XML names the channel axis (a bare (H, W, 2) TIFF reads back as H pages) and is the
+            # one pixel-size record every reader agrees on.
+            metadata: dict = {"axes": "CYX" if arr.shape[2] > 1 else "YX"}
+            if pixel_size_um:
+                metadata.update(PhysicalSizeX=pixel_size_um, PhysicalSizeY=pixel_size_um)
+            data = np.moveaxis(arr, 2, 0) if arr.shape[2] > 1 else arr[:, :, 0]
+            tifffile.imwrite(tmp, np.ascontiguousarray(data), photometric="minisblack", ome=True, metadata=metadata)
         else:
             _write_pillow(tmp, arr, path.suffix.lower())
 
