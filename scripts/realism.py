@@ -41,23 +41,8 @@ def load(data: Path):
 
 
 def cnn_score(metrics: dict, task: str) -> float | None:
-    """Balanced accuracy of ``task`` from a training run's metrics.json (test split preferred).
-
-    Accepts nested ({"test": {"morphology": {"balanced_accuracy": x}}}) or flat
-    ({"test/morphology/balanced_accuracy": x}) layouts: any number whose key path names the task
-    and "balanced".
-    """
-    found: list[tuple[int, float]] = []
-
-    def walk(node, path: str) -> None:
-        if isinstance(node, dict):
-            for key, value in node.items():
-                walk(value, f"{path}/{key}")
-        elif isinstance(node, (int, float)) and not isinstance(node, bool) and task in path and "balanced" in path:
-            found.append((0 if "test" in path else 1, float(node)))
-
-    walk(metrics, "")
-    return min(found, key=lambda f: f[0])[1] if found else None
+    """Test balanced accuracy of ``task`` from a run's metrics.json (schema mscvision.metrics/1)."""
+    return metrics.get("test", {}).get(task, {}).get("balanced_accuracy")
 
 
 def benchmark(data: Path, cnn_metrics: dict | None) -> dict:

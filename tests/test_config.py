@@ -9,7 +9,7 @@ from mscvision.training.config import CONFIG_DIR, load_config
 def test_default_config_loads_and_matches_tasks():
     cfg = load_config()
     assert set(cfg.tasks) == {"morphology", "differentiation"}
-    assert cfg.preprocess.size == (96, 96)
+    assert cfg.preprocess.size == (112, 112)
 
 
 def test_gpu_layer_overrides_only_what_it_names():
