@@ -15,7 +15,10 @@ def _report():
              "end_to_end": {"n_images": 1024, "predict_img_s": 300, "session_img_s": 360, "ratio": 0.833,
                             "model": "model.int8.onnx", "threads": 2, "decode_workers": 1, "batch_size": 32},
              "training": {"pipeline_img_s": 95, "in_memory_img_s": 100, "ratio": 0.95, "device": "cpu",
-                          "batch_size": 64, "augment": True, "workers": 2}}
+                          "batch_size": 64, "augment": True, "workers": 2},
+             "parity": {"split": "test", "n_images": 600,
+                        "int8": {"t": {"max_abs_diff": 0.03, "top1_agreement": 0.995, "changed_predictions": 3,
+                                       "balanced_accuracy_delta": -0.002}}}}
     return {"machine": {"cpu": {"model": "X", "cores": 2, "flags": ["avx2"]}, "threads": 2,
                         "versions": {"torch": "t", "onnxruntime": "o"}},
             "machine_limit": {"gemm": {"n": 2048, "best": 150.0, "torch": 150.0, "numpy": 100.0, "onnxruntime": 140.0},
@@ -40,6 +43,7 @@ def test_markdown_table_names_every_engine():
     for engine in ("torch_eager", "ort_fp32", "ort_int8"):
         assert f"| {engine} |" in text
     assert "150.0 GFLOP/s" in text
+    assert "int8 t max|Δp| 3.0e-02, top-1 99.50% (3 changed)" in text
 
 
 def test_theoretical_peak_from_the_vector_isa():

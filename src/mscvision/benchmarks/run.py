@@ -6,6 +6,7 @@ drift on shared machines). ``headline`` holds the ratios by stable names.
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 
@@ -28,11 +29,14 @@ def benchmark_model(run_dir: Path, threads: int, quick: bool, work: Path, log=pr
     net = module.eval_net.eval()
     spec = module.config.preprocess
     shape = (spec.in_channels, *spec.size)
-    models = {}
+    models, parity = {}, {}
     for precision in ("int8", "fp16"):
         out = export_run(run_dir, work / precision / "model.onnx", precision, threads=threads,
-                         parity_images=256, log=lambda *_: None)
+                         parity_images=1024, log=lambda *_: None)
         models.setdefault("fp32", out)
+        report = json.loads(out.with_name("model.parity.json").read_text())
+        parity.update({p: report[p] for p in ("fp32", precision) if p in report})
+        parity["split"], parity["n_images"] = report["split"], report["n_images"]
         variant = out.with_name(f"model.{precision}.onnx")
         if variant.is_file():
             models[precision] = variant
@@ -54,7 +58,7 @@ def benchmark_model(run_dir: Path, threads: int, quick: bool, work: Path, log=pr
     train = training_throughput(module.config, steps=5 if quick else 20)
     return {"run": str(run_dir), "input_shape": list(shape), "gflops_per_image": round(flops / 1e9, 3),
             "cpu_inference": cpu, "end_to_end": e2e, "training": train,
-            "parity": {p: str(m) for p, m in models.items()}}
+            "parity": parity, "variants_within_gate": sorted(models)}
 
 
 def _source_images(run_dir: Path) -> list[Path]:
@@ -123,6 +127,11 @@ def markdown(report: dict) -> str:
                   f"Training ({t['device']}, batch {t['batch_size']}, augmentation {'on' if t['augment'] else 'off'}, "
                   f"{t['workers']} loader workers): pipeline {t['pipeline_img_s']} img/s vs in-memory "
                   f"{t['in_memory_img_s']} img/s → **{t['ratio']}**", ""]
+        par = m["parity"]
+        lines += [f"Parity vs torch on {par['n_images']} held-out images ({par['split']}): "
+                  + "; ".join(f"{p} {t} max|Δp| {f['max_abs_diff']:.1e}, top-1 {100 * f['top1_agreement']:.2f}% "
+                              f"({f['changed_predictions']} changed), Δ bal.acc {100 * f['balanced_accuracy_delta']:+.2f} pt"
+                              for p in ("fp32", "fp16", "int8") if p in par for t, f in par[p].items()), ""]
         lines += ["| headline ratio | value |", "|---|---|"]
         lines += [f"| {k} | {v} |" for k, v in report["headline"]["per_model"][name].items()]
         lines.append("")

@@ -185,10 +185,12 @@ def resize(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     Built as two small weight matrices (rows, columns), so it is exact, vectorised and the same
     on every platform.
     """
-    rows = _bilinear_weights(x.shape[0], size[0])
-    cols = _bilinear_weights(x.shape[1], size[1])
-    out = np.einsum("oh,hwc->owc", rows, x.astype(np.float32, copy=False), optimize=True)
-    return np.einsum("pw,owc->opc", cols, out, optimize=True).astype(np.float32, copy=False)
+    h, w, c = x.shape
+    rows = _bilinear_weights(h, size[0])
+    cols = _bilinear_weights(w, size[1])
+    # two BLAS matmuls; np.einsum took a slow batched path here (a third of `predict`'s time)
+    out = (rows @ x.astype(np.float32, copy=False).reshape(h, w * c)).reshape(size[0], w, c)
+    return np.matmul(cols, out)
 
 
 def _bilinear_weights(n_in: int, n_out: int) -> np.ndarray:
