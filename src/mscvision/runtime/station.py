@@ -52,6 +52,9 @@ def session_options(threads: int = 0):
     options.intra_op_num_threads = max(0, int(threads))
     options.inter_op_num_threads = 1  # the graph is a chain: parallelism is inside each op
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Idle intra-op threads must sleep, not spin: between batches the CPU belongs to decoding
+    # (py-spy on 2 cores: spinning cut `predict` from ~145 to ~125 images/s).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
 
 
