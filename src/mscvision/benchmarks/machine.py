@@ -9,11 +9,11 @@ from importlib import metadata
 
 import numpy as np
 
-FLAGS_OF_INTEREST = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "avx512_fp16", "amx_bf16", "amx_int8")
+from mscvision.runtime.station import cpu_flags
 
 
 def cpu_info() -> dict:
-    model, flags, mhz = platform.processor() or "unknown", set(), None
+    model, mhz = platform.processor() or "unknown", None
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             for line in f:
@@ -21,14 +21,12 @@ def cpu_info() -> dict:
                 key = key.strip()
                 if key == "model name":
                     model = value.strip()
-                elif key == "flags" and not flags:
-                    flags = set(value.split())
                 elif key == "cpu MHz" and mhz is None:
                     mhz = float(value)
     except OSError:
         pass
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {"model": model, "cores": cores, "mhz": mhz, "flags": sorted(f for f in FLAGS_OF_INTEREST if f in flags)}
+    return {"model": model, "cores": cores, "mhz": mhz, "flags": cpu_flags()}
 
 
 def theoretical_fp32_peak(cpu: dict) -> dict:

@@ -122,17 +122,20 @@ def class_weights(targets: dict[str, np.ndarray], tasks: list[Task], rows: np.nd
     """Inverse-frequency weights per task over the given rows (mean weight 1 over samples)."""
     weights = {}
     for task in tasks:
-        y = targets[task.name][rows]
-        counts = np.bincount(y[y >= 0], minlength=task.num_classes).astype(float)
-        w = counts.sum() / (task.num_classes * np.maximum(counts, 1.0))
-        weights[task.name] = w.tolist()
+        counts = class_counts(targets[task.name][rows], task)
+        weights[task.name] = (counts.sum() / (task.num_classes * np.maximum(counts, 1.0))).tolist()
     return weights
+
+
+def class_counts(y: np.ndarray, task: Task) -> np.ndarray:
+    """Samples per class of ``task``; unknown labels (IGNORE_INDEX) are not counted."""
+    return np.bincount(y[y >= 0], minlength=task.num_classes).astype(float)
 
 
 def sample_weights(targets: dict[str, np.ndarray], task: Task, rows: np.ndarray) -> np.ndarray:
     """Per-row sampling weight, inverse to the row's class count in ``task`` (unknown labels: mean)."""
     y = targets[task.name][rows]
-    counts = np.bincount(y[y >= 0], minlength=task.num_classes).astype(float)
+    counts = class_counts(y, task)
     per_class = 1.0 / np.maximum(counts, 1.0)
     weights = np.where(y >= 0, per_class[np.maximum(y, 0)], per_class[counts > 0].mean())
     return weights / weights.sum()
