@@ -30,10 +30,17 @@ def test_dotted_overrides_are_typed():
     ("preprocess.intensity=zscore", r"preprocess.intensity='zscore'"),
     ("optim=3", r"optim: expected a mapping"),
     ("max_epochs", r"is not KEY=VALUE"),
+    ("trainer.channels_last=sometimes", r"trainer.channels_last='sometimes': use auto, true or false"),
 ])
 def test_bad_config_names_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, [override])
+
+
+def test_yaml_booleans_read_as_words_for_string_keys():
+    # YAML 1.1 turns an unquoted true/on into a bool; a string-valued key takes it as the word
+    assert load_config(None, ["trainer.channels_last=true"]).trainer.channels_last == "true"
+    assert load_config(None, ["trainer.channels_last=off"]).trainer.channels_last == "false"
 
 
 def test_hash_changes_with_config():

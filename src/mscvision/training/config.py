@@ -91,7 +91,7 @@ class TrainerConfig:
     accelerator: str = "auto"  # auto | cpu | gpu
     devices: int = 1
     precision: str = "auto"  # auto: bf16-mixed on CUDA, 32-true on CPU
-    channels_last: str = "auto"  # auto: on for CUDA
+    channels_last: str = "auto"  # auto (on for CUDA) | true | false
     early_stopping_patience: int = 6
     deterministic: bool = False
     num_threads: int = 0  # torch intra-op threads on CPU; 0 = library default
@@ -100,6 +100,10 @@ class TrainerConfig:
     log_every_n_steps: int = 10
     progress_bar: bool = True
     tta: bool = False  # also report test figures with dihedral (8-way) test-time augmentation
+
+    def __post_init__(self) -> None:
+        if self.channels_last not in ("auto", "true", "false"):
+            raise ConfigError(f"trainer.channels_last={self.channels_last!r}: use auto, true or false")
 
 
 @dataclass(frozen=True)
@@ -218,6 +222,8 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
             return float(value)
         except ValueError:
             pass
+    if hint is str and isinstance(value, bool):  # YAML 1.1 reads true/on/yes as a bool
+        return "true" if value else "false"
     if hint in (int, float, str, bool) and not (isinstance(value, hint) and not (hint is int and isinstance(value, bool))):
         raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r} ({type(value).__name__})")
     return value

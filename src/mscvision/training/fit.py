@@ -135,7 +135,7 @@ def _use_cuda(config: RunConfig) -> bool:
 
 
 def _channels_last(config: RunConfig, cuda: bool) -> bool:
-    return cuda if config.trainer.channels_last == "auto" else config.trainer.channels_last in ("true", "on", "1")
+    return cuda if config.trainer.channels_last == "auto" else config.trainer.channels_last == "true"
 
 
 def _build_trainer(config: RunConfig, run_dir: Path, cuda: bool, callbacks: list) -> L.Trainer:
