@@ -56,7 +56,7 @@ def test_one_file_no_side_data_checker_passes(exported):
 def test_dynamic_batch_matches_torch(trained, exported, batch):
     from mscvision.training.module import MscClassifier
 
-    module = MscClassifier.load_from_checkpoint(trained.best_checkpoint, map_location="cpu").eval()
+    module = MscClassifier.load_from_checkpoint(trained.checkpoint, map_location="cpu").eval()
     model = load_model(exported, threads=1)
     x = np.random.default_rng(batch).normal(size=(batch, *model.metadata.input_shape)).astype(np.float32)
     outputs = dict(zip([o.name for o in model.session.get_outputs()], model.session.run(None, {"input": x})))
@@ -135,7 +135,7 @@ def test_int8_variant_is_qdq_with_a_float_tail(exported):
 
 def test_fp16_variant_keeps_float32_io(trained, tmp_path):
     out = tmp_path / "half.onnx"
-    assert main(["export", str(trained.best_checkpoint), "--out", str(out), "--precision", "fp16",
+    assert main(["export", str(trained.checkpoint), "--out", str(out), "--precision", "fp16",
                  "--threads", "1"]) == 0
     model = load_model(out.with_name("half.fp16.onnx"), threads=1)
     assert model.session.get_inputs()[0].type == "tensor(float)"

@@ -59,7 +59,7 @@ def test_init_from_keeps_backbone_and_matching_heads_only(tmp_path):
                                            {"name": "count", "classes": ["double", "single"], "column": "count"}])
     fresh_count_head = module.net.heads["count"].weight.clone()
     messages = init_from_run(module, source.run_dir)
-    src = torch.load(source.best_checkpoint, weights_only=False)["state_dict"]
+    src = torch.load(source.checkpoint, weights_only=False)["state_dict"]
     torch.testing.assert_close(module.net.backbone.features[0].weight, src["net.backbone.features.0.weight"])
     torch.testing.assert_close(module.net.heads["shape"].weight, src["net.heads.shape.weight"])
     torch.testing.assert_close(module.net.heads["count"].weight, fresh_count_head)

@@ -47,6 +47,27 @@ def test_run_directory_and_metrics_schema(tmp_path, shapes_dataset):
         list(ckpt["hyper_parameters"]["config"]["preprocess"]["size"]) == [32, 32]
 
 
+def test_select_last_evaluates_and_exports_the_final_weights(tmp_path, shapes_dataset):
+    from mscvision.export.pipeline import locate_run
+    from mscvision.training.evaluate import predict_probabilities
+    from mscvision.training.module import MscClassifier
+
+    result = train(load_config(None, [*tiny_overrides(shapes_dataset, tmp_path / "runs"), "trainer.select=last"]))
+    last = result.run_dir / "checkpoints" / "last.ckpt"
+    assert not (result.run_dir / "checkpoints" / "best.ckpt").exists()
+    assert result.checkpoint == last and result.metrics["run"]["checkpoint"] == "last.ckpt"
+    assert torch.load(last, map_location="cpu", weights_only=False)["epoch"] == 1  # the final epoch's state
+    assert locate_run(result.run_dir).checkpoint == last  # export takes the same weights
+    # the reported test figures are those of the final weights
+    model = MscClassifier.load_from_checkpoint(last, map_location="cpu")
+    rows = result.test_rows
+    paths = [Path(line.split(",")[0]) for line in (result.run_dir / "predictions_test.csv").read_text().splitlines()[1:]]
+    probs = predict_probabilities(model, [(torch.stack([ImageSet(paths, {}, model.config.preprocess)[i][0]
+                                                        for i in range(len(paths))]), None)])
+    np.testing.assert_allclose(probs["shape"], result.test_probs["shape"], atol=1e-5)
+    assert len(rows) == len(paths)
+
+
 def test_a_second_run_never_overwrites_the_first(tmp_path, shapes_dataset):
     cfg = load_config(None, tiny_overrides(shapes_dataset, tmp_path / "runs", epochs=1))
     first, second = train(cfg).run_dir, train(cfg).run_dir
@@ -177,3 +198,28 @@ def test_empty_data_set(tmp_path, capsys, shapes_dataset):
 def test_bad_config_value_is_named(tmp_path, capsys, shapes_dataset):
     code, err = _train_cli(capsys, shapes_dataset, tmp_path, "trainer.batch_size=big")
     assert code == 2 and "trainer.batch_size: expected int" in err
+
+
+@pytest.mark.filterwarnings(r"ignore:You are trying to `self.log\(\)`")
+def test_mixup_trains_on_mixed_pairs_against_both_label_sets(tmp_path):
+    from mscvision.core.tasks import IGNORE_INDEX
+    from mscvision.training.module import MscClassifier
+
+    cfg = load_config(None, [*tiny_overrides(tmp_path / "m.csv", tmp_path / "runs", epochs=1), "augment.mixup_alpha=0.4"])
+    module = MscClassifier(cfg.to_dict(), [{"name": "shape", "classes": ["bar", "disc"], "column": "shape"}]).train()
+    x = torch.randn(6, cfg.preprocess.in_channels, 32, 32)
+    targets = {"shape": torch.tensor([0, 1, 0, 1, IGNORE_INDEX, 1])}
+    seen = []
+    module.net.register_forward_pre_hook(lambda net, args: seen.append(args[0].clone()))
+
+    torch.manual_seed(3)
+    loss = module.training_step((x, targets), 0)
+    torch.manual_seed(3)  # the same draws, by hand
+    lam = float(torch.distributions.Beta(0.4, 0.4).sample())
+    perm = torch.randperm(6)
+    torch.testing.assert_close(seen[0], lam * x + (1 - lam) * x[perm])
+    _, logits = module.net(seen[0])
+    expected = (lam * module.multitask_loss(logits, targets)
+                + (1 - lam) * module.multitask_loss(logits, {"shape": targets["shape"][perm]}))
+    torch.testing.assert_close(loss, expected)
+    assert not torch.equal(perm, torch.arange(6)) and 0 < lam < 1

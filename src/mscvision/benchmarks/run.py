@@ -15,6 +15,7 @@ import torch
 from mscvision.benchmarks import end_to_end, inference, machine
 from mscvision.benchmarks.training_speed import training_throughput
 from mscvision.core.fileio import write_json_atomic, write_text_atomic
+from mscvision.training.finetune import run_checkpoint
 
 SCHEMA = "mscvision.benchmark/1"
 
@@ -24,7 +25,7 @@ def benchmark_model(run_dir: Path, threads: int, quick: bool, work: Path, log=pr
     from mscvision.export.pipeline import export_run
     from mscvision.training.module import MscClassifier
 
-    checkpoint = run_dir / "checkpoints" / "best.ckpt"
+    checkpoint = run_checkpoint(run_dir)
     module = MscClassifier.load_from_checkpoint(checkpoint, map_location="cpu").eval()
     net = module.eval_net.eval()
     spec = module.config.preprocess

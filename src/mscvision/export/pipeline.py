@@ -24,6 +24,7 @@ from mscvision.export.quantize import to_fp16, to_int8
 from mscvision.export.samples import Samples, load_samples, read_split
 from mscvision.export.vectors import write_vectors
 from mscvision.runtime.station import cpu_flags
+from mscvision.training.finetune import run_checkpoint
 
 PRECISIONS = ("fp32", "fp16", "int8")
 PARITY_SCHEMA = "mscvision.parity/1"
@@ -47,8 +48,7 @@ def locate_run(target: str | Path) -> RunFiles:
     path = Path(target)
     if path.is_dir():
         run_dir = path
-        candidates = [path / "checkpoints" / "best.ckpt", path / "checkpoints" / "last.ckpt"]
-        checkpoint = next((c for c in candidates if c.is_file()), None)
+        checkpoint = run_checkpoint(path)
         if checkpoint is None:
             raise DataError(f"{path}: no checkpoints/best.ckpt or last.ckpt. Fix: pass a run directory "
                             "written by `scripts/train.py`, or a .ckpt file.")

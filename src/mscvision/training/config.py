@@ -68,7 +68,7 @@ class OptimConfig:
     label_smoothing: float = 0.1
     class_weights: bool = True  # inverse-frequency weights per task, from the training split
     ema_decay: float = 0.0  # > 0: keep an exponential moving average of the weights; it is what is
-    #                         evaluated, checkpointed as "best" and exported
+    #                         evaluated, checkpointed and exported
 
 
 @dataclass(frozen=True)
@@ -82,6 +82,7 @@ class AugmentConfig:
     gamma: float = 0.2
     blur_prob: float = 0.2
     noise_std: float = 0.02
+    mixup_alpha: float = 0.0  # > 0: mix image pairs in each training batch, weight ~ Beta(a, a)
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,9 @@ class TrainerConfig:
     precision: str = "auto"  # auto: bf16-mixed on CUDA, 32-true on CPU
     channels_last: str = "auto"  # auto (on for CUDA) | true | false
     early_stopping_patience: int = 6
+    select: str = "best"  # which weights are evaluated and exported: "best" (highest val balanced
+    #   accuracy) or "last" (end of the schedule: for a fixed cosine schedule with EMA when the val
+    #   split is a few groups, whose noisy maximum tends to pick a mid-schedule snapshot)
     deterministic: bool = False
     num_threads: int = 0  # torch intra-op threads on CPU; 0 = library default
     limit_train_batches: float = 1.0
@@ -104,6 +108,8 @@ class TrainerConfig:
     def __post_init__(self) -> None:
         if self.channels_last not in ("auto", "true", "false"):
             raise ConfigError(f"trainer.channels_last={self.channels_last!r}: use auto, true or false")
+        if self.select not in ("best", "last"):
+            raise ConfigError(f"trainer.select={self.select!r}: use best or last")
 
 
 @dataclass(frozen=True)

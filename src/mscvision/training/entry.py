@@ -34,7 +34,7 @@ def print_summary(result: RunResult) -> None:
     if not result.metrics:
         print(f"stopped early; resume with: python scripts/train.py --resume {result.run_dir}")
         return
-    print(f"best checkpoint: {result.best_checkpoint}")
+    print(f"evaluated checkpoint: {result.checkpoint}")
     print(f"{'split':6} {'task':18} {'bal.acc':>8} {'macroF1':>8} {'wF1':>8} {'n':>6}")
     for side in ("val", "test"):
         for task, m in result.metrics[side].items():

@@ -9,15 +9,21 @@ import torch
 from mscvision.core.errors import ConfigError
 
 
+def run_checkpoint(run_dir: Path) -> Path | None:
+    """A run's model: ``best.ckpt`` (trainer.select=best), else ``last.ckpt`` (select=last, or an
+    interrupted run); None when it has neither."""
+    candidates = [run_dir / "checkpoints" / "best.ckpt", run_dir / "checkpoints" / "last.ckpt"]
+    return next((c for c in candidates if c.is_file()), None)
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A run directory (its best checkpoint) or a .ckpt file."""
+    """A run directory (its model, see ``run_checkpoint``) or a .ckpt file."""
     path = Path(path)
-    if path.is_dir():
-        path = path / "checkpoints" / "best.ckpt"
-    if not path.is_file():
+    found = run_checkpoint(path) if path.is_dir() else path if path.is_file() else None
+    if found is None:
         raise ConfigError(f"model.init_from={str(path)!r}: no checkpoint there. Fix: pass a run directory "
-                          "(with checkpoints/best.ckpt) or a .ckpt file.")
-    return path
+                          "(with checkpoints/best.ckpt or last.ckpt) or a .ckpt file.")
+    return found
 
 
 def init_from_run(module, source: str | Path) -> list[str]:

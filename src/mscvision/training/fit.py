@@ -16,7 +16,7 @@ from mscvision.core.fileio import write_json_atomic, write_text_atomic
 from mscvision.training.config import RunConfig, save_config
 from mscvision.training.data import ImageSet, ScanResult, load_unit_image, make_loader, scan_images
 from mscvision.training.dataset_setup import PreparedData, class_weights, prepare_data, sample_weights, split_table
-from mscvision.training.finetune import init_from_run
+from mscvision.training.finetune import init_from_run, run_checkpoint
 from mscvision.training.evaluate import metrics_for_split, plot_confusion, predict_probabilities
 from mscvision.training.augment import build_train_augment
 from mscvision.training.module import MONITOR, MscClassifier
@@ -28,7 +28,7 @@ METRICS_SCHEMA = "mscvision.metrics/1"
 class RunResult:
     run_dir: Path
     metrics: dict
-    best_checkpoint: Path
+    checkpoint: Path  # the weights evaluated and exported (trainer.select)
     test_rows: np.ndarray | None = None  # manifest rows of the test split, in prediction order
     test_probs: dict[str, np.ndarray] | None = None  # plain single pass, per task
 
@@ -46,7 +46,7 @@ def new_run_dir(config: RunConfig) -> Path:
 
 def train(config: RunConfig, run_dir: Path | None = None, resume: bool = False,
           callbacks: tuple = (), split: np.ndarray | None = None) -> RunResult:
-    """Train, then evaluate the best checkpoint on val and the held-out test groups.
+    """Train, then evaluate the selected checkpoint on val and the held-out test groups.
 
     ``split`` (train/val/test per manifest row) replaces the configured split: cross-validation.
     """
@@ -71,24 +71,25 @@ def train(config: RunConfig, run_dir: Path | None = None, resume: bool = False,
     if config.model.init_from and not resume:
         for message in init_from_run(module, config.model.init_from):
             print(message, flush=True)
-    checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=MONITOR, mode="max",
-                                 enable_version_counter=False)
     # Lightning >= 2.5 refreshes save_last only when "best" improves; resume needs every epoch's state.
-    every_epoch = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", monitor=None, save_top_k=1,
-                                  enable_version_counter=False)
-    trainer = _build_trainer(config, run_dir, cuda, [checkpoint, every_epoch, *callbacks])
+    checkpoints = [ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", monitor=None, save_top_k=1,
+                                   enable_version_counter=False)]
+    if config.trainer.select == "best":  # with "last" no best.ckpt is written: a run dir holds one model
+        checkpoints.append(ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=MONITOR,
+                                           mode="max", enable_version_counter=False))
+    trainer = _build_trainer(config, run_dir, cuda, [*checkpoints, *callbacks])
     last = run_dir / "checkpoints" / "last.ckpt"
     trainer.fit(module, loaders["train"], loaders["val"], ckpt_path=str(last) if resume else None)
     if trainer.interrupted:  # Ctrl-C: checkpoints are saved; `--resume RUN_DIR` continues
         return RunResult(run_dir, {}, last)
-    best = Path(checkpoint.best_model_path or last)
-    metrics, test_probs = evaluate_run(best, data, loaders, run_dir, cuda, config.trainer.tta)
+    chosen = run_checkpoint(run_dir)
+    metrics, test_probs = evaluate_run(chosen, data, loaders, run_dir, cuda, config.trainer.tta)
     metrics["run"] = {"seconds": round(time.perf_counter() - started, 1), "skipped_images": skipped,
-                      "epochs": trainer.current_epoch, "best_checkpoint": best.name,
+                      "epochs": trainer.current_epoch, "checkpoint": chosen.name,
                       "config_hash": config.hash(), "device": "cuda" if cuda else "cpu",
                       "data_manifest": manifest_record(data)}
     write_json_atomic(run_dir / "metrics.json", metrics)
-    return RunResult(run_dir, metrics, best, loaders["test_rows"], test_probs)
+    return RunResult(run_dir, metrics, chosen, loaders["test_rows"], test_probs)
 
 
 def build_loaders(config: RunConfig, data: PreparedData) -> tuple[dict, list[str]]:
@@ -154,15 +155,15 @@ def _build_trainer(config: RunConfig, run_dir: Path, cuda: bool, callbacks: list
     )
 
 
-def evaluate_run(best: Path, data: PreparedData, loaders: dict, run_dir: Path, cuda: bool,
+def evaluate_run(checkpoint: Path, data: PreparedData, loaders: dict, run_dir: Path, cuda: bool,
                  tta: bool = False) -> tuple[dict, dict[str, np.ndarray]]:
-    """Metrics of the best checkpoint (EMA weights when kept) on val and the held-out test groups.
+    """Metrics of the selected checkpoint (EMA weights when kept) on val and the held-out test groups.
 
     Plain single-pass figures sit under "val"/"test"; with ``tta`` the dihedral test-time
     augmentation figures are added under "val_tta"/"test_tta". Per-image test predictions are
     written to ``predictions_test.csv`` (error analysis, pooled cross-validation).
     """
-    model = MscClassifier.load_from_checkpoint(best, map_location="cpu")
+    model = MscClassifier.load_from_checkpoint(checkpoint, map_location="cpu")
     device = "cuda" if cuda else "cpu"
     metrics: dict = {"schema": METRICS_SCHEMA,
                      "setup": {"val": "plain single pass", "test": "plain single pass",

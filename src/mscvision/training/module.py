@@ -81,10 +81,26 @@ class MscClassifier(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         x, targets = batch
-        _, logits = self(x)
-        loss = self.multitask_loss(logits, targets)
+        alpha = self.config.augment.mixup_alpha if self.config.augment.enabled else 0.0
+        if alpha > 0:
+            loss = self.mixup_loss(x, targets, alpha)
+        else:
+            _, logits = self(x)
+            loss = self.multitask_loss(logits, targets)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(x))
         return loss
+
+    def mixup_loss(self, x: torch.Tensor, targets: dict[str, torch.Tensor], alpha: float) -> torch.Tensor:
+        """Mixup (Zhang et al. 2018): train on ``lam*x + (1-lam)*x[perm]`` against both label sets.
+
+        Mixup rather than CutMix: crops are centred on one cell, so a pasted patch carries a
+        neighbour's fragment, not a share of its label proportional to the patch's area.
+        """
+        lam = float(torch.distributions.Beta(alpha, alpha).sample())
+        perm = torch.randperm(len(x), device=x.device)
+        _, logits = self(lam * x + (1.0 - lam) * x[perm])
+        mixed = {name: y[perm] for name, y in targets.items()}
+        return lam * self.multitask_loss(logits, targets) + (1.0 - lam) * self.multitask_loss(logits, mixed)
 
     def validation_step(self, batch, batch_idx):
         x, targets = batch
