@@ -15,7 +15,7 @@ import torch
 from mscvision.benchmarks import end_to_end, inference, machine
 from mscvision.benchmarks.training_speed import training_throughput
 from mscvision.core.fileio import write_json_atomic, write_text_atomic
-from mscvision.training.finetune import run_checkpoint
+from mscvision.training.run_files import run_checkpoint
 
 SCHEMA = "mscvision.benchmark/1"
 

@@ -7,13 +7,7 @@ from pathlib import Path
 import torch
 
 from mscvision.core.errors import ConfigError
-
-
-def run_checkpoint(run_dir: Path) -> Path | None:
-    """A run's model: ``best.ckpt`` (trainer.select=best), else ``last.ckpt`` (select=last, or an
-    interrupted run); None when it has neither."""
-    candidates = [run_dir / "checkpoints" / "best.ckpt", run_dir / "checkpoints" / "last.ckpt"]
-    return next((c for c in candidates if c.is_file()), None)
+from mscvision.training.run_files import run_checkpoint
 
 
 def resolve_checkpoint(path: str | Path) -> Path:

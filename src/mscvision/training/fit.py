@@ -16,7 +16,8 @@ from mscvision.core.fileio import write_json_atomic, write_text_atomic
 from mscvision.training.config import RunConfig, save_config
 from mscvision.training.data import ImageSet, ScanResult, load_unit_image, make_loader, scan_images
 from mscvision.training.dataset_setup import PreparedData, class_weights, prepare_data, sample_weights, split_table
-from mscvision.training.finetune import init_from_run, run_checkpoint
+from mscvision.training.finetune import init_from_run
+from mscvision.training.run_files import run_checkpoint
 from mscvision.training.evaluate import metrics_for_split, plot_confusion, predict_probabilities
 from mscvision.training.augment import build_train_augment
 from mscvision.training.module import MONITOR, MscClassifier
