@@ -14,8 +14,10 @@ import torch
 from conftest import make_shapes_dataset, tiny_overrides
 from mscvision.cli import main
 from mscvision.core.preprocess import PreprocessSpec
+from mscvision.core.tasks import Task
 from mscvision.training.augment import build_train_augment
 from mscvision.training.config import AugmentConfig, load_config
+from mscvision.training.dataset_setup import class_weights
 from mscvision.training.data import ImageSet
 from mscvision.training.fit import train
 
@@ -96,6 +98,20 @@ class StopAfter(L.Callback):
 
 def _weights(run_dir: Path) -> dict:
     return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+
+
+def test_class_weights_follow_the_count_power_with_mean_one_over_samples():
+    # 6 of class 0, 2 of class 1, none of class 2, one unknown label (not counted)
+    task = Task(name="t", column="t", classes=("a", "b", "c"))
+    targets = {"t": np.array([0, 0, 0, 0, 0, 0, 1, 1, -1])}
+    rows = np.arange(9)
+    inverse = class_weights(targets, [task], rows)["t"]
+    root = class_weights(targets, [task], rows, power=0.5)["t"]
+    # by hand: raw (1/6, 1/2), scaled so (6*w0 + 2*w1) / 8 = 1
+    np.testing.assert_allclose(inverse[:2], [8 / 12, 8 / 4])
+    np.testing.assert_allclose(root[:2], np.array([6 ** -0.5, 2 ** -0.5]) * 8 / (6 ** 0.5 + 2 ** 0.5))
+    assert root[1] / root[0] == pytest.approx(3 ** 0.5)  # the square root of the count ratio 3
+    assert class_weights(targets, [task], rows, power=0.0)["t"][:2] == pytest.approx([1.0, 1.0])
 
 
 def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, shapes_dataset):

@@ -27,7 +27,7 @@ def training_throughput(config: RunConfig, steps: int = 20, device: str = "cpu",
     data = prepare_data(config)
     loaders, _ = build_loaders(config, data)
     module = MscClassifier(config.to_dict(), [t.to_dict() for t in data.tasks],
-                           class_weights(data.targets, data.tasks, loaders["train_rows"]),
+                           class_weights(data.targets, data.tasks, loaders["train_rows"], config.optim.class_weight_power),
                            channels_last=channels_last).to(device).train()
     optimizer = torch.optim.AdamW(module.parameters(), lr=1e-3)
     if compile_model:

@@ -66,7 +66,8 @@ class OptimConfig:
     weight_decay: float = 0.05
     warmup_epochs: float = 1.0
     label_smoothing: float = 0.1
-    class_weights: bool = True  # inverse-frequency weights per task, from the training split
+    class_weights: bool = True  # class-frequency weights per task, from the training split
+    class_weight_power: float = 1.0  # weight ∝ (1/count)**power: 1 inverse frequency, 0.5 its root
     ema_decay: float = 0.0  # > 0: keep an exponential moving average of the weights; it is what is
     #                         evaluated, checkpointed and exported
 

@@ -118,12 +118,17 @@ def split_table(data: PreparedData, usable: np.ndarray | None = None) -> str:
     return buf.getvalue()
 
 
-def class_weights(targets: dict[str, np.ndarray], tasks: list[Task], rows: np.ndarray) -> dict[str, list[float]]:
-    """Inverse-frequency weights per task over the given rows (mean weight 1 over samples)."""
+def class_weights(targets: dict[str, np.ndarray], tasks: list[Task], rows: np.ndarray,
+                  power: float = 1.0) -> dict[str, list[float]]:
+    """Per-task class weights proportional to (1 / class count) ** ``power`` over the given rows,
+    scaled so the mean weight over those samples is 1. power 1 is inverse frequency (every class
+    weighs the same in the loss); 0.5, its square root, balances less and so costs the big classes
+    less precision."""
     weights = {}
     for task in tasks:
         counts = class_counts(targets[task.name][rows], task)
-        weights[task.name] = (counts.sum() / (task.num_classes * np.maximum(counts, 1.0))).tolist()
+        raw = np.maximum(counts, 1.0) ** -power
+        weights[task.name] = (raw * counts.sum() / (counts * raw).sum()).tolist()
     return weights
 
 

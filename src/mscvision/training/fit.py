@@ -67,7 +67,8 @@ def train(config: RunConfig, run_dir: Path | None = None, resume: bool = False,
         warn_near_duplicates(data, loaders["scan"], config.preprocess)
     cuda = _use_cuda(config)
     module = MscClassifier(config.to_dict(), [t.to_dict() for t in data.tasks],
-                           class_weights(data.targets, data.tasks, loaders["train_rows"]) if config.optim.class_weights else None,
+                           class_weights(data.targets, data.tasks, loaders["train_rows"], config.optim.class_weight_power)
+                           if config.optim.class_weights else None,
                            channels_last=_channels_last(config, cuda))
     if config.model.init_from and not resume:
         for message in init_from_run(module, config.model.init_from):
