@@ -112,6 +112,7 @@ def test_class_weights_follow_the_count_power_with_mean_one_over_samples():
     np.testing.assert_allclose(root[:2], np.array([6 ** -0.5, 2 ** -0.5]) * 8 / (6 ** 0.5 + 2 ** 0.5))
     assert root[1] / root[0] == pytest.approx(3 ** 0.5)  # the square root of the count ratio 3
     assert class_weights(targets, [task], rows, power=0.0)["t"][:2] == pytest.approx([1.0, 1.0])
+    assert class_weights(targets, [task], np.array([8]))["t"] == [0.0, 0.0, 0.0]  # no known label
 
 
 def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, shapes_dataset):

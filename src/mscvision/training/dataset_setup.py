@@ -128,7 +128,8 @@ def class_weights(targets: dict[str, np.ndarray], tasks: list[Task], rows: np.nd
     for task in tasks:
         counts = class_counts(targets[task.name][rows], task)
         raw = np.maximum(counts, 1.0) ** -power
-        weights[task.name] = (raw * counts.sum() / (counts * raw).sum()).tolist()
+        # max(): a task with no known label in these rows gets zero weights, not NaN
+        weights[task.name] = (raw * counts.sum() / max((counts * raw).sum(), 1e-12)).tolist()
     return weights
 
 
