@@ -7,7 +7,7 @@ import time
 import torch
 
 from mscvision.training.config import RunConfig
-from mscvision.training.dataset_setup import class_weights, prepare_data
+from mscvision.training.dataset_setup import loss_class_weights, prepare_data
 from mscvision.training.fit import build_loaders
 from mscvision.training.module import MscClassifier
 
@@ -27,7 +27,7 @@ def training_throughput(config: RunConfig, steps: int = 20, device: str = "cpu",
     data = prepare_data(config)
     loaders, _ = build_loaders(config, data)
     module = MscClassifier(config.to_dict(), [t.to_dict() for t in data.tasks],
-                           class_weights(data.targets, data.tasks, loaders["train_rows"], config.optim.class_weight_power),
+                           loss_class_weights(config, data, loaders["train_rows"]),
                            channels_last=channels_last).to(device).train()
     optimizer = torch.optim.AdamW(module.parameters(), lr=1e-3)
     if compile_model:

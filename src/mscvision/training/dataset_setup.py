@@ -118,6 +118,13 @@ def split_table(data: PreparedData, usable: np.ndarray | None = None) -> str:
     return buf.getvalue()
 
 
+def loss_class_weights(config: RunConfig, data: PreparedData, rows: np.ndarray) -> dict[str, list[float]] | None:
+    """The class weights the config asks for (``optim.class_weights``, ``class_weight_power``), or None."""
+    if not config.optim.class_weights:
+        return None
+    return class_weights(data.targets, data.tasks, rows, config.optim.class_weight_power)
+
+
 def class_weights(targets: dict[str, np.ndarray], tasks: list[Task], rows: np.ndarray,
                   power: float = 1.0) -> dict[str, list[float]]:
     """Per-task class weights proportional to (1 / class count) ** ``power`` over the given rows,

@@ -15,7 +15,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from mscvision.core.fileio import write_json_atomic, write_text_atomic
 from mscvision.training.config import RunConfig, save_config
 from mscvision.training.data import ImageSet, ScanResult, load_unit_image, make_loader, scan_images
-from mscvision.training.dataset_setup import PreparedData, class_weights, prepare_data, sample_weights, split_table
+from mscvision.training.dataset_setup import PreparedData, loss_class_weights, prepare_data, sample_weights, split_table
 from mscvision.training.finetune import init_from_run
 from mscvision.training.run_files import run_checkpoint
 from mscvision.training.evaluate import metrics_for_split, plot_confusion, predict_probabilities
@@ -67,8 +67,7 @@ def train(config: RunConfig, run_dir: Path | None = None, resume: bool = False,
         warn_near_duplicates(data, loaders["scan"], config.preprocess)
     cuda = _use_cuda(config)
     module = MscClassifier(config.to_dict(), [t.to_dict() for t in data.tasks],
-                           class_weights(data.targets, data.tasks, loaders["train_rows"], config.optim.class_weight_power)
-                           if config.optim.class_weights else None,
+                           loss_class_weights(config, data, loaders["train_rows"]),
                            channels_last=_channels_last(config, cuda))
     if config.model.init_from and not resume:
         for message in init_from_run(module, config.model.init_from):
