@@ -28,6 +28,8 @@ def test_dotted_overrides_are_typed():
     ("trainer.max_epoch=5", r"unknown config key\(s\) \['trainer.max_epoch'\]"),
     ("trainer.max_epochs=five", r"trainer.max_epochs: expected int, got 'five'"),
     ("preprocess.intensity=zscore", r"preprocess.intensity='zscore'"),
+    ("data.val_fraction=0", r"data.val_fraction=0 leaves no validation split.*trainer.select: last"),
+    ("export.tta=true", r"export.tta: .*Fix: set trainer.tta: true"),
     ("optim=3", r"optim: expected a mapping"),
     ("max_epochs", r"is not KEY=VALUE"),
     ("trainer.channels_last=sometimes", r"trainer.channels_last='sometimes': use auto, true or false"),
@@ -45,3 +47,9 @@ def test_yaml_booleans_read_as_words_for_string_keys():
 
 def test_hash_changes_with_config():
     assert load_config().hash() != load_config(None, ["seed=1"]).hash()
+
+
+def test_export_tta_needs_a_square_input():
+    with pytest.raises(ConfigError, match=r"export.tta: a 90-degree rotation .* changes its shape"):
+        load_config(None, ["trainer.tta=true", "export.tta=true", "preprocess.size=[32, 48]"])
+    assert load_config(None, ["trainer.tta=true", "export.tta=true"]).export.tta

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -89,3 +92,30 @@ def test_cross_validation_folds_keep_every_group_on_one_side():
         assert (split == "val").any() and (split == "train").any()
         test_of[split == "test"] = fold
     assert (test_of >= 0).all()  # every row is out-of-fold exactly once
+
+
+def test_cross_validation_without_validation_folds_trains_on_the_rest():
+    rng = np.random.default_rng(1)
+    groups = rng.integers(0, 20, 300).astype(str)
+    splits = fold_splits(rng.integers(0, 3, 300), groups, k=4, seed=0, val_fraction=0.0)
+    for split in splits:
+        assert set(split) == {"train", "test"}
+
+
+def test_cross_validation_pools_both_setups_and_headlines_the_deployed_one(tmp_path):
+    """Pooled out-of-fold figures equal the folds' own figures summed (confusion matrices add up)."""
+    from mscvision.training.crossval import cross_validate
+
+    manifest = make_shapes_dataset(tmp_path / "shapes", n=36, groups=9)
+    overrides = [*tiny_overrides(manifest, tmp_path / "runs", epochs=1), "data.val_fraction=0",
+                 "trainer.select=last", "trainer.tta=true", "export.tta=true"]
+    report = cross_validate(load_config(None, overrides), k=3)
+    saved = json.loads((Path(report["dir"]) / "crossval.json").read_text())
+    assert saved["deployed"] == "tta" and {"pooled", "pooled_tta"} <= set(saved)
+    for pooled_key, fold_key in (("pooled", "test"), ("pooled_tta", "test_tta")):
+        for task in ("shape", "count"):
+            summed = sum(np.array(f[fold_key][task]["confusion_matrix"]) for f in saved["folds"])
+            assert np.array_equal(np.array(saved[pooled_key][task]["confusion_matrix"]), summed)
+            assert saved[pooled_key][task]["n"] == 36
+    tta_wf1 = [f["test_tta"]["shape"]["weighted_f1"] for f in saved["folds"]]
+    assert saved["spread"]["shape"]["weighted_f1"]["min"] == min(tta_wf1)  # spread of the deployed setup

@@ -240,3 +240,16 @@ def test_mixup_trains_on_mixed_pairs_against_both_label_sets(tmp_path):
                 + (1 - lam) * module.multitask_loss(logits, {"shape": targets["shape"][perm]}))
     torch.testing.assert_close(loss, expected)
     assert not torch.equal(perm, torch.arange(6)) and 0 < lam < 1
+
+
+def test_no_validation_split_trains_on_every_non_test_group(tmp_path, shapes_dataset):
+    """data.val_fraction 0 with a fixed schedule: no val rows, no val figures, the rest all trains."""
+    overrides = [*tiny_overrides(shapes_dataset, tmp_path / "runs", epochs=1), "data.val_fraction=0",
+                 "trainer.select=last"]
+    result = train(load_config(None, overrides))
+    with open(result.run_dir / "split.csv", newline="") as f:
+        sides = [row["split"] for row in csv.DictReader(f)]
+    assert "val" not in sides and sides.count("test") == len(result.test_rows) > 0
+    assert sides.count("train") == 48 - sides.count("test")
+    assert "val" not in result.metrics and set(result.metrics["test"]) == {"shape", "count"}
+    assert "val" not in result.metrics["setup"] and result.metrics["run"]["checkpoint"] == "last.ckpt"

@@ -35,7 +35,7 @@ class SyntheticConfig:
 class DataConfig:
     path: str | None = None  # manifest.csv, folder with one, or class-per-folder tree; None = synthetic
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
-    val_fraction: float = 0.15
+    val_fraction: float = 0.15  # 0: no validation split, every non-test group trains (needs select: last)
     test_fraction: float = 0.2
     split_seed: int = 0
     skip_missing: bool = False  # rows whose image is missing: error (default) or warn-and-skip
@@ -92,7 +92,7 @@ class TrainerConfig:
     batch_size: int = 64
     accelerator: str = "auto"  # auto | cpu | gpu
     devices: int = 1
-    precision: str = "auto"  # auto: bf16-mixed on CUDA, 32-true on CPU
+    precision: str = "auto"  # auto: bf16-mixed on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX), else 32-true
     channels_last: str = "auto"  # auto (on for CUDA) | true | false
     early_stopping_patience: int = 6
     select: str = "best"  # which weights are evaluated and exported: "best" (highest val balanced
@@ -117,6 +117,8 @@ class TrainerConfig:
 class ExportConfig:
     enabled: bool = True  # export RUN_DIR/model.onnx at the end of `scripts/train.py`
     precision: str = "fp32"  # fp16 / int8 add that variant beside fp32 when it meets its gate
+    tta: bool = False  # the graph itself averages the 8 dihedral views (8x the compute per image): the
+    #   station then runs what "test_tta" measured, and that is the model's headline figure
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,17 @@ class RunConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+
+    def __post_init__(self) -> None:
+        if self.data.val_fraction == 0 and self.trainer.select != "last":
+            raise ConfigError("data.val_fraction=0 leaves no validation split to pick the best epoch from. "
+                              "Fix: set trainer.select: last (a fixed schedule), or a val_fraction > 0.")
+        if self.export.tta and not self.trainer.tta:
+            raise ConfigError("export.tta: the exported model would run dihedral TTA, but nothing measures it. "
+                              "Fix: set trainer.tta: true as well.")
+        if self.export.tta and self.preprocess.size[0] != self.preprocess.size[1]:
+            raise ConfigError(f"export.tta: a 90-degree rotation of a {self.preprocess.size} input changes its "
+                              "shape. Fix: a square preprocess.size, or export.tta: false.")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -20,6 +20,8 @@ from mscvision.training.dataset_setup import load_labelled
 from mscvision.training.fit import new_run_dir, train
 
 SPREAD_KEYS = ("weighted_f1", "balanced_accuracy", "macro_f1")
+SETUP_KEYS = {"plain": "test", "tta": "test_tta"}  # setup → its key in a fold's metrics
+POOLED_KEYS = {"plain": "pooled", "tta": "pooled_tta"}  # setup → its key in the report
 
 
 def fold_splits(key: np.ndarray, groups: np.ndarray, k: int, seed: int, val_fraction: float) -> list[np.ndarray]:
@@ -30,6 +32,9 @@ def fold_splits(key: np.ndarray, groups: np.ndarray, k: int, seed: int, val_frac
     for fold in range(k):
         split = np.where(fold_of == fold, "test", "train").astype("<U5")
         rest = np.flatnonzero(fold_of != fold)
+        if val_fraction == 0:  # no validation split: every other fold trains (trainer.select: last)
+            splits.append(split)
+            continue
         inner = stratified_group_folds(key[rest], groups[rest], inner_k, seed + 1 + fold)
         split[rest[inner == 0]] = "val"
         splits.append(split)
@@ -42,49 +47,61 @@ def cross_validate(config: RunConfig, k: int = 5) -> dict:
     labelled = load_labelled(config)
     key = stratification_key(labelled.targets)
     groups = np.asarray(labelled.manifest.groups)
-    oof = {t.name: np.full((len(groups), t.num_classes), np.nan) for t in labelled.tasks}
+    setups = ("plain", "tta") if config.trainer.tta else ("plain",)
+    oof = {s: {t.name: np.full((len(groups), t.num_classes), np.nan) for t in labelled.tasks} for s in setups}
     folds = []
     for fold, split in enumerate(fold_splits(key, groups, k, config.data.split_seed, config.data.val_fraction)):
         started = time.perf_counter()
         fold_dir = cv_dir / f"fold{fold}"
         fold_dir.mkdir()
         result = train(config, run_dir=fold_dir, split=split)
-        for task, probs in result.test_probs.items():
-            oof[task][result.test_rows] = probs
+        for setup, fold_probs in (("plain", result.test_probs), ("tta", result.test_tta_probs)):
+            for task, probs in (fold_probs or {}).items():
+                oof[setup][task][result.test_rows] = probs
         folds.append({"fold": fold, "minutes": round((time.perf_counter() - started) / 60, 2),
                       "n_test": int(len(result.test_rows)), "n_groups_test": int(len(set(groups[split == "test"]))),
                       "test": result.metrics["test"], **({"test_tta": result.metrics["test_tta"]} if "test_tta" in result.metrics else {})})
-        print(f"fold {fold}: " + ", ".join(f"{t} wF1 {m['weighted_f1']:.3f} bAcc {m['balanced_accuracy']:.3f}"
-                                           for t, m in result.metrics["test"].items())
+        print(f"fold {fold}: " + "; ".join(f"{name} {t} wF1 {m['weighted_f1']:.3f} bAcc {m['balanced_accuracy']:.3f}"
+                                           for name in ("test", "test_tta") for t, m in result.metrics.get(name, {}).items())
               + f" ({folds[-1]['minutes']:.1f} min)", flush=True)
-    report = {"schema": "mscvision.crossval/1", "k": k, "seed": config.data.split_seed,
-              "setup": "plain single pass (what a station runs); pooled = all out-of-fold predictions",
-              "pooled": {t.name: classification_metrics(labelled.targets[t.name], oof[t.name].argmax(axis=1), t.classes)
-                         for t in labelled.tasks},
-              "spread": _spread(folds, [t.name for t in labelled.tasks]), "folds": folds,
+    pooled = {s: {t.name: classification_metrics(labelled.targets[t.name], oof[s][t.name].argmax(axis=1), t.classes)
+                  for t in labelled.tasks} for s in setups}
+    deployed = "tta" if config.export.tta else "plain"
+    report = {"schema": "mscvision.crossval/2", "k": k, "seed": config.data.split_seed,
+              "setup": "pooled = all out-of-fold predictions; 'pooled' is the plain single pass, 'pooled_tta' "
+                       "the dihedral x8 TTA; 'deployed' names the one the exported model runs (export.tta)",
+              "deployed": deployed,
+              **{POOLED_KEYS[s]: figures for s, figures in pooled.items()},
+              "spread": _spread(folds, [t.name for t in labelled.tasks], SETUP_KEYS[deployed]), "folds": folds,
               "minutes_per_fold": [f["minutes"] for f in folds]}
     write_json_atomic(cv_dir / "crossval.json", report)
     report["dir"] = str(cv_dir)
     return report
 
 
-def _spread(folds: list[dict], tasks: list[str]) -> dict:
+def _spread(folds: list[dict], tasks: list[str], setup_key: str) -> dict:
+    """Min / max / mean / std over folds of the deployed setup's test figures."""
     out = {}
     for task in tasks:
         out[task] = {}
         for key in SPREAD_KEYS:
-            values = np.array([f["test"][task][key] for f in folds])
+            values = np.array([f[setup_key][task][key] for f in folds])
             out[task][key] = {"min": float(values.min()), "max": float(values.max()),
                               "mean": float(values.mean()), "std": float(values.std())}
     return out
 
 
 def print_report(report: dict) -> None:
-    print(f"\n{report['k']}-fold stratified group cross-validation ({report['setup']})  → {report['dir']}")
-    for task, m in report["pooled"].items():
+    deployed = report["deployed"]
+    print(f"\n{report['k']}-fold stratified group cross-validation → {report['dir']}")
+    print(f"headline: the {deployed} setup, which the exported model runs (export.tta)")
+    for task, m in report[POOLED_KEYS[deployed]].items():
         s = report["spread"][task]
-        print(f"[{task}] pooled out-of-fold: weighted F1 {m['weighted_f1']:.3f}, balanced accuracy "
-              f"{m['balanced_accuracy']:.3f}, macro F1 {m['macro_f1']:.3f} (n={m['n']})")
+        for setup, key in POOLED_KEYS.items():
+            if key in report:
+                o = report[key][task]
+                print(f"[{task}] pooled out-of-fold, {setup}: weighted F1 {o['weighted_f1']:.3f}, balanced accuracy "
+                      f"{o['balanced_accuracy']:.3f}, macro F1 {o['macro_f1']:.3f} (n={o['n']})")
         print(f"  per fold: wF1 {s['weighted_f1']['min']:.3f}–{s['weighted_f1']['max']:.3f}, bAcc "
               f"{s['balanced_accuracy']['min']:.3f}–{s['balanced_accuracy']['max']:.3f}; minutes/fold "
               f"{', '.join(f'{x:.1f}' for x in report['minutes_per_fold'])}")

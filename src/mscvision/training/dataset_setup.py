@@ -82,7 +82,8 @@ def prepare_data(config: RunConfig, split: np.ndarray | None = None) -> Prepared
     if split is None:
         split = _split(manifest, targets, config.data)
     check_groups_disjoint(np.asarray(manifest.groups), split)
-    for side in ("train", "val", "test"):
+    required = ("train", "test") if config.data.val_fraction == 0 else ("train", "val", "test")
+    for side in required:
         if not (split == side).any():
             raise DataError(f"the {side} split is empty ({len(manifest)} images, "
                             f"{len(set(manifest.groups))} groups). Fix: add data or groups, or adjust "

@@ -37,7 +37,7 @@ def print_summary(result: RunResult) -> None:
     print(f"evaluated checkpoint: {result.checkpoint}")
     print(f"{'split':6} {'task':18} {'bal.acc':>8} {'macroF1':>8} {'wF1':>8} {'n':>6}")
     for side in ("val", "test"):
-        for task, m in result.metrics[side].items():
+        for task, m in result.metrics.get(side, {}).items():
             print(f"{side:6} {task:18} {m['balanced_accuracy']:8.3f} {m['macro_f1']:8.3f} "
                   f"{m['weighted_f1']:8.3f} {m['n']:6d}")
     print(f"wall time: {result.metrics['run']['seconds'] / 60:.1f} min "

@@ -32,6 +32,7 @@ class RunResult:
     checkpoint: Path  # the weights evaluated and exported (trainer.select)
     test_rows: np.ndarray | None = None  # manifest rows of the test split, in prediction order
     test_probs: dict[str, np.ndarray] | None = None  # plain single pass, per task
+    test_tta_probs: dict[str, np.ndarray] | None = None  # dihedral x8 TTA (trainer.tta), per task
 
 
 def new_run_dir(config: RunConfig) -> Path:
@@ -78,7 +79,7 @@ def train(config: RunConfig, run_dir: Path | None = None, resume: bool = False,
     if config.trainer.select == "best":  # with "last" no best.ckpt is written: a run dir holds one model
         checkpoints.append(ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=MONITOR,
                                            mode="max", enable_version_counter=False))
-    trainer = _build_trainer(config, run_dir, cuda, [*checkpoints, *callbacks])
+    trainer = _build_trainer(config, run_dir, cuda, [*checkpoints, *callbacks], validate=loaders["val"] is not None)
     last = run_dir / "checkpoints" / "last.ckpt"
     trainer.fit(module, loaders["train"], loaders["val"], ckpt_path=str(last) if resume else None)
     if trainer.interrupted:  # Ctrl-C: checkpoints are saved; `--resume RUN_DIR` continues
@@ -90,7 +91,7 @@ def train(config: RunConfig, run_dir: Path | None = None, resume: bool = False,
                       "config_hash": config.hash(), "device": "cuda" if cuda else "cpu",
                       "data_manifest": manifest_record(data)}
     write_json_atomic(run_dir / "metrics.json", metrics)
-    return RunResult(run_dir, metrics, chosen, loaders["test_rows"], test_probs)
+    return RunResult(run_dir, metrics, chosen, loaders["test_rows"], test_probs["test"], test_probs.get("test_tta"))
 
 
 def build_loaders(config: RunConfig, data: PreparedData) -> tuple[dict, list[str]]:
@@ -101,6 +102,10 @@ def build_loaders(config: RunConfig, data: PreparedData) -> tuple[dict, list[str
     loaders: dict = {}
     for side in ("train", "val", "test"):
         rows = np.intersect1d(data.indices(side), scan.keep)
+        loaders[f"{side}_rows"] = rows
+        if side == "val" and not len(rows):  # data.val_fraction 0: a fixed schedule, nothing to monitor
+            loaders[side] = None
+            continue
         augment = build_train_augment(config.augment) if side == "train" else None
         dataset = ImageSet([data.manifest.paths[i] for i in rows], {k: v[rows] for k, v in data.targets.items()},
                            spec, augment, [scan.images[i] for i in rows] if config.data.cache_images else None,
@@ -109,7 +114,6 @@ def build_loaders(config: RunConfig, data: PreparedData) -> tuple[dict, list[str
                    if side == "train" and config.data.balanced_sampling else None)
         loaders[side] = make_loader(dataset, config.trainer.batch_size, side == "train", workers, config.seed,
                                     pin_memory=torch.cuda.is_available(), weights=weights)
-        loaders[f"{side}_rows"] = rows
     loaders["scan"] = scan
     return loaders, scan.skipped
 
@@ -140,10 +144,11 @@ def _channels_last(config: RunConfig, cuda: bool) -> bool:
     return cuda if config.trainer.channels_last == "auto" else config.trainer.channels_last == "true"
 
 
-def _build_trainer(config: RunConfig, run_dir: Path, cuda: bool, callbacks: list) -> L.Trainer:
+def _build_trainer(config: RunConfig, run_dir: Path, cuda: bool, callbacks: list, validate: bool = True) -> L.Trainer:
     t = config.trainer
     precision = ("bf16-mixed" if cuda else "32-true") if t.precision == "auto" else t.precision
-    callbacks = [*callbacks, EarlyStopping(MONITOR, mode="max", patience=t.early_stopping_patience)]
+    if validate:
+        callbacks = [*callbacks, EarlyStopping(MONITOR, mode="max", patience=t.early_stopping_patience)]
     if t.progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=10))
     return L.Trainer(
@@ -157,28 +162,32 @@ def _build_trainer(config: RunConfig, run_dir: Path, cuda: bool, callbacks: list
 
 
 def evaluate_run(checkpoint: Path, data: PreparedData, loaders: dict, run_dir: Path, cuda: bool,
-                 tta: bool = False) -> tuple[dict, dict[str, np.ndarray]]:
+                 tta: bool = False) -> tuple[dict, dict[str, dict[str, np.ndarray]]]:
     """Metrics of the selected checkpoint (EMA weights when kept) on val and the held-out test groups.
 
     Plain single-pass figures sit under "val"/"test"; with ``tta`` the dihedral test-time
     augmentation figures are added under "val_tta"/"test_tta". Per-image test predictions are
-    written to ``predictions_test.csv`` (error analysis, pooled cross-validation).
+    written to ``predictions_test.csv`` (error analysis, pooled cross-validation). Also returns the
+    test probabilities per setup ("test", and "test_tta" with ``tta``).
     """
     model = MscClassifier.load_from_checkpoint(checkpoint, map_location="cpu")
     device = "cuda" if cuda else "cpu"
+    sides = [side for side in ("val", "test") if loaders[side] is not None]  # no val with val_fraction 0
+    setups = [(side, False) for side in sides] + [(f"{side}_tta", True) for side in sides if tta]
     metrics: dict = {"schema": METRICS_SCHEMA,
-                     "setup": {"val": "plain single pass", "test": "plain single pass",
-                               **({"val_tta": "dihedral x8 TTA", "test_tta": "dihedral x8 TTA"} if tta else {}),
+                     "setup": {**{name: "dihedral x8 TTA" if use_tta else "plain single pass" for name, use_tta in setups},
                                "weights": "EMA" if model.ema_net is not None else "trained"}}
-    for side in ("val", "test"):
+    test_probs: dict[str, dict[str, np.ndarray]] = {}
+    for side in sides:
         rows = loaders[f"{side}_rows"]
         targets = {k: v[rows] for k, v in data.targets.items()}
         for name, use_tta in [(side, False), *([(f"{side}_tta", True)] if tta else [])]:
             probs = predict_probabilities(model, loaders[side], device, tta=use_tta)
             metrics[name] = metrics_for_split(probs, targets, data.tasks)
+            if side == "test":
+                test_probs[name] = probs
             if name == "test":
                 write_predictions(run_dir / "predictions_test.csv", data, rows, probs)
-                test_probs = probs
         for task in data.tasks:
             plot_confusion(metrics[side][task.name], task, f"{task.name} ({side})",
                            run_dir / f"confusion_{side}_{task.name}.png")
