@@ -1,5 +1,9 @@
 """The deployable graph: backbone → heads → softmax(logits / temperature), as one ONNX file.
 
+With ``tta`` the graph itself runs the 8 dihedral views of each input as one batch and averages
+their probabilities (logits and features too), exactly as ``predict_probabilities(tta=True)`` does
+in training-time evaluation: the station then runs what the "test_tta" figures measured.
+
 We use torch 2.14's default dynamo exporter (``torch.export`` + onnxscript): it exports this plain
 conv/linear net cleanly, takes a dynamic batch dimension from ``dynamic_shapes``, and its
 in-memory ``model_proto`` lets us embed the metadata and save every tensor inside one file.
@@ -17,6 +21,7 @@ from torch import nn
 from mscvision.core.fileio import atomic_path
 from mscvision.core.preprocess import PreprocessSpec
 from mscvision.runtime.metadata import FEATURES_OUTPUT, INPUT_NAME, METADATA_KEY, logits_output, probability_output
+from mscvision.training.evaluate import dihedral_views
 
 OPSET = 18  # the dynamo exporter's floor; ≥ 17 as the contract asks, and stated explicitly
 EXPORT_BATCH = 2  # > 1, so nothing in the trace can specialise on a batch of one
@@ -25,10 +30,11 @@ EXPORT_BATCH = 2  # > 1, so nothing in the trace can specialise on a batch of on
 class DeployNet(nn.Module):
     """Outputs, in order: probabilities per task (temperature applied), logits per task, features."""
 
-    def __init__(self, net: nn.Module, tasks: list[str], temperatures: list[float]):
+    def __init__(self, net: nn.Module, tasks: list[str], temperatures: list[float], tta: bool = False):
         super().__init__()
         self.net = net
         self.tasks = list(tasks)
+        self.tta = tta
         # a buffer, not a Python float, so the temperature is part of the graph's weights
         self.register_buffer("inverse_temperature", torch.tensor([1.0 / t for t in temperatures]))
 
@@ -37,10 +43,17 @@ class DeployNet(nn.Module):
                 + [FEATURES_OUTPUT])
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        features, logits = self.net(x)
-        probabilities = [torch.softmax(logits[t] * self.inverse_temperature[i], dim=1)
+        batch = dihedral_views(x) if self.tta else [x]
+        views = len(batch)
+        features, logits = self.net(torch.cat(batch) if views > 1 else x)
+        probabilities = [_view_mean(torch.softmax(logits[t] * self.inverse_temperature[i], dim=1), views)
                          for i, t in enumerate(self.tasks)]
-        return (*probabilities, *(logits[t] for t in self.tasks), features)
+        return (*probabilities, *(_view_mean(logits[t], views) for t in self.tasks), _view_mean(features, views))
+
+
+def _view_mean(value: torch.Tensor, views: int) -> torch.Tensor:
+    """(views * N, K) stacked view by view → (N, K), the mean over views."""
+    return value if views == 1 else value.reshape(views, -1, value.shape[1]).mean(dim=0)
 
 
 def export_proto(model: DeployNet, spec: PreprocessSpec, opset: int = OPSET) -> onnx.ModelProto:

@@ -15,15 +15,23 @@ from mscvision.runtime.metadata import FEATURES_OUTPUT, FORMAT, FORMAT_VERSION, 
 
 TOO_LARGE_FACTOR = 2  # inputs with a side over twice the largest training image are refused
 _METRIC_KEYS = ("balanced_accuracy", "macro_f1", "weighted_f1", "accuracy", "n")
+TTA_NOTE = "dihedral x8 inside the graph: the mean over 4 rotations x optional flip of each input"
+
+
+def deployed_test_key(config) -> str:
+    """The metrics.json block that measured what the exported graph runs: the TTA pass when it carries TTA."""
+    return "test_tta" if config.export.tta else "test"
 
 
 def build_metadata(*, name: str, tasks: list[Task], settings: dict[str, dict], spec: PreprocessSpec,
-                   max_side: int, bit_depths: tuple[int, ...], provenance: dict, card: dict) -> dict:
+                   max_side: int, bit_depths: tuple[int, ...], provenance: dict, card: dict,
+                   tta: bool = False) -> dict:
     return {
         "format": FORMAT, "format_version": FORMAT_VERSION, "name": name, "precision": "fp32",
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "tasks": [{"name": t.name, "classes": list(t.classes), **settings[t.name]} for t in tasks],
         "temperature_applied_in_graph": True,
+        "test_time_augmentation": TTA_NOTE if tta else None,  # already in the graph: never apply it again
         "input": {"name": INPUT_NAME, "dtype": "float32", "layout": "NCHW", "batch": "dynamic",
                   "channels": spec.in_channels, "height": spec.size[0], "width": spec.size[1],
                   "max_image_side": max(TOO_LARGE_FACTOR * max_side, *spec.size),
@@ -40,7 +48,8 @@ def build_metadata(*, name: str, tasks: list[Task], settings: dict[str, dict], s
 
 
 def provenance(config, run_dir: Path | None, checkpoint: Path, metrics: dict, manifest: Path | None) -> dict:
-    test = metrics.get("test", {})
+    key = deployed_test_key(config)
+    test = metrics.get(key, {})
     return {
         "config_hash": config.hash(), "run_dir": str(run_dir) if run_dir else None,
         "checkpoint": checkpoint.name, "checkpoint_sha256": sha256_file(checkpoint),
@@ -50,6 +59,7 @@ def provenance(config, run_dir: Path | None, checkpoint: Path, metrics: dict, ma
         "git_commit": git_commit(),
         "test_metrics": {task: {k: m[k] for k in _METRIC_KEYS if k in m} for task, m in test.items()},
         "metrics_setup": metrics.get("setup"),
+        "test_metrics_setup": metrics.get("setup", {}).get(key),
     }
 
 
@@ -59,7 +69,7 @@ def model_card(config, tasks: list[Task], metrics: dict, n_split: dict[str, int]
             f"modality {config.data.synthetic.modality}, {config.data.synthetic.bit_depth}-bit)"
             if synthetic else f"the data set at {config.data.path}")
     figures = "; ".join(f"{task}: balanced accuracy {m['balanced_accuracy']:.3f}, macro F1 {m['macro_f1']:.3f} "
-                        f"(n={m['n']})" for task, m in metrics.get("test", {}).items())
+                        f"(n={m['n']})" for task, m in metrics.get(deployed_test_key(config), {}).items())
     subject = ("of cultured mesenchymal stromal cells (trained on synthetic images only)" if synthetic
                else "like those of its training data set")
     limits = ["not validated on real MSC images" if synthetic else
@@ -72,7 +82,8 @@ def model_card(config, tasks: list[Task], metrics: dict, n_split: dict[str, int]
                          "not a release decision on its own."),
         "training_data": f"{data}; images per split: " + ", ".join(f"{k} {v}" for k, v in n_split.items()) +
                          "; split by group (no group straddles train/val/test).",
-        "figures": f"test split, held-out groups, plain single pass: {figures or 'none recorded'}.",
+        "figures": f"test split, held-out groups, {'dihedral x8 TTA (as this graph runs)' if config.export.tta else 'plain single pass'}: "
+                   f"{figures or 'none recorded'}.",
         "known_limits": "; ".join(limits) + ".",
     }
 

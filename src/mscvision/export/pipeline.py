@@ -95,7 +95,8 @@ def export_run(run_dir_or_ckpt: str | Path, out: str | Path | None = None, preci
         raise ConfigError(f"--out {out}: the model file must end in .onnx")
     job = _prepare(run, out.stem, parity_images, threads, log)
     report = {"schema": PARITY_SCHEMA, "split": "+".join(job.heldout.splits), "n_images": len(job.heldout),
-              "setup": "plain single pass; reference: the torch model as evaluated (fp32, CPU)",
+              "setup": f"{'dihedral x8 TTA inside the graph' if job.deploy.tta else 'plain single pass'}; "
+                       "reference: the torch model as evaluated (fp32, CPU)",
               "notes": parity.parity_notes(len(job.heldout)), "gates": {}}
     _export_fp32(job, out, report)
     if precision != "fp32":
@@ -110,7 +111,7 @@ def _prepare(run: RunFiles, name: str, parity_images: int, threads: int, log) ->
     heldout = load_samples(rows, ("test", "val"), tasks, spec, parity.MIN_PARITY_IMAGES, parity_images)
     settings = task_settings(run.run_dir, tasks)
     deploy = DeployNet(_evaluated_net(module), [t.name for t in tasks],
-                       [settings[t.name]["temperature"] for t in tasks])
+                       [settings[t.name]["temperature"] for t in tasks], tta=module.config.export.tta)
     reference = parity.torch_probabilities(deploy, heldout.tensors, tasks)
     metadata = _metadata(name, module, run, rows, heldout, settings)
     log(f"exporting {run.checkpoint} (opset {OPSET})")
@@ -185,7 +186,7 @@ def _metadata(name: str, module, run: RunFiles, rows: list[dict], heldout: Sampl
                           max_side=heldout.max_side, bit_depths=heldout.bit_depths,
                           provenance=provenance(config, run.run_dir, run.checkpoint, run.metrics,
                                                 _manifest_file(config, rows)),
-                          card=model_card(config, module.tasks, run.metrics, n_split))
+                          card=model_card(config, module.tasks, run.metrics, n_split), tta=config.export.tta)
     meta["graph"] = {"opset": OPSET, "exporter": "torch.onnx.export (dynamo)", "export_batch": "dynamic"}
     return meta
 

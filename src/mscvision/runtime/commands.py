@@ -76,12 +76,14 @@ def describe(raw: dict, sha256: str) -> str:
     for task in raw["tasks"]:
         lines.append(f"task         {task['name']}: {', '.join(task['classes'])} "
                      f"(temperature {task['temperature']:g}, applied in the graph; review below p={task['threshold']:g})")
+    if raw.get("test_time_augmentation"):
+        lines.append(f"TTA          {raw['test_time_augmentation']} (8x the compute per image)")
     lines.append("preprocess   " + ", ".join(f"{k}={v}" for k, v in raw["preprocess"].items() if v is not None))
     prov = raw.get("provenance", {})
     lines.append(f"provenance   config {prov.get('config_hash')}, manifest {str(prov.get('data_manifest_sha256'))[:16]}, "
                  f"git {prov.get('git_commit') or 'unknown'}")
     for task, figures in (prov.get("test_metrics") or {}).items():
-        lines.append(f"test         {task}: balanced accuracy {figures['balanced_accuracy']:.3f}, "
+        lines.append(f"test         {task} ({prov.get('test_metrics_setup') or 'plain single pass'}): balanced accuracy {figures['balanced_accuracy']:.3f}, "
                      f"macro F1 {figures['macro_f1']:.3f}, n={figures['n']}")
     lines.append("versions     " + ", ".join(f"{k} {v}" for k, v in raw.get("versions", {}).items()))
     for key, text in raw.get("model_card", {}).items():

@@ -1,0 +1,92 @@
+"""export.tta: the exported graph averages the 8 dihedral views itself, so a station runs what the
+"test_tta" figures measured; metadata and model card say so, and nothing applies it twice."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from conftest import make_shapes_dataset, tiny_overrides  # noqa: E402
+from mscvision.cli import main  # noqa: E402
+from mscvision.core.metrics import classification_metrics  # noqa: E402
+from mscvision.runtime.inputs import load_input  # noqa: E402
+from mscvision.runtime.model import load_model  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tta_run(tmp_path_factory):
+    from mscvision.export import export_run
+    from mscvision.training.config import load_config
+    from mscvision.training.fit import train
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("tta")
+    manifest = make_shapes_dataset(root / "shapes")
+    overrides = [*tiny_overrides(manifest, root / "runs", epochs=2), "optim.ema_decay=0.5",
+                 "trainer.tta=true", "export.tta=true"]
+    result = train(load_config(None, overrides))
+    out = root / "models" / "tta.onnx"
+    export_run(result.run_dir, out, threads=1)
+    return result, out
+
+
+def _inputs(model, n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(n, *model.metadata.input_shape)).astype(np.float32)
+
+
+def test_graph_runs_the_same_tta_as_evaluation(tta_run):
+    from mscvision.training.evaluate import predict_probabilities
+    from mscvision.training.module import MscClassifier
+
+    result, out = tta_run
+    model = load_model(out, threads=1)
+    module = MscClassifier.load_from_checkpoint(result.checkpoint, map_location="cpu").eval()
+    for batch in (1, 5):  # the batch axis stays dynamic with 8 views inside
+        x = _inputs(model, batch, batch)
+        expected = predict_probabilities(module, [(torch.from_numpy(x), None)], tta=True)
+        plain = predict_probabilities(module, [(torch.from_numpy(x), None)], tta=False)
+        got = model.predict(x)
+        for task in ("shape", "count"):
+            assert got[task].shape == (batch, 2)
+            np.testing.assert_allclose(got[task], expected[task], atol=1e-5)
+            assert not np.allclose(got[task], plain[task], atol=1e-4)  # it is not the plain pass
+
+
+def test_tta_graph_is_invariant_to_rotations_and_flips(tta_run):
+    model = load_model(tta_run[1], threads=1)
+    x = _inputs(model, 4, 7)
+    reference = model.predict(x)
+    for view in (np.rot90(x, 1, axes=(2, 3)), np.rot90(x, 3, axes=(2, 3)), x[..., ::-1], x[..., ::-1, :]):
+        for task, probs in model.predict(np.ascontiguousarray(view)).items():
+            np.testing.assert_allclose(probs, reference[task], atol=1e-5)
+
+
+def test_metadata_and_figures_are_those_of_the_tta_pass(tta_run):
+    result, out = tta_run
+    model = load_model(out, threads=1)
+    raw = model.metadata.raw
+    assert raw["test_time_augmentation"].startswith("dihedral x8 inside the graph")
+    assert raw["provenance"]["test_metrics_setup"] == "dihedral x8 TTA"
+    for task in ("shape", "count"):
+        assert raw["provenance"]["test_metrics"][task]["balanced_accuracy"] == \
+            result.metrics["test_tta"][task]["balanced_accuracy"]
+    assert "dihedral x8 TTA (as this graph runs)" in raw["model_card"]["figures"]
+    parity = json.loads(out.with_name("tta.parity.json").read_text())
+    assert parity["setup"].startswith("dihedral x8 TTA inside the graph") and parity["gates"]["fp32"]["passed"]
+    # the station reproduces the TTA test figures from the image files
+    rows = [r for r in csv.DictReader(open(result.run_dir / "split.csv")) if r["split"] == "test"]
+    probs = model.predict(np.stack([load_input(r["path"], model.metadata) for r in rows]))
+    for task in model.metadata.tasks:
+        y = np.array([task.classes.index(r[task.name]) for r in rows])
+        figures = classification_metrics(y, probs[task.name].argmax(axis=1), task.classes)
+        assert figures["balanced_accuracy"] == result.metrics["test_tta"][task.name]["balanced_accuracy"]
+
+
+def test_info_names_the_tta(tta_run, capsys):
+    assert main(["info", str(tta_run[1])]) == 0
+    assert "TTA          dihedral x8 inside the graph" in capsys.readouterr().out
