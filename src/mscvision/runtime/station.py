@@ -11,7 +11,7 @@ import platform
 
 # CPU features that change which onnxruntime kernels run (and so the last bits of int8 results)
 _FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
-          "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8", "asimd", "asimddp", "sve", "i8mm")
+          "avx_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8", "asimd", "asimddp", "sve", "i8mm")
 _GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
 

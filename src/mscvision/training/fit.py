@@ -13,6 +13,7 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProg
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from mscvision.core.fileio import write_json_atomic, write_text_atomic
+from mscvision.runtime.station import cpu_flags
 from mscvision.training.config import RunConfig, save_config
 from mscvision.training.data import ImageSet, ScanResult, load_unit_image, make_loader, scan_images
 from mscvision.training.dataset_setup import PreparedData, loss_class_weights, prepare_data, sample_weights, split_table
@@ -23,6 +24,7 @@ from mscvision.training.augment import build_train_augment
 from mscvision.training.module import MONITOR, MscClassifier
 
 METRICS_SCHEMA = "mscvision.metrics/1"
+NATIVE_BF16_CPU_FLAGS = {"avx512_bf16", "amx_bf16"}  # without them a CPU emulates bf16: far slower than fp32
 
 
 @dataclass(frozen=True)
@@ -144,9 +146,21 @@ def _channels_last(config: RunConfig, cuda: bool) -> bool:
     return cuda if config.trainer.channels_last == "auto" else config.trainer.channels_last == "true"
 
 
+def _precision(wanted: str, cuda: bool) -> str:
+    """``auto``: bf16 autocast where the hardware computes bf16 natively (CUDA; CPUs with AVX512-BF16 or
+    AMX), else fp32. An explicit bf16 on a CPU without them is honoured, with a warning."""
+    native = cuda or bool(NATIVE_BF16_CPU_FLAGS & set(cpu_flags()))
+    if wanted == "auto":
+        return "bf16-mixed" if native else "32-true"
+    if wanted.startswith("bf16") and not native:
+        print(f"warning: trainer.precision={wanted} on a CPU without AVX512-BF16/AMX runs emulated bf16, many "
+              "times slower than fp32. Fix: trainer.precision=auto (or 32-true).", flush=True)
+    return wanted
+
+
 def _build_trainer(config: RunConfig, run_dir: Path, cuda: bool, callbacks: list, validate: bool = True) -> L.Trainer:
     t = config.trainer
-    precision = ("bf16-mixed" if cuda else "32-true") if t.precision == "auto" else t.precision
+    precision = _precision(t.precision, cuda)
     if validate:
         callbacks = [*callbacks, EarlyStopping(MONITOR, mode="max", patience=t.early_stopping_patience)]
     if t.progress_bar:
