@@ -18,11 +18,6 @@ _METRIC_KEYS = ("balanced_accuracy", "macro_f1", "weighted_f1", "accuracy", "n")
 TTA_NOTE = "dihedral x8 inside the graph: the mean over 4 rotations x optional flip of each input"
 
 
-def deployed_test_key(config) -> str:
-    """The metrics.json block that measured what the exported graph runs: the TTA pass when it carries TTA."""
-    return "test_tta" if config.export.tta else "test"
-
-
 def build_metadata(*, name: str, tasks: list[Task], settings: dict[str, dict], spec: PreprocessSpec,
                    max_side: int, bit_depths: tuple[int, ...], provenance: dict, card: dict,
                    tta: bool = False) -> dict:
@@ -48,7 +43,7 @@ def build_metadata(*, name: str, tasks: list[Task], settings: dict[str, dict], s
 
 
 def provenance(config, run_dir: Path | None, checkpoint: Path, metrics: dict, manifest: Path | None) -> dict:
-    key = deployed_test_key(config)
+    key = config.deployed_test_key
     test = metrics.get(key, {})
     return {
         "config_hash": config.hash(), "run_dir": str(run_dir) if run_dir else None,
@@ -69,7 +64,7 @@ def model_card(config, tasks: list[Task], metrics: dict, n_split: dict[str, int]
             f"modality {config.data.synthetic.modality}, {config.data.synthetic.bit_depth}-bit)"
             if synthetic else f"the data set at {config.data.path}")
     figures = "; ".join(f"{task}: balanced accuracy {m['balanced_accuracy']:.3f}, macro F1 {m['macro_f1']:.3f} "
-                        f"(n={m['n']})" for task, m in metrics.get(deployed_test_key(config), {}).items())
+                        f"(n={m['n']})" for task, m in metrics.get(config.deployed_test_key, {}).items())
     subject = ("of cultured mesenchymal stromal cells (trained on synthetic images only)" if synthetic
                else "like those of its training data set")
     limits = ["not validated on real MSC images" if synthetic else

@@ -147,6 +147,11 @@ class RunConfig:
             raise ConfigError(f"export.tta: a 90-degree rotation of a {self.preprocess.size} input changes its "
                               "shape. Fix: a square preprocess.size, or export.tta: false.")
 
+    @property
+    def deployed_test_key(self) -> str:
+        """The metrics block that measured what the exported graph runs: the TTA pass when it carries TTA."""
+        return "test_tta" if self.export.tta else "test"
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 

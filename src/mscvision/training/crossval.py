@@ -20,8 +20,8 @@ from mscvision.training.dataset_setup import load_labelled
 from mscvision.training.fit import new_run_dir, train
 
 SPREAD_KEYS = ("weighted_f1", "balanced_accuracy", "macro_f1")
-SETUP_KEYS = {"plain": "test", "tta": "test_tta"}  # setup → its key in a fold's metrics
-POOLED_KEYS = {"plain": "pooled", "tta": "pooled_tta"}  # setup → its key in the report
+POOLED_KEYS = {"test": "pooled", "test_tta": "pooled_tta"}  # a fold's metrics block → its pooled key
+SETUP_NAMES = {"test": "plain", "test_tta": "tta"}  # → the report's "deployed"
 
 
 def fold_splits(key: np.ndarray, groups: np.ndarray, k: int, seed: int, val_fraction: float) -> list[np.ndarray]:
@@ -47,7 +47,7 @@ def cross_validate(config: RunConfig, k: int = 5) -> dict:
     labelled = load_labelled(config)
     key = stratification_key(labelled.targets)
     groups = np.asarray(labelled.manifest.groups)
-    setups = ("plain", "tta") if config.trainer.tta else ("plain",)
+    setups = ("test", "test_tta") if config.trainer.tta else ("test",)
     oof = {s: {t.name: np.full((len(groups), t.num_classes), np.nan) for t in labelled.tasks} for s in setups}
     folds = []
     for fold, split in enumerate(fold_splits(key, groups, k, config.data.split_seed, config.data.val_fraction)):
@@ -55,24 +55,24 @@ def cross_validate(config: RunConfig, k: int = 5) -> dict:
         fold_dir = cv_dir / f"fold{fold}"
         fold_dir.mkdir()
         result = train(config, run_dir=fold_dir, split=split)
-        for setup, fold_probs in (("plain", result.test_probs), ("tta", result.test_tta_probs)):
+        for setup, fold_probs in (("test", result.test_probs), ("test_tta", result.test_tta_probs)):
             for task, probs in (fold_probs or {}).items():
                 oof[setup][task][result.test_rows] = probs
         folds.append({"fold": fold, "minutes": round((time.perf_counter() - started) / 60, 2),
                       "n_test": int(len(result.test_rows)), "n_groups_test": int(len(set(groups[split == "test"]))),
-                      "test": result.metrics["test"], **({"test_tta": result.metrics["test_tta"]} if "test_tta" in result.metrics else {})})
-        print(f"fold {fold}: " + "; ".join(f"{name} {t} wF1 {m['weighted_f1']:.3f} bAcc {m['balanced_accuracy']:.3f}"
-                                           for name in ("test", "test_tta") for t, m in result.metrics.get(name, {}).items())
+                      **{setup: result.metrics[setup] for setup in setups}})
+        print(f"fold {fold}: " + "; ".join(f"{setup} {t} wF1 {m['weighted_f1']:.3f} bAcc {m['balanced_accuracy']:.3f}"
+                                           for setup in setups for t, m in result.metrics[setup].items())
               + f" ({folds[-1]['minutes']:.1f} min)", flush=True)
     pooled = {s: {t.name: classification_metrics(labelled.targets[t.name], oof[s][t.name].argmax(axis=1), t.classes)
                   for t in labelled.tasks} for s in setups}
-    deployed = "tta" if config.export.tta else "plain"
+    deployed = config.deployed_test_key
     report = {"schema": "mscvision.crossval/2", "k": k, "seed": config.data.split_seed,
               "setup": "pooled = all out-of-fold predictions; 'pooled' is the plain single pass, 'pooled_tta' "
                        "the dihedral x8 TTA; 'deployed' names the one the exported model runs (export.tta)",
-              "deployed": deployed,
+              "deployed": SETUP_NAMES[deployed],
               **{POOLED_KEYS[s]: figures for s, figures in pooled.items()},
-              "spread": _spread(folds, [t.name for t in labelled.tasks], SETUP_KEYS[deployed]), "folds": folds,
+              "spread": _spread(folds, [t.name for t in labelled.tasks], deployed), "folds": folds,
               "minutes_per_fold": [f["minutes"] for f in folds]}
     write_json_atomic(cv_dir / "crossval.json", report)
     report["dir"] = str(cv_dir)
@@ -92,15 +92,15 @@ def _spread(folds: list[dict], tasks: list[str], setup_key: str) -> dict:
 
 
 def print_report(report: dict) -> None:
-    deployed = report["deployed"]
+    headline = "pooled_tta" if report["deployed"] == "tta" else "pooled"
     print(f"\n{report['k']}-fold stratified group cross-validation → {report['dir']}")
-    print(f"headline: the {deployed} setup, which the exported model runs (export.tta)")
-    for task, m in report[POOLED_KEYS[deployed]].items():
+    print(f"headline: {headline}, the setup the exported model runs (export.tta)")
+    for task, m in report[headline].items():
         s = report["spread"][task]
-        for setup, key in POOLED_KEYS.items():
+        for key in POOLED_KEYS.values():
             if key in report:
                 o = report[key][task]
-                print(f"[{task}] pooled out-of-fold, {setup}: weighted F1 {o['weighted_f1']:.3f}, balanced accuracy "
+                print(f"[{task}] {key} out of fold: weighted F1 {o['weighted_f1']:.3f}, balanced accuracy "
                       f"{o['balanced_accuracy']:.3f}, macro F1 {o['macro_f1']:.3f} (n={o['n']})")
         print(f"  per fold: wF1 {s['weighted_f1']['min']:.3f}–{s['weighted_f1']['max']:.3f}, bAcc "
               f"{s['balanced_accuracy']['min']:.3f}–{s['balanced_accuracy']['max']:.3f}; minutes/fold "
