@@ -253,3 +253,16 @@ def test_no_validation_split_trains_on_every_non_test_group(tmp_path, shapes_dat
     assert sides.count("train") == 48 - sides.count("test")
     assert "val" not in result.metrics and set(result.metrics["test"]) == {"shape", "count"}
     assert "val" not in result.metrics["setup"] and result.metrics["run"]["checkpoint"] == "last.ckpt"
+
+
+def test_auto_precision_uses_bf16_only_where_the_hardware_has_it(monkeypatch, capsys):
+    from mscvision.training import fit
+
+    monkeypatch.setattr(fit, "cpu_flags", lambda: ["avx2", "fma"])
+    assert fit._precision("auto", cuda=False) == "32-true"  # emulated bf16 would be far slower
+    assert fit._precision("auto", cuda=True) == "bf16-mixed"
+    assert fit._precision("bf16-mixed", cuda=False) == "bf16-mixed"  # asked for: honoured, with a warning
+    assert "without AVX512-BF16/AMX" in capsys.readouterr().out
+    monkeypatch.setattr(fit, "cpu_flags", lambda: ["avx2", "avx512f", "avx512_bf16"])
+    assert fit._precision("auto", cuda=False) == "bf16-mixed"
+    assert fit._precision("32-true", cuda=False) == "32-true" and not capsys.readouterr().out
