@@ -15,7 +15,8 @@ def test_brief_training_on_mitocheck_beats_chance(tmp_path):
 
     cfg = load_config([REPO / "configs" / "mitocheck.yaml"], [
         f"data.path={MITOCHECK / 'manifest.csv'}", f"output_dir={tmp_path}", "trainer.max_epochs=2",
-        "trainer.progress_bar=false", "trainer.tta=false", "model.stem_stride=4"])
+        "trainer.progress_bar=false", "trainer.tta=false", "export.tta=false",
+        "model.stem_stride=4"])
     result = train(cfg)
     test = result.metrics["test"]["phenotype"]
     assert len(test["per_class"]) == 16
