@@ -62,3 +62,33 @@ def tiny_overrides(manifest: Path, out: Path, epochs: int = 2) -> list[str]:
         "preprocess.size=[32, 32]", "model.backbone=tiny", f"trainer.max_epochs={epochs}",
         "trainer.batch_size=8", "trainer.progress_bar=false", "data.val_fraction=0.25", "data.test_fraction=0.25",
     ]
+
+
+def train_tiny_ema_run(root: Path, *extra: str, epochs: int = 3):
+    """A tiny model with EMA (so "the weights evaluated" is a real question) trained on the shapes fixture."""
+    import torch
+
+    from mscvision.training.config import load_config
+    from mscvision.training.fit import train
+
+    torch.set_num_threads(1)
+    manifest = make_shapes_dataset(root / "shapes")
+    return train(load_config(None, [*tiny_overrides(manifest, root / "runs", epochs=epochs), "optim.ema_decay=0.5",
+                                    *extra]))
+
+
+def station_test_balanced_accuracy(model, run_dir: Path) -> dict[str, float]:
+    """What a station scores on a run's test images, read from their files through the runtime."""
+    import csv
+
+    from mscvision.core.metrics import classification_metrics
+    from mscvision.runtime.inputs import load_input
+
+    with open(run_dir / "split.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["split"] == "test"]
+    probs = model.predict(np.stack([load_input(r["path"], model.metadata) for r in rows]))
+    scores = {}
+    for task in model.metadata.tasks:
+        y = np.array([task.classes.index(r[task.name]) for r in rows])
+        scores[task.name] = classification_metrics(y, probs[task.name].argmax(axis=1), task.classes)["balanced_accuracy"]
+    return scores

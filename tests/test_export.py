@@ -15,24 +15,15 @@ import pytest
 torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 
-from conftest import make_shapes_dataset, tiny_overrides  # noqa: E402
+from conftest import station_test_balanced_accuracy, train_tiny_ema_run  # noqa: E402
 from mscvision.cli import main  # noqa: E402
-from mscvision.core.metrics import classification_metrics  # noqa: E402
-from mscvision.runtime.inputs import load_input  # noqa: E402
 from mscvision.runtime.metadata import METADATA_KEY, parse_metadata  # noqa: E402
 from mscvision.runtime.model import load_model  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    from mscvision.training.config import load_config
-    from mscvision.training.fit import train
-
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("export")
-    manifest = make_shapes_dataset(root / "shapes")
-    overrides = [*tiny_overrides(manifest, root / "runs", epochs=3), "optim.ema_decay=0.5"]
-    return train(load_config(None, overrides))
+    return train_tiny_ema_run(tmp_path_factory.mktemp("export"))
 
 
 @pytest.fixture(scope="module")
@@ -72,15 +63,8 @@ def test_dynamic_batch_matches_torch(trained, exported, batch):
 
 def test_runtime_reproduces_the_evaluated_test_figures(trained, exported):
     """The file holds the weights that were evaluated (the EMA here): same test balanced accuracy."""
-    import csv
-
-    model = load_model(exported, threads=1)
-    rows = [r for r in csv.DictReader(open(trained.run_dir / "split.csv")) if r["split"] == "test"]
-    probs = model.predict(np.stack([load_input(r["path"], model.metadata) for r in rows]))
-    for task in model.metadata.tasks:
-        y = np.array([task.classes.index(r[task.name]) for r in rows])
-        figures = classification_metrics(y, probs[task.name].argmax(axis=1), task.classes)
-        assert figures["balanced_accuracy"] == trained.metrics["test"][task.name]["balanced_accuracy"]
+    scores = station_test_balanced_accuracy(load_model(exported, threads=1), trained.run_dir)
+    assert scores == {task: m["balanced_accuracy"] for task, m in trained.metrics["test"].items()}
 
 
 def test_metadata_is_embedded_and_copied(trained, exported):

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 
 import numpy as np
@@ -11,25 +10,17 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from conftest import make_shapes_dataset, tiny_overrides  # noqa: E402
+from conftest import station_test_balanced_accuracy, train_tiny_ema_run  # noqa: E402
 from mscvision.cli import main  # noqa: E402
-from mscvision.core.metrics import classification_metrics  # noqa: E402
-from mscvision.runtime.inputs import load_input  # noqa: E402
 from mscvision.runtime.model import load_model  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def tta_run(tmp_path_factory):
     from mscvision.export import export_run
-    from mscvision.training.config import load_config
-    from mscvision.training.fit import train
 
-    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("tta")
-    manifest = make_shapes_dataset(root / "shapes")
-    overrides = [*tiny_overrides(manifest, root / "runs", epochs=2), "optim.ema_decay=0.5",
-                 "trainer.tta=true", "export.tta=true"]
-    result = train(load_config(None, overrides))
+    result = train_tiny_ema_run(root, "trainer.tta=true", "export.tta=true", epochs=2)
     out = root / "models" / "tta.onnx"
     export_run(result.run_dir, out, threads=1)
     return result, out
@@ -79,12 +70,8 @@ def test_metadata_and_figures_are_those_of_the_tta_pass(tta_run):
     parity = json.loads(out.with_name("tta.parity.json").read_text())
     assert parity["setup"].startswith("dihedral x8 TTA inside the graph") and parity["gates"]["fp32"]["passed"]
     # the station reproduces the TTA test figures from the image files
-    rows = [r for r in csv.DictReader(open(result.run_dir / "split.csv")) if r["split"] == "test"]
-    probs = model.predict(np.stack([load_input(r["path"], model.metadata) for r in rows]))
-    for task in model.metadata.tasks:
-        y = np.array([task.classes.index(r[task.name]) for r in rows])
-        figures = classification_metrics(y, probs[task.name].argmax(axis=1), task.classes)
-        assert figures["balanced_accuracy"] == result.metrics["test_tta"][task.name]["balanced_accuracy"]
+    scores = station_test_balanced_accuracy(model, result.run_dir)
+    assert scores == {task: m["balanced_accuracy"] for task, m in result.metrics["test_tta"].items()}
 
 
 def test_info_names_the_tta(tta_run, capsys):
