@@ -187,15 +187,15 @@ def evaluate_run(checkpoint: Path, data: PreparedData, loaders: dict, run_dir: P
     model = MscClassifier.load_from_checkpoint(checkpoint, map_location="cpu")
     device = "cuda" if cuda else "cpu"
     sides = [side for side in ("val", "test") if loaders[side] is not None]  # no val with val_fraction 0
-    setups = [(side, False) for side in sides] + [(f"{side}_tta", True) for side in sides if tta]
     metrics: dict = {"schema": METRICS_SCHEMA,
-                     "setup": {**{name: "dihedral x8 TTA" if use_tta else "plain single pass" for name, use_tta in setups},
+                     "setup": {**{name: "dihedral x8 TTA" if use_tta else "plain single pass"
+                                  for side in sides for name, use_tta in _setups(side, tta)},
                                "weights": "EMA" if model.ema_net is not None else "trained"}}
     test_probs: dict[str, dict[str, np.ndarray]] = {}
     for side in sides:
         rows = loaders[f"{side}_rows"]
         targets = {k: v[rows] for k, v in data.targets.items()}
-        for name, use_tta in [(side, False), *([(f"{side}_tta", True)] if tta else [])]:
+        for name, use_tta in _setups(side, tta):
             probs = predict_probabilities(model, loaders[side], device, tta=use_tta)
             metrics[name] = metrics_for_split(probs, targets, data.tasks)
             if side == "test":
@@ -206,6 +206,11 @@ def evaluate_run(checkpoint: Path, data: PreparedData, loaders: dict, run_dir: P
             plot_confusion(metrics[side][task.name], task, f"{task.name} ({side})",
                            run_dir / f"confusion_{side}_{task.name}.png")
     return metrics, test_probs
+
+
+def _setups(side: str, tta: bool) -> list[tuple[str, bool]]:
+    """The metrics blocks of one side: the plain pass, and with ``tta`` the TTA pass ("test", "test_tta")."""
+    return [(side, False), *([(f"{side}_tta", True)] if tta else [])]
 
 
 def manifest_record(data: PreparedData) -> dict | None:
