@@ -1,7 +1,20 @@
 """The benchmark's arithmetic and report (its timings are figures, never test assertions)."""
 
+import subprocess
+import sys
+
+import pytest
+
 from mscvision.benchmarks.machine import gemm_gflops, theoretical_fp32_peak
 from mscvision.benchmarks.run import headline, markdown
+
+from conftest import REPO
+
+
+def torch_cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _engine(p50, img_s, gflops):
@@ -56,3 +69,12 @@ def test_gemm_measures_every_engine():
     figures = gemm_gflops(64, threads=1, repeats=1)
     assert {"torch", "numpy", "onnxruntime"} <= set(figures)
     assert figures["best"] == max(figures["torch"], figures["numpy"], figures["onnxruntime"]) > 0
+
+
+@pytest.mark.skipif(torch_cuda_available(), reason="this machine has a CUDA GPU: the refusal path does not apply")
+def test_cuda_check_refuses_clearly_without_a_gpu():
+    done = subprocess.run([sys.executable, str(REPO / "scripts" / "cuda_check.py")], capture_output=True, text=True,
+                          cwd=REPO, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        "error: no CUDA GPU is visible to torch: run this on a GPU machine (CPU figures: scripts/benchmark.py)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,7 +43,7 @@ def ensure_synthetic(cfg: SyntheticConfig) -> Path:
     if _cache_matches(folder, params):
         return folder / "manifest.csv"
     print(f"generating the synthetic data set ({cfg.n} images) into {folder} (once; cached)", flush=True)
-    return Path(generate_dataset(folder, workers=2, **params))
+    return Path(generate_dataset(folder, workers=_cores(), **params))
 
 
 def _cache_matches(folder: Path, params: dict) -> bool:
@@ -153,3 +154,8 @@ def sample_weights(targets: dict[str, np.ndarray], task: Task, rows: np.ndarray)
     per_class = 1.0 / np.maximum(counts, 1.0)
     weights = np.where(y >= 0, per_class[np.maximum(y, 0)], per_class[counts > 0].mean())
     return weights / weights.sum()
+
+
+def _cores() -> int:
+    """Every core this process may use: generation is per-image and its output does not depend on it."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
