@@ -9,12 +9,11 @@ pipeline / in-memory). Needs a CUDA GPU; refuses clearly without one.
 """
 
 import argparse
-import json
 import sys
 
 from mscvision.cli import guarded
 
-# (bf16, channels_last, workers: None = --workers) in the order the ratios read them
+# (label, bf16, channels_last, loader workers: None = --workers); the ratios below read these labels
 SETTINGS = (("fp32", False, False, None), ("bf16", True, False, None),
             ("bf16 + channels_last", True, True, None), ("bf16 + channels_last, 0 workers", True, True, 0))
 
@@ -28,6 +27,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("no CUDA GPU is visible to torch: run this on a GPU machine (CPU figures: scripts/benchmark.py)")
     from mscvision.benchmarks.machine import cpu_info, gpu_info, library_versions
     from mscvision.benchmarks.training_speed import training_throughput
+    from mscvision.core.fileio import write_json_atomic
     from mscvision.training.config import load_config
 
     torch.backends.cudnn.benchmark = True
@@ -50,8 +50,7 @@ def run(args: argparse.Namespace) -> int:
     report = {"settings": rows,
               "ratios": {k: round(v, 3) for k, v in ratios.items()}, "gpu_info": gpu_info(), "cpu": cpu_info(), "versions": library_versions()}
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(report, f, indent=2)
+        write_json_atomic(args.out, report)
     return 0
 
 
