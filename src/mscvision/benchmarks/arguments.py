@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import os
+
+from mscvision.runtime.station import usable_cores
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="trained run directories (runs/NAME)")
     parser.add_argument("--quick", action="store_true", help="reduced repeats and sizes (< 2 minutes)")
-    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+    parser.add_argument("--threads", type=int, default=usable_cores(),
                         help="total thread budget for every engine (default: all cores)")
     parser.add_argument("--out", metavar="FILE.json", help="write JSON here and the Markdown table beside it (.md)")
 

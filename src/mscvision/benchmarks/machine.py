@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import platform
 import time
 from importlib import metadata
 
 import numpy as np
 
-from mscvision.runtime.station import cpu_flags
+from mscvision.runtime.station import cpu_flags, usable_cores
 
 
 def cpu_info() -> dict:
@@ -25,7 +24,7 @@ def cpu_info() -> dict:
                     mhz = float(value)
     except OSError:
         pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = usable_cores()
     return {"model": model, "cores": cores, "mhz": mhz, "flags": cpu_flags()}
 
 

@@ -28,6 +28,11 @@ def cpu_flags() -> list[str]:
     return [flag for flag in _FLAGS if flag in words]
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the OS reports one, e.g. in a container)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def choose_providers(device: str = "auto") -> list[str]:
     """Execution providers in priority order: GPU ones only where onnxruntime-gpu offers them."""
     import onnxruntime as ort

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from mscvision.core.errors import DataError
 from mscvision.core.manifest import Manifest, encode_targets, infer_classes, load_dataset
 from mscvision.core.splits import check_groups_disjoint, stratification_key, train_val_test_split
 from mscvision.core.tasks import Task
+from mscvision.runtime.station import usable_cores
 from mscvision.training.config import DataConfig, RunConfig, SyntheticConfig
 
 
@@ -43,7 +43,8 @@ def ensure_synthetic(cfg: SyntheticConfig) -> Path:
     if _cache_matches(folder, params):
         return folder / "manifest.csv"
     print(f"generating the synthetic data set ({cfg.n} images) into {folder} (once; cached)", flush=True)
-    return Path(generate_dataset(folder, workers=_cores(), **params))
+    # every usable core: generation is per image, and its output does not depend on the count
+    return Path(generate_dataset(folder, workers=usable_cores(), **params))
 
 
 def _cache_matches(folder: Path, params: dict) -> bool:
@@ -154,8 +155,3 @@ def sample_weights(targets: dict[str, np.ndarray], task: Task, rows: np.ndarray)
     per_class = 1.0 / np.maximum(counts, 1.0)
     weights = np.where(y >= 0, per_class[np.maximum(y, 0)], per_class[counts > 0].mean())
     return weights / weights.sum()
-
-
-def _cores() -> int:
-    """Every core this process may use: generation is per-image and its output does not depend on it."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
