@@ -9,8 +9,11 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
+import shutil
 from pathlib import Path
 
+import numpy as np
 import onnxruntime as ort
 import pytest
 
@@ -20,6 +23,7 @@ from mscvision.core.errors import ConfigError, ModelError
 from mscvision.core.fileio import sha256_file
 from mscvision.runtime.metadata import METADATA_KEY, parse_metadata
 from mscvision.runtime.model import GraphPort, graph_problems, load_model, read_metadata
+from mscvision.runtime.verify import default_vectors_dir, inside, verify_model
 
 FIXTURE = REPO / "models" / "fixtures" / "shapes-tiny.onnx"
 RAW = json.loads(ort.InferenceSession(str(FIXTURE)).get_modelmeta().custom_metadata_map[METADATA_KEY])
@@ -214,6 +218,127 @@ def test_external_data_is_refused(tmp_path):
         load_model(path, threads=1)
     with pytest.raises(ModelError, match="external side file"):
         read_metadata(path)
+
+
+# --- item 6: verify cannot pass vacuously ---
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model(FIXTURE, threads=1)
+
+
+@pytest.fixture
+def vectors(tmp_path) -> Path:
+    folder = tmp_path / "vectors"
+    shutil.copytree(default_vectors_dir(FIXTURE), folder)
+    return folder
+
+
+def _edit_doc(folder: Path, edit) -> None:
+    doc = json.loads((folder / "vectors.json").read_text())
+    edit(doc)
+    (folder / "vectors.json").write_text(json.dumps(doc))
+
+
+def _verify(model, folder):
+    report = verify_model(model, folder)
+    return report.passed, " | ".join(report.failures)
+
+
+def test_untouched_vectors_pass(model, vectors):
+    assert _verify(model, vectors) == (True, "")
+
+
+def test_zero_cases_fail(model, vectors, capsys):
+    _edit_doc(vectors, lambda d: d.update(cases=[]))
+    passed, failures = _verify(model, vectors)
+    assert not passed and "no cases" in failures
+    assert main(["verify", str(FIXTURE), str(vectors)]) == 3
+    assert "verify: FAIL" in capsys.readouterr().err
+
+
+def test_labels_are_compared(model, vectors):
+    _edit_doc(vectors, lambda d: d["cases"][0]["labels"].update(shape="disc"))  # probabilities say bar
+    passed, failures = _verify(model, vectors)
+    assert not passed and "shape: label bar != recorded label disc" in failures
+
+
+def test_tolerances_come_from_the_model_not_the_vectors_file(model, vectors, tmp_path, capsys):
+    def loosen_and_nudge(doc):
+        doc["tolerances"] = {"tensor_max_abs": 1.0, "probability_max_abs": 1.0, "top1": "must match"}
+        p = doc["cases"][0]["probabilities"]["shape"]
+        doc["cases"][0]["probabilities"]["shape"] = [p[0] + 0.01, p[1] - 0.01]
+
+    _edit_doc(vectors, loosen_and_nudge)
+    passed, failures = _verify(model, vectors)
+    assert not passed and "probabilities differ by 1.00e-02 > 1e-04" in failures
+    assert main(["verify", str(FIXTURE), str(vectors)]) == 3
+    out = capsys.readouterr().out
+    assert "note: vectors.json states looser tolerances" in out and "from the defaults for fp32" in out
+
+    # a model that states its own, looser tolerance in its metadata: that one applies
+    stated = with_metadata(edited(conformance={"tensor_max_abs": 1e-5, "probability_max_abs": 0.05}),
+                           tmp_path / "stated.onnx")
+    _edit_doc(vectors, lambda d: d.update(model_sha256=sha256_file(stated)))
+    assert _verify(load_model(stated, threads=1), vectors) == (True, "")
+    assert main(["verify", str(stated), str(vectors)]) == 0
+    assert "probability 5e-02 (from the model's metadata)" in capsys.readouterr().out
+
+
+def test_truncated_tensor_fails_that_case_only(model, vectors):
+    doc = json.loads((vectors / "vectors.json").read_text())
+    tensor = vectors / doc["cases"][1]["tensor"]
+    tensor.write_bytes(tensor.read_bytes()[:-4])
+    report = verify_model(model, vectors)
+    assert not report.passed and len(report.failures) == 1
+    assert "holds 4092 bytes; shape [1, 32, 32] float32 needs 4096" in report.failures[0]
+    assert [line[:4] for line in report.lines] == ["ok  ", "FAIL", "ok  ", "ok  "]
+
+
+def test_nan_in_expected_tensor_fails(model, vectors):
+    doc = json.loads((vectors / "vectors.json").read_text())
+    tensor = vectors / doc["cases"][0]["tensor"]
+    values = np.fromfile(tensor, "<f4")
+    values[3] = np.nan
+    values.tofile(tensor)
+    passed, failures = _verify(model, vectors)
+    assert not passed and "NaN or Inf" in failures
+
+
+@pytest.mark.parametrize("text", ["{not json", "[]", json.dumps({"format": "mscvision.vectors", "version": 1})])
+def test_malformed_vectors_json_fails_clearly(model, vectors, capsys, text):
+    (vectors / "vectors.json").write_text(text)
+    passed, failures = _verify(model, vectors)
+    assert not passed and "vectors.json" in failures
+    assert main(["verify", str(FIXTURE), str(vectors)]) == 3
+    assert "Traceback" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda c: c.pop("labels"), "'labels' is missing"),
+    (lambda c: c.update(shape="1,32,32"), "'shape' is missing or not a list"),
+    (lambda c: c.update(shape=[1, 16, 16]), "is not the model's input"),
+    (lambda c: c["probabilities"].update(count=[0.5]), "probabilities.count is not a list of 2 numbers"),
+    (lambda c: c["labels"].update(count="three"), "labels.count 'three' is not one of"),
+    (lambda c: c.update(image="gone.png"), "no such file"),
+])
+def test_malformed_case_fails_that_case(model, vectors, edit, message):
+    _edit_doc(vectors, lambda d: edit(d["cases"][2]))
+    report = verify_model(model, vectors)
+    assert not report.passed and len(report.failures) == 1 and message in report.failures[0]
+
+
+@pytest.mark.parametrize("name", ["../outside.png", "/etc/hostname", "sub/../../outside.png", "link.png"])
+def test_paths_outside_the_vectors_folder_are_refused(model, vectors, name):
+    shutil.copy(vectors / "00_img007.png", vectors.parent / "outside.png")
+    os.symlink(vectors.parent / "outside.png", vectors / "link.png")
+    _edit_doc(vectors, lambda d: d["cases"][0].update(image=name))
+    passed, failures = _verify(model, vectors)
+    assert not passed and "outside the vectors folder" in failures
+
+
+def test_inside_accepts_plain_names(vectors):
+    assert inside(vectors, "00_img007.png") == vectors / "00_img007.png"
 
 
 def test_info_says_channel_indices_are_0_based(tmp_path, capsys):

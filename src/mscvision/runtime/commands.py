@@ -105,15 +105,20 @@ def _preprocess_item(key: str, value: object) -> str:
 
 def run_verify(args: argparse.Namespace) -> int:
     from mscvision.runtime.model import load_model
-    from mscvision.runtime.verify import default_vectors_dir, verify_model
+    from mscvision.runtime.verify import default_vectors_dir, model_tolerances, verify_model
 
     model = load_model(args.model, args.threads, device="cpu", expect_sha256=args.expect_sha256)
     folder = args.vectors or default_vectors_dir(Path(args.model))
+    tolerances = model_tolerances(model)
     report = verify_model(model, folder)
     station = report.station
     print(f"onnxruntime {station['onnxruntime']} on {station['machine']} ({station['system']}), "
           f"threads {station['intra_op_threads']}, providers {', '.join(station['providers'])}")
     print(f"cpu flags: {' '.join(station['cpu_flags']) or 'unknown'}")
+    print(f"tolerances: tensor {tolerances.tensor_max_abs:.0e}, probability {tolerances.probability_max_abs:.0e} "
+          f"(from {tolerances.source})")
+    for note in report.notes:
+        print(f"note: {note}")
     for line in report.lines:
         print(line)
     if report.passed:
