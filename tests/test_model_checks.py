@@ -197,6 +197,8 @@ def test_duplicate_metadata_entries_are_refused(tmp_path):
 
 
 def test_not_an_onnx_file_is_a_clear_refusal(tmp_path):
+    with pytest.raises(ModelError, match="not a regular file"):
+        load_model(tmp_path)
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"\xff" * 40)
     with pytest.raises(ModelError, match="not a readable ONNX file"):

@@ -101,7 +101,8 @@ def normalise_sha256(text: str) -> str:
 def _read_bytes(path: Path, expect_sha256: str | None) -> tuple[bytes, str]:
     expected = normalise_sha256(expect_sha256) if expect_sha256 is not None else None
     if not path.is_file():
-        raise ModelError(f"{path}: no such model file.")
+        what = "not a regular file" if path.exists() else "no such model file"
+        raise ModelError(f"{path}: {what}.")
     size = path.stat().st_size
     if size > MAX_MODEL_BYTES:
         raise ModelError(f"{path}: {size} bytes, over the 2 GiB an ONNX protobuf can hold: not a one-file model.")
