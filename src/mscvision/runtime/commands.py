@@ -25,12 +25,19 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
 def add_info_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="an exported .onnx model")
     parser.add_argument("--json", action="store_true", help="print the raw metadata JSON")
+    _add_expect_sha256(parser)
 
 
 def add_verify_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="an exported .onnx model")
     parser.add_argument("vectors", nargs="?", type=Path, help="its vectors folder (default: MODEL's NAME.vectors)")
     parser.add_argument("--threads", type=int, default=0, help="intra-op threads (0 = all cores)")
+    _add_expect_sha256(parser)
+
+
+def _add_expect_sha256(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--expect-sha256", metavar="HEX",
+                        help="refuse the model unless the SHA-256 of its file is HEX (the approved model's)")
 
 
 def run_predict(args: argparse.Namespace) -> int:
@@ -56,14 +63,13 @@ def run_predict(args: argparse.Namespace) -> int:
 
 
 def run_info(args: argparse.Namespace) -> int:
-    from mscvision.core.fileio import sha256_file
-    from mscvision.runtime.model import read_metadata
+    from mscvision.runtime.model import inspect_model
 
-    metadata = read_metadata(args.model)
+    metadata, sha256 = inspect_model(args.model, args.expect_sha256)  # one read: the hash is of what was parsed
     if args.json:
         print(json.dumps(metadata.raw, indent=2))
     else:
-        print(describe(metadata.raw, sha256_file(args.model)))
+        print(describe(metadata.raw, sha256))
     return EXIT_OK
 
 
@@ -78,7 +84,7 @@ def describe(raw: dict, sha256: str) -> str:
                      f"(temperature {task['temperature']:g}, applied in the graph; review below p={task['threshold']:g})")
     if raw.get("test_time_augmentation"):
         lines.append(f"TTA          {raw['test_time_augmentation']} (8x the compute per image)")
-    lines.append("preprocess   " + ", ".join(f"{k}={v}" for k, v in raw["preprocess"].items() if v is not None))
+    lines.append("preprocess   " + ", ".join(_preprocess_item(k, v) for k, v in raw["preprocess"].items() if v is not None))
     prov = raw.get("provenance", {})
     lines.append(f"provenance   config {prov.get('config_hash')}, manifest {str(prov.get('data_manifest_sha256'))[:16]}, "
                  f"git {prov.get('git_commit') or 'unknown'}")
@@ -91,17 +97,28 @@ def describe(raw: dict, sha256: str) -> str:
     return "\n".join(lines)
 
 
+def _preprocess_item(key: str, value: object) -> str:
+    if key == "channels":  # numpy order, as in the source: say so, or a user counts from 1
+        return f"channels={value} (0-based indices into the decoded channels)"
+    return f"{key}={value}"
+
+
 def run_verify(args: argparse.Namespace) -> int:
     from mscvision.runtime.model import load_model
-    from mscvision.runtime.verify import default_vectors_dir, verify_model
+    from mscvision.runtime.verify import default_vectors_dir, model_tolerances, verify_model
 
-    model = load_model(args.model, args.threads, device="cpu")
+    model = load_model(args.model, args.threads, device="cpu", expect_sha256=args.expect_sha256)
     folder = args.vectors or default_vectors_dir(Path(args.model))
+    tolerances = model_tolerances(model)
     report = verify_model(model, folder)
     station = report.station
     print(f"onnxruntime {station['onnxruntime']} on {station['machine']} ({station['system']}), "
           f"threads {station['intra_op_threads']}, providers {', '.join(station['providers'])}")
     print(f"cpu flags: {' '.join(station['cpu_flags']) or 'unknown'}")
+    print(f"tolerances: tensor {tolerances.tensor_max_abs:.0e}, probability {tolerances.probability_max_abs:.0e} "
+          f"(from {tolerances.source})")
+    for note in report.notes:
+        print(f"note: {note}")
     for line in report.lines:
         print(line)
     if report.passed:

@@ -8,6 +8,7 @@ model whose preprocessing or class order it would have to guess.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 
 from mscvision.core.errors import ConfigError, ModelError
@@ -17,6 +18,11 @@ METADATA_KEY = "mscvision"
 FORMAT = "mscvision.model"
 FORMAT_VERSION = 1
 INPUT_NAME = "input"
+MAX_IMAGE_SIDE_CAP = 16384  # px: one float32 channel of that square is 1 GiB; beyond it is a typo, not a field
+
+
+class ModelInconsistent(ValueError):
+    """The metadata contradicts itself or states values no model can have."""
 
 
 def probability_output(task: str) -> str:
@@ -69,6 +75,9 @@ def parse_metadata(text: str | None, source: str = "model") -> ModelMetadata:
                          "version that exported the model, or re-export it with this one.")
     try:
         return _from_raw(raw)
+    except ModelInconsistent as exc:
+        raise ModelError(f"{source}: metadata is inconsistent: {exc}. Fix: re-export the model with "
+                         "`mscvision export`; never edit the metadata by hand.") from exc
     except (KeyError, TypeError, ValueError, ConfigError) as exc:
         raise ModelError(f"{source}: metadata is incomplete or malformed ({type(exc).__name__}: {exc}).") from exc
 
@@ -84,5 +93,80 @@ def _from_raw(raw: dict) -> ModelMetadata:
     inp = raw["input"]
     if (inp["channels"], inp["height"], inp["width"]) != (spec.in_channels, *spec.size) or inp["dtype"] != "float32":
         raise ValueError(f"input {inp} disagrees with the preprocessing spec")
-    return ModelMetadata(tasks, spec, int(inp["max_image_side"]), tuple(inp.get("training_bit_depths", ())),
-                         str(raw["precision"]), raw)
+    metadata = ModelMetadata(tasks, spec, inp["max_image_side"], tuple(inp.get("training_bit_depths", ())),
+                             str(raw["precision"]), raw)
+    problems = metadata_problems(metadata)
+    if problems:
+        raise ModelInconsistent("; ".join(problems))
+    return metadata
+
+
+def metadata_problems(metadata: ModelMetadata) -> list[str]:
+    """Every way the metadata is unusable on its own (without the graph); empty when it is sound."""
+    return [*_task_problems(metadata.tasks), *_spec_problems(metadata.spec),
+            *_side_problems(metadata.max_input_side, metadata.spec.size),
+            *_conformance_problems(metadata.raw.get("conformance"))]
+
+
+def _task_problems(tasks: tuple[TaskInfo, ...]) -> list[str]:
+    names = [t.name for t in tasks]
+    problems = [f"task name {n!r} appears {names.count(n)} times" for n in dict.fromkeys(names) if names.count(n) > 1]
+    for t in tasks:
+        if not isinstance(t.name, str) or not t.name:
+            problems.append(f"task name {t.name!r} is not a non-empty string")
+        if len(t.classes) < 2 or not all(isinstance(c, str) and c for c in t.classes):
+            problems.append(f"task {t.name!r}: classes {list(t.classes)} must be at least 2 non-empty strings")
+        repeated = sorted({c for c in t.classes if t.classes.count(c) > 1})
+        if repeated:
+            problems.append(f"task {t.name!r} lists class(es) {repeated} more than once")
+        if not 0.0 <= t.threshold <= 1.0:  # also false for NaN
+            problems.append(f"task {t.name!r}: threshold {t.threshold} is not in [0, 1]")
+        if not (math.isfinite(t.temperature) and t.temperature > 0):
+            problems.append(f"task {t.name!r}: temperature {t.temperature} is not a finite number > 0")
+    return problems
+
+
+def _spec_problems(spec: PreprocessSpec) -> list[str]:
+    problems = []
+    if not _positive_int(spec.in_channels) or len(spec.size) != 2 or not all(_positive_int(s) for s in spec.size):
+        problems.append(f"preprocess in_channels={spec.in_channels!r}, size={list(spec.size)} must be positive integers")
+    if spec.channels is not None and not all(_int(c) and c >= 0 for c in spec.channels):
+        # numpy would read a negative index from the end: a silent wrong channel, not an error
+        problems.append(f"preprocess.channels={list(spec.channels)} must be 0-based indices >= 0")
+    if spec.mean is not None and not all(_finite(m) for m in spec.mean):
+        problems.append(f"preprocess.mean={list(spec.mean)} must be finite numbers")
+    if spec.std is not None and not all(_finite(s) and s > 0 for s in spec.std):
+        problems.append(f"preprocess.std={list(spec.std)} must be finite numbers > 0")
+    if spec.pixel_size_um is not None and not (_finite(spec.pixel_size_um) and spec.pixel_size_um > 0):
+        problems.append(f"preprocess.pixel_size_um={spec.pixel_size_um!r} must be a finite number > 0 (or null)")
+    return problems
+
+
+def _side_problems(side: object, size: tuple[int, ...]) -> list[str]:
+    input_side = max((s for s in size if _positive_int(s)), default=1)
+    if not _positive_int(side) or not input_side <= side <= MAX_IMAGE_SIDE_CAP:
+        return [f"input.max_image_side={side!r} must be an integer from the model's input side ({input_side}) "
+                f"to {MAX_IMAGE_SIDE_CAP} px"]
+    return []
+
+
+def _conformance_problems(conformance: object) -> list[str]:
+    """Export records the verify tolerances in the model (not only in the editable vectors file)."""
+    if conformance is None:
+        return []
+    keys = ("tensor_max_abs", "probability_max_abs")
+    if not isinstance(conformance, dict) or not all(_finite(conformance.get(k)) and conformance[k] > 0 for k in keys):
+        return [f"conformance={conformance!r} must give {' and '.join(keys)} as finite numbers > 0"]
+    return []
+
+
+def _int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _positive_int(value: object) -> bool:
+    return _int(value) and value > 0
+
+
+def _finite(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
