@@ -93,7 +93,7 @@ def exclusive_lock(path: str | os.PathLike) -> Iterator[None]:
     try:
         yield
     finally:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):  # Windows cannot unlink an open file: it stays, harmless
             os.unlink(lock)  # while still holding it: see _acquire for the race this closes
         os.close(fd)
 
@@ -103,16 +103,15 @@ class LockedError(OSError):
 
 
 def _acquire(lock: Path) -> int:
-    import fcntl
-
     while True:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 64).decode("ascii", "replace").strip() or "unknown"
+        if not _try_lock(fd):
+            try:
+                holder = os.read(fd, 64).decode("ascii", "replace").strip() or "unknown"
+            except OSError:  # Windows locks are mandatory: the holder's pid cannot be read
+                holder = "unknown"
             os.close(fd)
-            raise LockedError(f"{lock} is held by another process (pid {holder})") from None
+            raise LockedError(f"{lock} is held by another process (pid {holder})")
         # the holder before us may have unlinked the file between our open and our flock: then we
         # locked an orphan that a third process cannot see; retry on the file now at that name
         try:
@@ -124,6 +123,24 @@ def _acquire(lock: Path) -> int:
             os.write(fd, f"{os.getpid()}\n".encode())
             return fd
         os.close(fd)
+
+
+def _try_lock(fd: int) -> bool:
+    try:
+        import fcntl
+    except ImportError:  # Windows (untested here): a byte-range lock, also released when the holder dies
+        import msvcrt
+
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+            return True
+        except OSError:
+            return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
