@@ -95,11 +95,14 @@ def test_a_batch_the_model_fails_on_becomes_error_rows_and_the_run_goes_on(model
     def fail_second(call, probs):
         if call == 2:
             raise RuntimeError("CUDA out of memory")
+        if call == 3:  # a broken graph: fewer output rows than images
+            return {task: p[:1] for task, p in probs.items()}
         return probs
 
-    rows = list(predict.predict_files(FakeModel(model, fail_second), _paths(images), batch_size=2, workers=1))
-    assert [r["status"] for r in rows] == ["ok", "ok", "error", "error", "ok", "ok"]
+    rows = list(predict.predict_files(FakeModel(model, fail_second), _paths(images) * 2, batch_size=2, workers=1))
+    assert [r["status"] for r in rows] == ["ok", "ok", "error", "error", "error", "error", "ok", "ok"] + ["ok"] * 4
     assert all("RuntimeError: CUDA out of memory" in r["reason"] for r in rows[2:4])
+    assert all("1 shape output row(s) for 2 image(s)" in r["reason"] for r in rows[4:6])
     assert rows[2]["path"] == _paths(images)[2]
 
 

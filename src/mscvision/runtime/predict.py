@@ -149,21 +149,32 @@ def _try_prepare(path: str, metadata: ModelMetadata, budget: DecodeBudget | None
         return None, f"unexpected {type(exc).__name__} while reading it: {exc}"
 
 
-def _batch_rows(model: Model, chunk: list[str], loaded: list[tuple[PreparedInput | None, str]]) -> Iterator[dict]:
-    good = [x.tensor for x, _ in loaded if x is not None]
-    failure = ""
+def _batch_rows(model: Model, chunk: list[str], loaded: list[tuple[PreparedInput | None, str]]) -> list[dict]:
+    """The rows of one batch; if the model (or anything after it) fails, that batch's rows say so and
+    the run goes on: a provider error or out-of-memory late in a run costs one batch, not the run."""
     try:
-        probs = model.predict(np.stack(good)) if good else {}
-    except Exception as exc:  # e.g. a provider error or out of memory: this batch's rows say so, the run goes on
-        probs, failure = {}, f"the model failed on this batch of {len(good)} image(s): {type(exc).__name__}: {exc}"
-    k = 0
+        return _predicted_rows(model, chunk, loaded)
+    except Exception as exc:
+        failure = f"the model failed on this batch of {len(chunk)} image(s): {type(exc).__name__}: {exc}"
+        return [error_row(path, reason or failure, model.metadata, prepared.notes if prepared else ())
+                for path, (prepared, reason) in zip(chunk, loaded)]
+
+
+def _predicted_rows(model: Model, chunk: list[str], loaded: list[tuple[PreparedInput | None, str]]) -> list[dict]:
+    good = [x.tensor for x, _ in loaded if x is not None]
+    probs = model.predict(np.stack(good)) if good else {}
+    for task, p in probs.items():
+        if len(p) != len(good):
+            raise ValueError(f"{len(p)} {task} output row(s) for {len(good)} image(s)")
+    rows, k = [], 0
     for path, (prepared, reason) in zip(chunk, loaded):
-        if prepared is None or failure:
-            notes = prepared.notes if prepared is not None else ()
-            yield error_row(path, reason or failure, model.metadata, notes)
+        if prepared is None:
+            rows.append(error_row(path, reason, model.metadata))
             continue
-        yield result_row(path, {t: p[k] for t, p in probs.items()}, model.metadata, prepared.notes, prepared.doubts)
+        rows.append(result_row(path, {t: p[k] for t, p in probs.items()}, model.metadata, prepared.notes,
+                               prepared.doubts))
         k += 1
+    return rows
 
 
 def result_row(path: str, probs: dict[str, np.ndarray], metadata: ModelMetadata,
