@@ -188,15 +188,20 @@ def test_out_that_would_destroy_something_is_refused_before_any_work(images, tmp
     model_copy = tmp_path / "model.onnx"
     shutil.copy(FIXTURE, model_copy)
     before = model_copy.read_bytes(), Path(image).read_bytes()
+    fifo, link, shared = tmp_path / "pipe.csv", tmp_path / "link.csv", tmp_path / "shared.csv"
+    os.mkfifo(fifo)  # a non-regular file (like /dev/null, which a test run as root must never risk)
+    shared.write_text("someone else's file\n")
+    link.symlink_to(shared)  # like /dev/stdout -> /proc/self/fd/1
     cases = [(tmp_path, "is a folder"), (model_copy, "is the model file"), (Path(image), "is also an input"),
-             (Path("/dev/null"), "not a regular file"), (tmp_path / "missing" / "p.csv", "does not exist")]
+             (fifo, "not a regular file"), (link, "is a symbolic link"),
+             (tmp_path / "missing" / "p.csv", "does not exist")]
     for out, message in cases:
         code = main(["predict", str(model_copy), image, "--out", str(out), "--threads", "1"])
         err = capsys.readouterr().err
         assert code == 2 and message in err and f"--out {out}" in err, (out, err)
         assert "sha256" not in err  # refused before the model was loaded
     assert (model_copy.read_bytes(), Path(image).read_bytes()) == before
-    assert not (tmp_path / "missing").exists()
+    assert not (tmp_path / "missing").exists() and link.is_symlink() and fifo.is_fifo()
 
 
 def test_replaced_output_keeps_its_mode(images, tmp_path):

@@ -212,6 +212,9 @@ def output_format(out: Path) -> str:
 def check_output_path(out: Path, model: str | Path) -> None:
     """Refuse an ``--out`` that would destroy something or cannot be written, before any work."""
     fix = "Fix: name a new or existing regular file, e.g. predictions.csv (omit --out for CSV on stdout)."
+    if out.is_symlink():  # /dev/stdout, /dev/fd/N, a link to a shared file: the rename would replace the link
+        raise ConfigError(f"--out {out}: is a symbolic link (to {os.readlink(out)}); the atomic rename would "
+                          f"replace the link itself, not what it points to. {fix}")
     if out.is_dir():
         raise ConfigError(f"--out {out}: is a folder; --out names the file to write. {fix}")
     if out.exists() and not out.is_file():
