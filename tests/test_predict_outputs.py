@@ -221,7 +221,7 @@ def test_a_second_run_on_the_same_out_is_refused(images, tmp_path, capsys):
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         assert _predict(_paths(images)[0], "--out", str(out)) == 2
     err = capsys.readouterr().err
-    assert "another run is writing it" in err and "4242" in err
+    assert "held by another process (pid 4242)" in err and f"--out {out}" in err
     assert out.read_text() == "the other run's results\n"
     assert _predict(_paths(images)[0], "--out", str(out)) == 0  # free again once released
 

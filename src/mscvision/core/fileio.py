@@ -99,12 +99,15 @@ def exclusive_lock(path: str | os.PathLike) -> Iterator[None]:
 
 
 class LockedError(OSError):
-    """Another process holds the lock."""
+    """The lock cannot be had: another process holds it, or the file system has no locks."""
 
 
 def _acquire(lock: Path) -> int:
     while True:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except PermissionError:  # another user's lock file in a shared folder: flock works read-only too
+            fd = os.open(lock, os.O_RDONLY)
         if not _try_lock(fd):
             try:
                 holder = os.read(fd, 64).decode("ascii", "replace").strip() or "unknown"
@@ -119,8 +122,9 @@ def _acquire(lock: Path) -> int:
         except FileNotFoundError:
             same = False
         if same:
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
+            with contextlib.suppress(OSError):  # the pid is for the message of a run we keep out
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()}\n".encode())
             return fd
         os.close(fd)
 
@@ -141,6 +145,10 @@ def _try_lock(fd: int) -> bool:
         return True
     except BlockingIOError:
         return False
+    except OSError as exc:  # ENOLCK, EOPNOTSUPP: some network / FUSE file systems
+        os.close(fd)
+        raise LockedError(f"the file system cannot lock files ({exc.strerror}), so a second run could not "
+                          "be kept out; write to a local disk") from None
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

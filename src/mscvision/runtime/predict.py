@@ -230,12 +230,15 @@ def check_output_path(out: Path, model: str | Path) -> None:
 
 
 def check_not_an_input(out: Path, inputs: Iterable[str]) -> None:
-    if not out.exists():
+    try:
+        target = os.stat(out)
+    except OSError:  # not there yet: it cannot be an input
         return
     for path in inputs:
-        if _same_file(out, path):
-            raise ConfigError(f"--out {out}: is also an input ({path}); writing there would destroy it. "
-                              "Fix: name another output file.")
+        with contextlib.suppress(OSError):  # a missing input becomes its own error row
+            if os.path.samestat(target, os.stat(path)):
+                raise ConfigError(f"--out {out}: is also an input ({path}); writing there would destroy it. "
+                                  "Fix: name another output file.")
 
 
 def _same_file(a: str | Path, b: str | Path) -> bool:
@@ -252,8 +255,8 @@ def output_lock(out: Path) -> Iterator[None]:
         with exclusive_lock(out):
             yield
     except LockedError as exc:
-        raise ConfigError(f"--out {out}: another run is writing it ({exc}). Fix: wait for that run to finish, "
-                          "or choose another --out.") from None
+        raise ConfigError(f"--out {out}: cannot be locked for this run: {exc}. Fix: wait for the other run "
+                          "to finish, or choose another --out.") from None
 
 
 @contextlib.contextmanager
