@@ -226,6 +226,17 @@ def test_a_second_run_on_the_same_out_is_refused(images, tmp_path, capsys):
     assert _predict(_paths(images)[0], "--out", str(out)) == 0  # free again once released
 
 
+def test_two_real_runs_on_one_out_the_second_is_refused(images, tmp_path, capsys):
+    out = tmp_path / "pred.csv"
+    first = _start_slow_run(images, tmp_path, out)
+    _wait_for_rows(first, tmp_path)
+    assert _predict(_paths(images)[0], "--out", str(out)) == 2
+    assert f"pid {first.pid}" in capsys.readouterr().err
+    _, err = first.communicate(timeout=120)
+    assert first.returncode == 0, err
+    assert len(_rows(out)) == 40  # the first run's results, whole
+
+
 # ---- item 4: CSV formula injection, valid UTF-8, strict JSON --------------------------------------
 
 def test_csv_cells_that_a_spreadsheet_would_run_are_neutralised(images, tmp_path, monkeypatch):
