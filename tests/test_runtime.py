@@ -106,7 +106,7 @@ def test_predict_folder_with_bad_files(images, tmp_path):
     assert rows["colour.png"]["status"] == "error" and "3 channel(s)" in rows["colour.png"]["reason"]
     assert rows["colour.png"]["shape.label"] == ""
     assert list(_rows(out)[0]) == ["path", "status", "reason", "shape.label", "shape.p.bar", "shape.p.disc",
-                                   "count.label", "count.p.one", "count.p.two"]
+                                   "count.label", "count.p.one", "count.p.two", "notes"]  # notes added last
 
 
 def test_predict_jsonl_and_exit_code_zero(images, tmp_path, capsys):

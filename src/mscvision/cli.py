@@ -1,6 +1,6 @@
 """The `mscvision` console script: one parser, subcommands that import their layer only when run.
 
-`mscvision --help` and `mscvision predict` never import torch.
+`mscvision --help` and `mscvision predict` never import torch; `--help` imports no numpy either.
 """
 
 from __future__ import annotations
@@ -53,48 +53,60 @@ def _add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--calibration-images", type=int, default=256, help="training images for int8")
 
 
-def _add_deploy_commands(sub) -> None:
-    """export (needs mscvision[train]); predict, info, verify (the bare station install)."""
+def _synth_arguments(parser: argparse.ArgumentParser) -> None:
+    from mscvision.synth.cli import add_arguments  # the synth package imports numpy
+
+    add_arguments(parser)
+
+
+def _train_arguments(parser: argparse.ArgumentParser) -> None:
+    from mscvision.training.arguments import add_train_arguments
+
+    add_train_arguments(parser)
+
+
+def _bench_arguments(parser: argparse.ArgumentParser) -> None:
+    from mscvision.benchmarks.arguments import add_bench_arguments
+
+    add_bench_arguments(parser)
+
+
+def _subcommands() -> list[tuple]:
+    """(name, help, add its arguments, handler); export needs mscvision[train], predict/info/verify
+    are the bare station install. ``runtime.commands`` imports nothing heavy at the top."""
     from mscvision.runtime import commands
 
-    _add_export_arguments(sub.add_parser("export", help="export a trained run to one ONNX file "
-                                                        "(needs mscvision[train])"))
-    sub.choices["export"].set_defaults(handler=run_export)
-    for name, add, handler, text in (
-            ("predict", commands.add_predict_arguments, commands.run_predict, "predict images with an exported model"),
-            ("info", commands.add_info_arguments, commands.run_info, "show a model's metadata and model card"),
-            ("verify", commands.add_verify_arguments, commands.run_verify,
-             "check this station against a model's conformance vectors")):
-        add(sub.add_parser(name, help=text))
-        sub.choices[name].set_defaults(handler=handler)
+    return [
+        ("synth", "generate the synthetic MSC-culture data set", _synth_arguments, _run_synth),
+        ("train", "train a model (needs mscvision[train])", _train_arguments, run_train),
+        ("export", "export a trained run to one ONNX file (needs mscvision[train])", _add_export_arguments,
+         run_export),
+        ("predict", "predict images with an exported model", commands.add_predict_arguments, commands.run_predict),
+        ("info", "show a model's metadata and model card", commands.add_info_arguments, commands.run_info),
+        ("verify", "check this station against a model's conformance vectors", commands.add_verify_arguments,
+         commands.run_verify),
+        ("bench", "benchmark trained runs (needs mscvision[train])", _bench_arguments, run_bench),
+    ]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser; with ``only``, just that subcommand gets its arguments (the others keep their
+    name and help line), so `mscvision --help` and `mscvision predict --help` import no numpy."""
     parser = argparse.ArgumentParser(prog="mscvision", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"mscvision {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    from mscvision.synth.cli import add_arguments as add_synth_arguments
-
-    add_synth_arguments(sub.add_parser("synth", help="generate the synthetic MSC-culture data set"))
-    sub.choices["synth"].set_defaults(handler=_run_synth)
-
-    from mscvision.training.arguments import add_train_arguments
-
-    train = sub.add_parser("train", help="train a model (needs mscvision[train])")
-    add_train_arguments(train)
-    train.set_defaults(handler=run_train)
-    _add_deploy_commands(sub)
-
-    from mscvision.benchmarks.arguments import add_bench_arguments
-
-    add_bench_arguments(sub.add_parser("bench", help="benchmark trained runs (needs mscvision[train])"))
-    sub.choices["bench"].set_defaults(handler=run_bench)
+    for name, text, add_arguments, handler in _subcommands():
+        command = sub.add_parser(name, help=text)
+        command.set_defaults(handler=handler)
+        if only is None or only == name:
+            add_arguments(command)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    # the first word that is not an option is the command (the top level has only --help, --version)
+    args = build_parser(only=next((a for a in argv if not a.startswith("-")), "")).parse_args(argv)
     return guarded(args.handler, args, f"mscvision {args.command}")
 
 

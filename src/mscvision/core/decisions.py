@@ -22,7 +22,14 @@ class Decision:
 
 
 def decide(probabilities: np.ndarray, classes: tuple[str, ...] | list[str], threshold: float = 0.0) -> Decision:
-    """One image's probabilities for one task → ``Decision``; below ``threshold`` it abstains."""
+    """One image's probabilities for one task → ``Decision``; below ``threshold`` it abstains.
+
+    Non-finite probabilities raise ``ValueError``: ``argmax`` of NaN is 0 and ``nan < threshold``
+    is False, so without this check garbage would come out as a confident label.
+    """
+    probabilities = np.asarray(probabilities)
+    if not np.all(np.isfinite(probabilities)):
+        raise ValueError(f"non-finite probabilities {probabilities.tolist()}: no decision can be made")
     index = int(np.argmax(probabilities))
     top = float(probabilities[index])
     if top < threshold:

@@ -14,12 +14,26 @@ from mscvision.core.errors import EXIT_INPUTS_FAILED, EXIT_OK, EXIT_USAGE
 def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="an exported .onnx model")
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or globs")
-    parser.add_argument("--out", type=Path, help="FILE.csv or FILE.jsonl (default: CSV on stdout)")
+    parser.add_argument("--out", type=Path, help="FILE.csv or FILE.jsonl (default: CSV on stdout); written "
+                                                 "atomically, refused if it is the model, an input or not a file")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=0, help="intra-op threads (0 = all cores)")
     parser.add_argument("--recursive", action="store_true", help="descend into sub-folders")
     parser.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto",
                         help="auto: CUDA/TensorRT where onnxruntime-gpu offers them, else CPU")
+    parser.add_argument("--expect-sha256", type=_sha256_hex, metavar="HEX",
+                        help="refuse to run unless the model file has this SHA-256 (the approved file)")
+    # the default lives in runtime.inputs, which imports numpy: resolved when the command runs
+    parser.add_argument("--max-pixels", type=int, default=None, metavar="N",
+                        help="decode cap, checked from each file's header before decoding and held in total "
+                             "across decode threads (default: the runtime's DEFAULT_MAX_PIXELS, printed at start)")
+
+
+def _sha256_hex(text: str) -> str:
+    value = text.strip().lower()
+    if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a SHA-256 (64 hex digits)")
+    return value
 
 
 def add_info_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,23 +55,48 @@ def _add_expect_sha256(parser: argparse.ArgumentParser) -> None:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from mscvision.runtime.inputs import collect_inputs
-    from mscvision.runtime.model import load_model
-    from mscvision.runtime.predict import Tally, predict_files, prediction_columns, write_rows
+    import contextlib
+    import itertools
 
-    if args.batch_size < 1 or args.threads < 0:
-        print("error: --batch-size must be >= 1 and --threads >= 0", file=sys.stderr)
+    from mscvision.runtime.predict import (DEFAULT_MAX_PIXELS, Tally, check_not_an_input, check_output_path,
+                                           collect_inputs, decode_budget, error_row, load_checked_model,
+                                           output_lock, predict_files, prediction_columns, sigterm_cleans_up,
+                                           write_rows)
+
+    max_pixels = DEFAULT_MAX_PIXELS if args.max_pixels is None else args.max_pixels
+    if args.batch_size < 1 or args.threads < 0 or max_pixels < 1:
+        print("error: --batch-size and --max-pixels must be >= 1 and --threads >= 0", file=sys.stderr)
         return EXIT_USAGE
-    model = load_model(args.model, args.threads, args.device)
-    paths = collect_inputs(args.inputs, args.recursive)
-    if not paths:
+    if args.out is not None:
+        check_output_path(args.out, args.model)  # before anything slow: a typo costs no work
+    collected = collect_inputs(args.inputs, args.recursive)
+    if collected.ignored:
+        print("warning: ignored " + ", ".join(f"{n} {why}" for why, n in collected.ignored.items()), file=sys.stderr)
+    if not collected.paths and not collected.problems:
         print(f"error: no image files found in {args.inputs}", file=sys.stderr)
         return EXIT_USAGE
-    print(f"model {model.path.name} ({model.metadata.precision}, sha256 {model.sha256[:16]}…) on "
-          f"{', '.join(model.providers)}; {len(paths)} input(s)", file=sys.stderr)
-    tally = Tally()
-    rows = predict_files(model, paths, args.batch_size, workers=min(4, max(1, args.threads or 2)))
-    write_rows(rows, prediction_columns(model.metadata), args.out, tally, progress_total=len(paths))
+    with contextlib.ExitStack() as held:
+        if args.out is not None:
+            check_not_an_input(args.out, collected.paths)
+            held.enter_context(output_lock(args.out))
+        held.enter_context(sigterm_cleans_up())
+        model = load_checked_model(args.model, args.threads, args.device, args.expect_sha256)
+        print(f"model {model.path.name} ({model.metadata.precision}, sha256 {model.sha256[:16]}…) on "
+              f"{', '.join(model.providers)}; {len(collected.paths)} input(s), "
+              f"{len(collected.problems)} unusable; decode cap {max_pixels} px", file=sys.stderr)
+        for path, problem in collected.problems:
+            print(f"warning: {path}: {problem}", file=sys.stderr)
+        tally = Tally()
+        problem_rows = (error_row(path, problem, model.metadata) for path, problem in collected.problems)
+        rows = predict_files(model, collected.paths, args.batch_size, workers=min(4, max(1, args.threads or 2)),
+                             budget=decode_budget(max_pixels))
+        try:
+            write_rows(itertools.chain(problem_rows, rows), prediction_columns(model.metadata), args.out, tally,
+                       progress_total=len(collected.paths) + len(collected.problems))
+        except (KeyboardInterrupt, SystemExit):
+            if args.out is not None:
+                print(f"\nstopped: nothing written to {args.out} (it is as it was)", file=sys.stderr)
+            raise
     print(tally.line() + (f" → {args.out}" if args.out else ""), file=sys.stderr)
     return EXIT_INPUTS_FAILED if tally.counts["error"] else EXIT_OK
 

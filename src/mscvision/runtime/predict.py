@@ -1,28 +1,111 @@
 """Batch prediction: image files → rows (DESIGN.md "Prediction rows"), written CSV or JSONL.
 
 Rows: ``path``, ``status`` (ok | review | error), ``reason``, then per task ``TASK.label`` and
-``TASK.p.CLASS``. An unreadable or mismatched file becomes an error row and the batch goes on.
+``TASK.p.CLASS``, then ``notes`` (what decoding did: alpha dropped, z-projected, ...; last, so that
+readers by position keep working). An unreadable or mismatched file, non-finite model outputs, or a
+batch the model fails on becomes error rows and the run goes on.
+
+What the output file goes through (``write_rows``):
+- ``--out`` is checked before any work (``check_output_path``, ``check_not_an_input``) and held
+  with a lock beside it (``fileio.exclusive_lock``), so a second run on it is refused.
+- Rows are written, each flushed, into ``.NAME.partial-PID.SUFFIX`` beside it; at the end that file
+  is fsynced and renamed into place. Ctrl-C or SIGTERM removes it and leaves ``--out`` as it was;
+  an unexpected crash keeps it (the rows computed so far) and says where; after SIGKILL it stays
+  under that name. A partial file is never renamed into place: under the real name it would pass
+  for a complete run.
+- CSV text cells that begin with ``= + - @``, a tab or a carriage return get a leading ``'``, so a
+  spreadsheet shows them as text instead of running them as formulas; numbers are never altered.
+  Text that cannot be UTF-8 (a file name's undecodable bytes) is written with ``\\xNN`` escapes,
+  so both formats are valid UTF-8; JSONL is strict JSON (no NaN: non-finite outputs are error rows).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import inspect
 import json
+import os
+import signal
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, TextIO
+from typing import Iterable, Iterator, Sequence, TextIO
 
 import numpy as np
 
-from mscvision.core.decisions import decide
-from mscvision.core.errors import ImageError
-from mscvision.core.fileio import atomic_path
-from mscvision.runtime.inputs import load_input
+from mscvision.core.decisions import REVIEW, decide
+from mscvision.core.errors import ConfigError, ImageError, ModelError
+from mscvision.core.fileio import LockedError, atomic_path, exclusive_lock
 from mscvision.runtime.metadata import ModelMetadata
-from mscvision.runtime.model import Model
+from mscvision.runtime.model import Model, load_model
+
+# ---- MERGE SHIM: this branch alone still has the old inputs.py / model.py / errors.py. ----------
+# Once the input branch (prepare_input, DecodeBudget, CollectedInputs, ImageError(path, reason))
+# and the model branch (load_model(..., expect_sha256=)) are merged, delete the `except` block,
+# make `_reason` return `exc.reason` and `load_checked_model` call load_model directly.
+try:
+    from mscvision.runtime.inputs import (DEFAULT_MAX_PIXELS, DecodeBudget, PreparedInput, collect_inputs,
+                                          prepare_input)
+except ImportError:
+    from mscvision.runtime import inputs as _old_inputs
+
+    DEFAULT_MAX_PIXELS = 64_000_000
+
+    @dataclass(frozen=True)
+    class PreparedInput:  # type: ignore[no-redef]
+        tensor: np.ndarray
+        notes: tuple[str, ...] = ()
+        doubts: tuple[str, ...] = ()
+
+    @dataclass(frozen=True)
+    class CollectedInputs:
+        paths: list[str]
+        problems: list[tuple[str, str]]
+        ignored: dict[str, int]
+
+    class DecodeBudget:  # type: ignore[no-redef]
+        def __init__(self, max_bytes: int) -> None:
+            self.max_bytes = max_bytes
+
+    def prepare_input(path, metadata, budget=None):  # type: ignore[no-redef]
+        return PreparedInput(_old_inputs.load_input(path, metadata))
+
+    def collect_inputs(items, recursive=False):  # type: ignore[no-redef]
+        return CollectedInputs(_old_inputs.collect_inputs(items, recursive), [], {})
+
+
+def _reason(exc: ImageError, path: str) -> str:
+    """The reason alone (the row's ``path`` column already names the file). MERGE: ``exc.reason``."""
+    message = str(exc)
+    return message[len(path) + 2:] if message.startswith(f"{path}: ") else message
+
+
+def load_checked_model(path: str | Path, threads: int, device: str, expect_sha256: str | None) -> Model:
+    """``load_model``, refusing any file but the one named by ``--expect-sha256``. MERGE: call load_model."""
+    if "expect_sha256" in inspect.signature(load_model).parameters:
+        return load_model(path, threads, device, expect_sha256=expect_sha256)
+    model = load_model(path, threads, device)
+    if expect_sha256 and model.sha256 != expect_sha256:
+        raise ModelError(f"{path}: its SHA-256 is {model.sha256}, not the expected {expect_sha256}. "
+                         "Fix: use the approved model file.")
+    return model
+# ---- end of MERGE SHIM ---------------------------------------------------------------------------
+
+NOTES = "notes"
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # OWASP's list for CSV injection
+
+
+def decode_budget(max_pixels: int) -> DecodeBudget:
+    """One budget per run, shared by every decode thread, so that the cap holds in total.
+
+    The flag counts pixels (what a user can picture); the budget counts bytes, at 4 per pixel:
+    float32, the widest sample a decoder hands to preprocessing.
+    """
+    return DecodeBudget(max_pixels * 4)
 
 
 @dataclass
@@ -44,52 +127,154 @@ def prediction_columns(metadata: ModelMetadata) -> list[str]:
     columns = ["path", "status", "reason"]
     for task in metadata.tasks:
         columns += [f"{task.name}.label", *(f"{task.name}.p.{c}" for c in task.classes)]
-    return columns
+    return columns + [NOTES]
 
 
-def predict_files(model: Model, paths: list[str], batch_size: int = 32, workers: int = 2) -> Iterator[dict]:
+def predict_files(model: Model, paths: list[str], batch_size: int = 32, workers: int = 2,
+                  budget: DecodeBudget | None = None) -> Iterator[dict]:
     """Rows in input order; decoding runs in a small thread pool (numpy and the decoders release the GIL)."""
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         for start in range(0, len(paths), max(1, batch_size)):
             chunk = paths[start:start + batch_size]
-            loaded = list(pool.map(lambda p: _try_load(p, model.metadata), chunk))
-            good = [x for x, _ in loaded if x is not None]
-            probs = model.predict(np.stack(good)) if good else {}
-            k = 0
-            for path, (x, reason) in zip(chunk, loaded):
-                if x is None:
-                    yield error_row(path, reason, model.metadata)
-                else:
-                    yield result_row(path, {t: p[k] for t, p in probs.items()}, model.metadata)
-                    k += 1
+            loaded = list(pool.map(lambda p: _try_prepare(p, model.metadata, budget), chunk))
+            yield from _batch_rows(model, chunk, loaded)
 
 
-def _try_load(path: str, metadata: ModelMetadata) -> tuple[np.ndarray | None, str]:
+def _try_prepare(path: str, metadata: ModelMetadata, budget: DecodeBudget | None) -> tuple[PreparedInput | None, str]:
     try:
-        return load_input(path, metadata), ""
+        return prepare_input(path, metadata, budget), ""
     except ImageError as exc:
-        message = str(exc)
-        return None, message[len(path) + 2:] if message.startswith(f"{path}: ") else message
+        return None, _reason(exc, path)
+    except Exception as exc:  # a decoder's surprise on one odd file must not end the run; the row says what
+        return None, f"unexpected {type(exc).__name__} while reading it: {exc}"
 
 
-def result_row(path: str, probs: dict[str, np.ndarray], metadata: ModelMetadata) -> dict:
-    row: dict = {"path": path, "status": "ok", "reason": ""}
-    doubts = []
+def _batch_rows(model: Model, chunk: list[str], loaded: list[tuple[PreparedInput | None, str]]) -> list[dict]:
+    """The rows of one batch; if the model (or anything after it) fails, that batch's rows say so and
+    the run goes on: a provider error or out-of-memory late in a run costs one batch, not the run."""
+    try:
+        return _predicted_rows(model, chunk, loaded)
+    except Exception as exc:
+        failure = f"the model failed on this batch of {len(chunk)} image(s): {type(exc).__name__}: {exc}"
+        return [error_row(path, reason or failure, model.metadata, prepared.notes if prepared else ())
+                for path, (prepared, reason) in zip(chunk, loaded)]
+
+
+def _predicted_rows(model: Model, chunk: list[str], loaded: list[tuple[PreparedInput | None, str]]) -> list[dict]:
+    good = [x.tensor for x, _ in loaded if x is not None]
+    probs = model.predict(np.stack(good)) if good else {}
+    for task, p in probs.items():
+        if len(p) != len(good):
+            raise ValueError(f"{len(p)} {task} output row(s) for {len(good)} image(s)")
+    rows, k = [], 0
+    for path, (prepared, reason) in zip(chunk, loaded):
+        if prepared is None:
+            rows.append(error_row(path, reason, model.metadata))
+            continue
+        rows.append(result_row(path, {t: p[k] for t, p in probs.items()}, model.metadata, prepared.notes,
+                               prepared.doubts))
+        k += 1
+    return rows
+
+
+def result_row(path: str, probs: dict[str, np.ndarray], metadata: ModelMetadata,
+               notes: Sequence[str] = (), doubts: Sequence[str] = ()) -> dict:
+    """One image's row. ``doubts`` (from the input checks) make it ``review`` with no label."""
+    broken = [t.name for t in metadata.tasks if not np.all(np.isfinite(probs[t.name]))]
+    if broken:  # checked before decide(), which would refuse them too, so that the row names the cause
+        return error_row(path, f"the model's output is not finite (NaN or Inf) for {', '.join(broken)}: no label "
+                               "can be given; the image is likely outside what the model handles (check it)",
+                         metadata, notes)
+    row: dict = {"path": path, "status": "ok", "reason": "", NOTES: "; ".join(notes)}
+    reasons = list(doubts)
     for task in metadata.tasks:
         decision = decide(probs[task.name], task.classes, task.threshold)
         if decision.abstained:
-            doubts.append(f"{task.name}: top probability {decision.probability:.3f} < threshold {task.threshold:.3f}")
-        row[f"{task.name}.label"] = decision.label
+            reasons.append(f"{task.name}: top probability {decision.probability:.3f} < threshold {task.threshold:.3f}")
+        row[f"{task.name}.label"] = REVIEW if doubts else decision.label
         row.update({f"{task.name}.p.{c}": round(float(p), 6) for c, p in zip(task.classes, probs[task.name])})
-    if doubts:
-        row.update(status="review", reason="; ".join(doubts))
+    if reasons:
+        row.update(status="review", reason="; ".join(reasons))
     return row
 
 
-def error_row(path: str, reason: str, metadata: ModelMetadata) -> dict:
+def error_row(path: str, reason: str, metadata: ModelMetadata, notes: Sequence[str] = ()) -> dict:
     row = dict.fromkeys(prediction_columns(metadata), "")
     row.update(path=path, status="error", reason=reason)
+    row[NOTES] = "; ".join(notes)
     return row
+
+
+def output_format(out: Path) -> str:
+    return "jsonl" if out.suffix.lower() in (".jsonl", ".ndjson") else "csv"
+
+
+def check_output_path(out: Path, model: str | Path) -> None:
+    """Refuse an ``--out`` that would destroy something or cannot be written, before any work."""
+    fix = "Fix: name a new or existing regular file, e.g. predictions.csv (omit --out for CSV on stdout)."
+    if out.is_symlink():  # /dev/stdout, /dev/fd/N, a link to a shared file: the rename would replace the link
+        raise ConfigError(f"--out {out}: is a symbolic link (to {os.readlink(out)}); the atomic rename would "
+                          f"replace the link itself, not what it points to. {fix}")
+    if out.is_dir():
+        raise ConfigError(f"--out {out}: is a folder; --out names the file to write. {fix}")
+    if out.exists() and not out.is_file():
+        raise ConfigError(f"--out {out}: is a device, pipe or other special file, not a regular file; "
+                          f"it cannot be replaced atomically. {fix}")
+    folder = out.parent
+    if not folder.is_dir():
+        raise ConfigError(f"--out {out}: its folder {folder} does not exist. Fix: create it, or check the path.")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out {out}: its folder {folder} is not writable by this user. {fix}")
+    if _same_file(out, model):
+        raise ConfigError(f"--out {out}: is the model file; writing there would destroy it. {fix}")
+
+
+def check_not_an_input(out: Path, inputs: Iterable[str]) -> None:
+    try:
+        target = os.stat(out)
+    except OSError:  # not there yet: it cannot be an input
+        return
+    for path in inputs:
+        with contextlib.suppress(OSError):  # a missing input becomes its own error row
+            if os.path.samestat(target, os.stat(path)):
+                raise ConfigError(f"--out {out}: is also an input ({path}); writing there would destroy it. "
+                                  "Fix: name another output file.")
+
+
+def _same_file(a: str | Path, b: str | Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # either one missing: they cannot be the same file
+        return False
+
+
+@contextlib.contextmanager
+def output_lock(out: Path) -> Iterator[None]:
+    """Hold ``--out`` for this run: a second run on the same file is refused, not silently lost."""
+    try:
+        with exclusive_lock(out):
+            yield
+    except LockedError as exc:
+        raise ConfigError(f"--out {out}: cannot be locked for this run: {exc}. Fix: wait for the other run "
+                          "to finish, or choose another --out.") from None
+
+
+@contextlib.contextmanager
+def sigterm_cleans_up() -> Iterator[None]:
+    """SIGTERM (``kill``, a scheduler's stop) raises ``SystemExit(143)`` so that ``finally`` blocks run:
+    the partial output is removed and ``--out`` stays as it was. Only the main thread can set handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def write_rows(rows: Iterable[dict], columns: list[str], out: Path | None, tally: Tally,
@@ -98,24 +283,58 @@ def write_rows(rows: Iterable[dict], columns: list[str], out: Path | None, tally
     if out is None:
         _write(rows, columns, sys.stdout, "csv", tally, progress_total)
         return
-    fmt = "jsonl" if out.suffix.lower() in (".jsonl", ".ndjson") else "csv"
-    with atomic_path(out) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
-        _write(rows, columns, f, fmt, tally, progress_total)
+    partial = None
+    try:
+        with atomic_path(out, keep_partial=True) as partial, open(partial, "w", encoding="utf-8", newline="") as f:
+            _write(rows, columns, f, output_format(out), tally, progress_total)
+    except Exception:
+        if partial is not None and partial.exists():
+            print(f"\nerror: the run stopped early; the {tally.total} row(s) written so far are kept in {partial} "
+                  f"({out} is unchanged)", file=sys.stderr)
+        raise
 
 
 def _write(rows: Iterable[dict], columns: list[str], f: TextIO, fmt: str, tally: Tally, total: int) -> None:
-    writer = csv.DictWriter(f, fieldnames=columns, lineterminator="\n") if fmt == "csv" else None
+    writer = csv.writer(f, lineterminator="\n") if fmt == "csv" else None
     if writer:
-        writer.writeheader()
+        writer.writerow([csv_cell(c) for c in columns])
     show = total > 0 and sys.stderr.isatty()
     for row in rows:
         tally.counts[row["status"]] += 1
         if writer:
-            writer.writerow(row)
+            writer.writerow([csv_cell(row.get(c, "")) for c in columns])
         else:
-            f.write(json.dumps({c: row[c] if row[c] != "" or c == "reason" else None for c in columns}) + "\n")
+            f.write(json_line(row, columns) + "\n")
+        f.flush()  # streamed: a killed run leaves every finished row in its partial file
         if show and (tally.total % 16 == 0 or tally.total == total):
             print(f"\r{tally.total}/{total} images", end="", file=sys.stderr, flush=True)
     if show:
         print(file=sys.stderr)
 
+
+def csv_cell(value):
+    """Text made valid UTF-8 and, if a spreadsheet would read it as a formula, prefixed with ``'``."""
+    if not isinstance(value, str):
+        return value  # numbers are written as they are
+    text = utf8_text(value)
+    return "'" + text if text.startswith(FORMULA_STARTS) else text
+
+
+def json_line(row: dict, columns: list[str]) -> str:
+    """Strict JSON: empty label/probability cells are null, text is valid UTF-8, NaN is refused."""
+    record = {utf8_text(c): (utf8_text(row[c]) if isinstance(row[c], str) else row[c])
+              if row.get(c, "") != "" or c in ("reason", NOTES) else None for c in columns}
+    return json.dumps(record, allow_nan=False)
+
+
+def utf8_text(text: str) -> str:
+    """``text`` with lone surrogates written out as escapes: ``\\xNN`` for a file name's undecodable
+    byte (Python's surrogateescape maps byte NN to U+DCNN), ``\\uNNNN`` for any other."""
+    if text.isascii():
+        return text
+    return "".join(_escape(c) if "\ud800" <= c <= "\udfff" else c for c in text)
+
+
+def _escape(c: str) -> str:
+    code = ord(c)
+    return f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"\\u{code:04x}"
