@@ -29,6 +29,7 @@ from mscvision.synth.render import MODALITIES
 ACCELERATORS = ("auto", "cpu", "gpu")
 TRAINER_PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true")  # Lightning's
 EXPORT_PRECISIONS = ("fp32", "fp16", "int8")
+AUTO = "auto"  # preprocess.mean / std: measured on the training split, then frozen (training/normalization.py)
 REPLACED_SECTIONS = ("tasks",)  # a layer's task set replaces the defaults' (merging would add tasks)
 
 
@@ -36,6 +37,30 @@ def check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
     """One message for every enumerated key: its name, the bad value and the allowed ones."""
     if value not in choices:
         raise ConfigError(f"{key}={value!r}: use one of {', '.join(choices)}")
+
+
+@dataclass(frozen=True)
+class PreprocessConfig(PreprocessSpec):
+    """The config's ``preprocess`` section: a ``PreprocessSpec`` whose ``mean`` / ``std`` may read
+    ``auto`` until the run measures them on its training split; checkpoints and models get numbers."""
+
+    mean: tuple[float, ...] | str | None = None
+    std: tuple[float, ...] | str | None = None
+
+    def __post_init__(self) -> None:
+        auto = {name: None for name in ("mean", "std") if getattr(self, name) == AUTO}
+        for name in ("mean", "std"):
+            if isinstance(getattr(self, name), str) and name not in auto:
+                raise ConfigError(f"preprocess.{name}={getattr(self, name)!r}: use one number per channel, or auto")
+        if auto:  # the spec's own checks, on the numbers that are known
+            dataclasses.replace(self, **auto)
+        else:
+            super().__post_init__()
+
+    @property
+    def measures(self) -> tuple[str, ...]:
+        """The keys still to be measured on the training split: ``mean`` and/or ``std``."""
+        return tuple(name for name in ("mean", "std") if getattr(self, name) == AUTO)
 
 
 @dataclass(frozen=True)
@@ -157,8 +182,8 @@ class RunConfig:
     # 128-px synthetic crops shrunk a little for CPU speed (droplets and granules survive); mean/std
     # centre the percentile-scaled [0, 1] intensities. PreprocessSpec's own defaults (no mean/std)
     # are the artifact contract's, for models that did not record a key; these are the run's.
-    preprocess: PreprocessSpec = field(default_factory=lambda: PreprocessSpec(size=(112, 112), mean=(0.5,),
-                                                                              std=(0.25,)))
+    preprocess: PreprocessConfig = field(default_factory=lambda: PreprocessConfig(size=(112, 112), mean=(0.5,),
+                                                                                  std=(0.25,)))
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -258,6 +283,8 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
+        if isinstance(value, str) and str in inner:  # e.g. preprocess.mean: auto (a list otherwise)
+            return value
         return _coerce(inner[0], value, where)
     if dataclasses.is_dataclass(hint):
         return from_dict(hint, value, where)
