@@ -26,6 +26,9 @@ from mscvision.core.preprocess import PreprocessSpec
 from mscvision.synth.labels import DIFFERENTIATION_CLASSES, MORPHOLOGY_CLASSES
 from mscvision.synth.render import MODALITIES
 
+RESNETS = ("resnet18", "resnet34", "resnet50")  # model.backbone: built in training/models.py
+FEATURE_NETS = ("efficientnet_b0", "mobilenet_v3_large", "convnext_tiny")
+BACKBONES = (*RESNETS, *FEATURE_NETS, "tiny")
 ACCELERATORS = ("auto", "cpu", "gpu")
 TRAINER_PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true")  # Lightning's
 EXPORT_PRECISIONS = ("fp32", "fp16", "int8")
@@ -103,6 +106,9 @@ class ModelConfig:
     pretrained: str | None = None  # local .pth of ImageNet weights; never downloaded
     dropout: float = 0.0
     init_from: str | None = None  # run dir or .ckpt to fine-tune from; heads kept where classes match
+
+    def __post_init__(self) -> None:
+        check_choice("model.backbone", self.backbone, BACKBONES)
 
 
 @dataclass(frozen=True)
