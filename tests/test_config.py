@@ -49,6 +49,7 @@ def test_dotted_overrides_are_typed():
     ("export.precision=int4", r"export.precision='int4': use one of fp32, fp16, int8"),
     ("data.synthetic.modality=xray", r"data.synthetic.modality='xray': use one of phase, fluorescence"),
     ("preprocess.fit=stretch", r"preprocess.fit='stretch'"),
+    ("data.synthetic.bit_depth=12", r"data.synthetic.bit_depth=12: use one of 8, 16"),
     ("model.backbone=resnet19", r"model.backbone='resnet19': use one of resnet18, resnet34, resnet50, efficientnet_b0"),
 ])
 def test_bad_config_names_the_key(override, message):

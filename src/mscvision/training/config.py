@@ -36,10 +36,10 @@ AUTO = "auto"  # preprocess.mean / std: measured on the training split, then fro
 REPLACED_SECTIONS = ("tasks",)  # a layer's task set replaces the defaults' (merging would add tasks)
 
 
-def check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+def check_choice(key: str, value: Any, choices: tuple) -> None:
     """One message for every enumerated key: its name, the bad value and the allowed ones."""
     if value not in choices:
-        raise ConfigError(f"{key}={value!r}: use one of {', '.join(choices)}")
+        raise ConfigError(f"{key}={value!r}: use one of {', '.join(map(str, choices))}")
 
 
 @dataclass(frozen=True)
@@ -77,6 +77,7 @@ class SyntheticConfig:
 
     def __post_init__(self) -> None:
         check_choice("data.synthetic.modality", self.modality, MODALITIES)
+        check_choice("data.synthetic.bit_depth", self.bit_depth, (8, 16))
 
 
 @dataclass(frozen=True)
