@@ -22,7 +22,7 @@ import numpy as np
 
 from mscvision.core.imageio import decode_image
 from mscvision.synth import DIFFERENTIATION_CLASSES, MORPHOLOGY_CLASSES, generate_dataset, read_manifest
-from mscvision.synth.realism import evaluate, intensity_features, lbp_features
+from mscvision.training.realism import evaluate, intensity_features, lbp_features
 
 TASKS = {"morphology": MORPHOLOGY_CLASSES, "differentiation": DIFFERENTIATION_CLASSES}
 INTENSITY_MARGIN = 0.15  # allowed above chance

@@ -78,3 +78,46 @@ def test_cuda_check_refuses_clearly_without_a_gpu():
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip().splitlines()[-1] == (
         "error: no CUDA GPU is visible to torch: run this on a GPU machine (CPU figures: scripts/benchmark.py)")
+
+
+def test_source_images_read_split_csv_as_csv_and_skip_excluded_rows(tmp_path):
+    import csv
+
+    import numpy as np
+
+    from mscvision.benchmarks.run import source_images
+    from mscvision.core.imageio import write_image
+
+    names = ["bad.png", "a, b.png", "c.png"]  # a comma inside a path: quoted by csv.writer
+    for name in names:
+        write_image(tmp_path / name, np.zeros((4, 4), np.uint8))
+    with open(tmp_path / "split.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "group", "split", "t"])
+        for name, split in zip(names, ["excluded", "train", "test"]):
+            writer.writerow([str(tmp_path / name), "g", split, "x"])
+    assert source_images(tmp_path) == [tmp_path / "a, b.png", tmp_path / "c.png"]
+
+
+def test_end_to_end_session_inputs_use_predicts_pixel_size(tmp_path):
+    import dataclasses
+
+    import numpy as np
+
+    from mscvision.benchmarks.end_to_end import session_inputs, write_image_folder
+    from mscvision.core.imageio import decode_image, write_image
+    from mscvision.core.preprocess import preprocess
+    from mscvision.runtime.inputs import load_input
+    from mscvision.runtime.model import load_model
+
+    model = load_model(REPO / "models" / "fixtures" / "shapes-tiny.onnx", threads=1, device="cpu")
+    spec = dataclasses.replace(model.metadata.spec, pixel_size_um=0.5, fit="crop_or_pad")
+    metadata = dataclasses.replace(model.metadata, spec=spec)
+    source = tmp_path / "src.tif"
+    image = (np.random.default_rng(0).random((20, 20)) * 255).astype(np.uint8)
+    write_image(source, image, pixel_size_um=1.0)  # twice the trained pixel size: predict upsamples x2
+    copies = write_image_folder(tmp_path / "copies", [source], 2)
+    assert decode_image(copies[0]).pixel_size_um == 1.0  # the copies keep what predict rescales by
+    batch = session_inputs(metadata, copies)
+    assert np.array_equal(batch[0], load_input(copies[0], metadata))
+    assert not np.allclose(batch[0], preprocess(image, spec))  # the pixel size changes the input

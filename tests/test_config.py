@@ -1,9 +1,19 @@
 """Config loading: layering, overrides, and errors that name the key."""
 
+import subprocess
+import shutil
+import sys
+from pathlib import Path
+
 import pytest
 
-from mscvision.core.errors import ConfigError
-from mscvision.training.config import CONFIG_DIR, load_config
+yaml = pytest.importorskip("yaml")  # the train extra; a bare station install skips these tests
+
+from mscvision.core.errors import ConfigError  # noqa: E402
+from mscvision.training.config import RunConfig, load_config  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG_DIR = REPO / "configs"
 
 
 def test_default_config_loads_and_matches_tasks():
@@ -32,7 +42,15 @@ def test_dotted_overrides_are_typed():
     ("export.tta=true", r"export.tta: .*Fix: set trainer.tta: true"),
     ("optim=3", r"optim: expected a mapping"),
     ("max_epochs", r"is not KEY=VALUE"),
-    ("trainer.channels_last=sometimes", r"trainer.channels_last='sometimes': use auto, true or false"),
+    ("trainer.channels_last=sometimes", r"trainer.channels_last='sometimes': use one of auto, true, false"),
+    ("trainer.accelerator=tpu", r"trainer.accelerator='tpu': use one of auto, cpu, gpu"),
+    ("trainer.precision=fp8", r"trainer.precision='fp8': use one of auto, 32-true, bf16-mixed"),
+    ("trainer.select=middle", r"trainer.select='middle': use one of best, last"),
+    ("export.precision=int4", r"export.precision='int4': use one of fp32, fp16, int8"),
+    ("data.synthetic.modality=xray", r"data.synthetic.modality='xray': use one of phase, fluorescence"),
+    ("preprocess.fit=stretch", r"preprocess.fit='stretch'"),
+    ("data.synthetic.bit_depth=12", r"data.synthetic.bit_depth=12: use one of 8, 16"),
+    ("model.backbone=resnet19", r"model.backbone='resnet19': use one of resnet18, resnet34, resnet50, efficientnet_b0"),
 ])
 def test_bad_config_names_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
@@ -53,3 +71,48 @@ def test_export_tta_needs_a_square_input():
     with pytest.raises(ConfigError, match=r"export.tta: a 90-degree rotation .* changes its shape"):
         load_config(None, ["trainer.tta=true", "export.tta=true", "preprocess.size=[32, 48]"])
     assert load_config(None, ["trainer.tta=true", "export.tta=true"]).export.tta
+
+
+def _keys(tree: dict, prefix: str = "") -> set[str]:
+    """Dotted keys of a nested mapping (task entries included: they are keys of the defaults too)."""
+    keys = set()
+    for key, value in tree.items():
+        keys |= _keys(value, f"{prefix}{key}.") if isinstance(value, dict) and value else {f"{prefix}{key}"}
+    return keys
+
+
+def test_default_yaml_lists_every_default_with_its_value():
+    # one source of defaults: the dataclasses; default.yaml is their listing and may not drift
+    listed = yaml.safe_load((CONFIG_DIR / "default.yaml").read_text())
+    assert _keys(listed) == _keys(RunConfig().to_dict())
+    assert load_config([CONFIG_DIR / "default.yaml"]) == RunConfig() == load_config()
+
+
+def test_a_layer_alone_starts_from_the_defaults(tmp_path):
+    assert load_config([CONFIG_DIR / "gpu.yaml"]) == load_config([CONFIG_DIR / "default.yaml", CONFIG_DIR / "gpu.yaml"])
+    layer = tmp_path / "short.yaml"
+    layer.write_text("trainer: {max_epochs: 3}\npreprocess: {size: [64, 64]}\n")
+    cfg = load_config([layer])
+    assert cfg.trainer.max_epochs == 3 and cfg.preprocess.size == (64, 64)
+    assert cfg.preprocess.mean == (0.5,) and cfg.trainer.batch_size == 64  # the rest: the defaults
+
+
+def test_a_layers_tasks_replace_the_default_tasks(tmp_path):
+    layer = tmp_path / "real.yaml"
+    layer.write_text("tasks: {phenotype: {column: label}}\n")
+    assert set(load_config([layer]).tasks) == {"phenotype"}
+    assert set(load_config([CONFIG_DIR / "mitocheck.yaml"]).tasks) == {"phenotype"}
+
+
+def test_defaults_load_from_an_installed_copy_run_elsewhere(tmp_path):
+    # a non-editable install has no configs/ beside the package: the defaults must not need it
+    site = tmp_path / "site"
+    shutil.copytree(REPO / "src" / "mscvision", site / "mscvision", ignore=shutil.ignore_patterns("__pycache__"))
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    code = ("import mscvision.training.config as c; cfg = c.load_config(); "
+            "assert c.__file__.startswith(%r); print(cfg.trainer.max_epochs, cfg.preprocess.size)" % str(site))
+    result = subprocess.run([sys.executable, "-c", code], cwd=work, capture_output=True, text=True,
+                            env={"PYTHONPATH": str(site), "PATH": ""}, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["22", "(112,", "112)"]

@@ -120,7 +120,7 @@ def test_bad_arguments_raise_config_error(tmp_path, kwargs):
 
 def test_intensity_statistics_do_not_reveal_the_class(tmp_path):
     pytest.importorskip("sklearn")
-    from mscvision.synth.realism import evaluate, intensity_features
+    from mscvision.training.realism import evaluate, intensity_features
 
     generate_dataset(tmp_path, n=320, seed=11)
     rows = read_manifest(tmp_path / "manifest.csv")
@@ -150,3 +150,15 @@ def test_synth_imports_no_training_stack():
             "bad = [m for m in ('torch', 'lightning', 'albumentations', 'sklearn') if m in sys.modules]\n"
             "assert not bad, bad\n")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_realism_baselines_scale_like_the_preprocessing_even_when_nearly_flat():
+    # one normaliser: the baseline's "normalised" statistics are core's percentile scaling, which
+    # stretches any non-zero span to [0, 1] (the removed copy divided by max(span, 1e-6) instead)
+    from mscvision.core.preprocess import percentile_normalize
+    from mscvision.training.realism import _stats, intensity_features
+
+    rng = np.random.default_rng(3)
+    for image in (rng.random((16, 16)), 0.4 + rng.random((16, 16)) * 4e-7, np.full((16, 16), 0.3)):
+        expected = _stats(percentile_normalize(image[:, :, None], 1.0, 99.8)[:, :, 0])
+        assert np.allclose(intensity_features(image, 1.0)[len(expected):], expected)

@@ -9,29 +9,39 @@ from pathlib import Path
 import numpy as np
 
 from mscvision.core.imageio import decode_image, write_image
-from mscvision.core.preprocess import preprocess
+from mscvision.runtime.inputs import load_input
+from mscvision.runtime.metadata import ModelMetadata
 from mscvision.runtime.model import load_model
 from mscvision.runtime.predict import Tally, predict_files, prediction_columns, write_rows
 
 
 def write_image_folder(folder: Path, sources: list[Path], n: int) -> list[Path]:
-    """``n`` PNG files cycling through ``sources`` (real images), so decode cost is realistic."""
+    """``n`` files cycling through ``sources`` (real images), so decode cost is realistic: PNG, or
+    TIFF for TIFF sources, which keeps their pixel size (``predict`` rescales by it)."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for i in range(n):
-        path = folder / f"img{i:05d}.png"
+        source = sources[i % len(sources)]
+        suffix = ".tif" if source.suffix.lower() in (".tif", ".tiff") else ".png"
+        path = folder / f"img{i:05d}{suffix}"
         if not path.exists():
-            write_image(path, decode_image(sources[i % len(sources)]).array)
+            decoded = decode_image(source)
+            write_image(path, decoded.array, decoded.pixel_size_um)
         paths.append(path)
     return paths
+
+
+def session_inputs(metadata: ModelMetadata, paths: list[Path]) -> np.ndarray:
+    """The bare session's batch: each file through the runtime's own load path (decode, input checks,
+    preprocess with the file's pixel size), so both sides of the ratio compute the same tensors."""
+    return np.stack([load_input(p, metadata) for p in paths])
 
 
 def predict_vs_session(model_path: Path, paths: list[Path], threads: int, batch_size: int = 32,
                        decode_workers: int = 1) -> dict:
     """Images/s of the predict pipeline (decode + checks + preprocess + run + rows) vs the session alone."""
     model = load_model(model_path, threads=threads, device="cpu")
-    spec = model.metadata.spec
-    tensors = np.stack([preprocess(decode_image(p).array, spec) for p in paths])
+    tensors = session_inputs(model.metadata, paths)
     model.predict(tensors[:batch_size])
     start = time.perf_counter()
     for i in range(0, len(tensors), batch_size):

@@ -48,7 +48,7 @@ def benchmark_model(run_dir: Path, threads: int, quick: bool, work: Path, log=pr
         cpu[f"ort_{precision}"] = inference.onnxruntime_session(path, shape, threads, quick)
     for figures in cpu.values():
         figures["gflops_b32"] = round(figures["b32_img_s"] * flops / 1e9, 1)
-    sources = _source_images(run_dir)
+    sources = source_images(run_dir)
     n_files = 256 if quick else 1024
     paths = end_to_end.write_image_folder(work / "images", sources, n_files)
     e2e_model = models.get("int8", models["fp32"])
@@ -62,9 +62,12 @@ def benchmark_model(run_dir: Path, threads: int, quick: bool, work: Path, log=pr
             "parity": parity, "variants_within_gate": sorted(models)}
 
 
-def _source_images(run_dir: Path) -> list[Path]:
-    rows = (run_dir / "split.csv").read_text().splitlines()[1:]
-    return [Path(line.split(",")[0]) for line in rows[:64]]
+def source_images(run_dir: Path, n: int = 64) -> list[Path]:
+    """The first ``n`` usable images of the run's split.csv (read as CSV, as export reads it: paths
+    may hold commas); rows training skipped as unreadable (``excluded``) are left out."""
+    from mscvision.export.samples import read_split
+
+    return [Path(row["path"]) for row in read_split(run_dir) if row["split"] != "excluded"][:n]
 
 
 def run_benchmark(run_dirs: list[Path], threads: int, quick: bool, out: Path | None, log=print) -> dict:

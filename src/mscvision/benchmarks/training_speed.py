@@ -10,6 +10,7 @@ from mscvision.training.config import RunConfig
 from mscvision.training.dataset_setup import loss_class_weights, prepare_data
 from mscvision.training.fit import build_loaders
 from mscvision.training.module import MscClassifier
+from mscvision.training.normalization import freeze_auto_normalization
 
 
 def _step(module: MscClassifier, optimizer, x, targets, precision_ctx) -> None:
@@ -25,6 +26,7 @@ def training_throughput(config: RunConfig, steps: int = 20, device: str = "cpu",
                         channels_last: bool = False, compile_model: bool = False) -> dict:
     """Images/s of ``steps`` optimiser steps fed by the real loader vs by one batch kept in memory."""
     data = prepare_data(config)
+    config = freeze_auto_normalization(config, data)  # preprocess mean/std: auto → numbers, as train() does
     loaders, _ = build_loaders(config, data)
     module = MscClassifier(config.to_dict(), [t.to_dict() for t in data.tasks],
                            loss_class_weights(config, data, loaders["train_rows"]),

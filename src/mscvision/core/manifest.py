@@ -8,7 +8,6 @@ that task), ``group`` (donor / lot / well / track: the unit a split never cuts),
 from __future__ import annotations
 
 import csv
-import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,23 +116,6 @@ def manifest_from_folders(root: Path, column: str) -> Manifest:
     rows = tuple(range(1, len(paths) + 1))
     return Manifest(root, tuple(paths), tuple(str(p.relative_to(root)) for p in paths),
                     {column: tuple(labels)}, None, rows, has_groups=False)
-
-
-def manifest_to_csv(manifest: Manifest) -> str:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    columns = list(manifest.labels)
-    writer.writerow(["path", *columns, "group"])
-    for i, path in enumerate(manifest.paths):
-        writer.writerow([_relative(path, manifest.root), *(manifest.labels[c][i] for c in columns), manifest.groups[i]])
-    return buf.getvalue()
-
-
-def _relative(path: Path, root: Path) -> str:
-    try:
-        return path.relative_to(root).as_posix()
-    except ValueError:
-        return str(path)
 
 
 def infer_classes(manifest: Manifest, column: str) -> tuple[str, ...]:

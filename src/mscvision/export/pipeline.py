@@ -24,9 +24,9 @@ from mscvision.export.quantize import to_fp16, to_int8
 from mscvision.export.samples import Samples, load_samples, read_split
 from mscvision.export.vectors import write_vectors
 from mscvision.runtime.station import cpu_flags
+from mscvision.training.config import EXPORT_PRECISIONS as PRECISIONS  # one tuple: config checks it too
 from mscvision.training.run_files import run_checkpoint
 
-PRECISIONS = ("fp32", "fp16", "int8")
 PARITY_SCHEMA = "mscvision.parity/1"
 
 
@@ -110,7 +110,7 @@ def _prepare(run: RunFiles, name: str, parity_images: int, threads: int, log) ->
     rows = read_split(run.run_dir)
     heldout = load_samples(rows, ("test", "val"), tasks, spec, parity.MIN_PARITY_IMAGES, parity_images)
     settings = task_settings(run.run_dir, tasks)
-    deploy = DeployNet(_evaluated_net(module), [t.name for t in tasks],
+    deploy = DeployNet(module.eval_net, [t.name for t in tasks],
                        [settings[t.name]["temperature"] for t in tasks], tta=module.config.export.tta)
     reference = parity.torch_probabilities(deploy, heldout.tensors, tasks)
     metadata = _metadata(name, module, run, rows, heldout, settings)
@@ -161,11 +161,6 @@ def _load_evaluated_model(checkpoint: Path):
     from mscvision.training.module import MscClassifier
 
     return MscClassifier.load_from_checkpoint(checkpoint, map_location="cpu").eval()
-
-
-def _evaluated_net(module):
-    """The EMA copy when training kept one (that is what was evaluated), else the trained net."""
-    return getattr(module, "eval_net", module.net)
 
 
 def task_settings(run_dir: Path, tasks: list[Task]) -> dict[str, dict]:

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from mscvision.core.fileio import atomic_path
+from mscvision.core.preprocess import percentile_normalize
 from mscvision.synth.labels import DIFFERENTIATION_CLASSES, JOINT, MORPHOLOGY_CLASSES, make_donor
-from mscvision.synth.realism import normalise
 from mscvision.synth.render import render_crop
 
 _PREVIEW_TAG = 0x5EEDF1E7
@@ -34,7 +34,7 @@ def _tile(seed: int, row: int, col: int, task: str, cls: int, modality: str, siz
     image = render_crop(rng, make_donor(seed, col), labels, size, modality, 8).image
     if image.ndim == 2:
         return np.repeat(image[:, :, None], 3, axis=2)
-    nuc, actin = (normalise(image[:, :, c].astype(np.float64)) for c in range(2))
+    nuc, actin = np.moveaxis(percentile_normalize(image[:, :, :2].astype(np.float64), 1.0, 99.8), 2, 0)
     rgb = np.stack([actin, 0.55 * actin + 0.25 * nuc, nuc], axis=-1)  # actin orange-ish, nuclei blue
     return (np.clip(rgb, 0, 1) * 255).astype(np.uint8)
 

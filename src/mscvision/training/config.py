@@ -1,7 +1,13 @@
 """Run configuration: frozen dataclasses loaded from YAML, with dotted command-line overrides.
 
-Unknown keys and values of the wrong type are rejected with a message naming the key. The resolved
-config is saved in the run directory and inside every checkpoint, so a run rebuilds itself.
+The dataclasses below are THE defaults: ``load_config`` starts every run from ``RunConfig()`` and
+layers the given YAML files and overrides on top, so ``--config X`` alone changes only what X names,
+and a non-editable install needs no config file at all. ``configs/default.yaml`` lists the same
+values, key for key, as a readable example; tests/test_config.py fails if the two drift apart.
+
+Unknown keys, values of the wrong type and unknown choices of enumerated keys are rejected with a
+message naming the key. The resolved config is saved in the run directory and inside every
+checkpoint, so a run rebuilds itself.
 """
 
 from __future__ import annotations
@@ -17,8 +23,47 @@ from typing import Any
 
 from mscvision.core.errors import ConfigError
 from mscvision.core.preprocess import PreprocessSpec
+from mscvision.synth.labels import DIFFERENTIATION_CLASSES, MORPHOLOGY_CLASSES
+from mscvision.synth.render import MODALITIES
 
-CONFIG_DIR = Path(__file__).resolve().parents[3] / "configs"  # the repo's configs/ (editable install)
+RESNETS = ("resnet18", "resnet34", "resnet50")  # model.backbone: built in training/models.py
+FEATURE_NETS = ("efficientnet_b0", "mobilenet_v3_large", "convnext_tiny")
+BACKBONES = (*RESNETS, *FEATURE_NETS, "tiny")
+ACCELERATORS = ("auto", "cpu", "gpu")
+TRAINER_PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true")  # Lightning's
+EXPORT_PRECISIONS = ("fp32", "fp16", "int8")
+AUTO = "auto"  # preprocess.mean / std: measured on the training split, then frozen (training/normalization.py)
+REPLACED_SECTIONS = ("tasks",)  # a layer's task set replaces the defaults' (merging would add tasks)
+
+
+def check_choice(key: str, value: Any, choices: tuple) -> None:
+    """One message for every enumerated key: its name, the bad value and the allowed ones."""
+    if value not in choices:
+        raise ConfigError(f"{key}={value!r}: use one of {', '.join(map(str, choices))}")
+
+
+@dataclass(frozen=True)
+class PreprocessConfig(PreprocessSpec):
+    """The config's ``preprocess`` section: a ``PreprocessSpec`` whose ``mean`` / ``std`` may read
+    ``auto`` until the run measures them on its training split; checkpoints and models get numbers."""
+
+    mean: tuple[float, ...] | str | None = None
+    std: tuple[float, ...] | str | None = None
+
+    def __post_init__(self) -> None:
+        auto = {name: None for name in ("mean", "std") if getattr(self, name) == AUTO}
+        for name in ("mean", "std"):
+            if isinstance(getattr(self, name), str) and name not in auto:
+                raise ConfigError(f"preprocess.{name}={getattr(self, name)!r}: use one number per channel, or auto")
+        if auto:  # the spec's own checks, on the numbers that are known
+            dataclasses.replace(self, **auto)
+        else:
+            super().__post_init__()
+
+    @property
+    def measures(self) -> tuple[str, ...]:
+        """The keys still to be measured on the training split: ``mean`` and/or ``std``."""
+        return tuple(name for name in ("mean", "std") if getattr(self, name) == AUTO)
 
 
 @dataclass(frozen=True)
@@ -29,6 +74,10 @@ class SyntheticConfig:
     bit_depth: int = 8
     size: int = 128
     cache_dir: str = "data/synthetic"  # generated once, reused while synth.json matches
+
+    def __post_init__(self) -> None:
+        check_choice("data.synthetic.modality", self.modality, MODALITIES)
+        check_choice("data.synthetic.bit_depth", self.bit_depth, (8, 16))
 
 
 @dataclass(frozen=True)
@@ -59,6 +108,9 @@ class ModelConfig:
     dropout: float = 0.0
     init_from: str | None = None  # run dir or .ckpt to fine-tune from; heads kept where classes match
 
+    def __post_init__(self) -> None:
+        check_choice("model.backbone", self.backbone, BACKBONES)
+
 
 @dataclass(frozen=True)
 class OptimConfig:
@@ -88,7 +140,7 @@ class AugmentConfig:
 
 @dataclass(frozen=True)
 class TrainerConfig:
-    max_epochs: int = 14
+    max_epochs: int = 22
     batch_size: int = 64
     accelerator: str = "auto"  # auto | cpu | gpu
     devices: int = 1
@@ -107,10 +159,10 @@ class TrainerConfig:
     tta: bool = False  # also report test figures with dihedral (8-way) test-time augmentation
 
     def __post_init__(self) -> None:
-        if self.channels_last not in ("auto", "true", "false"):
-            raise ConfigError(f"trainer.channels_last={self.channels_last!r}: use auto, true or false")
-        if self.select not in ("best", "last"):
-            raise ConfigError(f"trainer.select={self.select!r}: use best or last")
+        check_choice("trainer.accelerator", self.accelerator, ACCELERATORS)
+        check_choice("trainer.precision", self.precision, TRAINER_PRECISIONS)
+        check_choice("trainer.channels_last", self.channels_last, ("auto", "true", "false"))
+        check_choice("trainer.select", self.select, ("best", "last"))
 
 
 @dataclass(frozen=True)
@@ -120,16 +172,25 @@ class ExportConfig:
     tta: bool = False  # the graph itself averages the 8 dihedral views (8x the compute per image): the
     #   station then runs what "test_tta" measured, and that is the model's headline figure
 
+    def __post_init__(self) -> None:
+        check_choice("export.precision", self.precision, EXPORT_PRECISIONS)
+
 
 @dataclass(frozen=True)
 class RunConfig:
     name: str = "default"
     seed: int = 0
     output_dir: str = "runs"
+    # the synthetic data set's tasks, in the class order of its label tables (not sorted)
     tasks: dict[str, TaskConfig] = field(default_factory=lambda: {
-        "morphology": TaskConfig(), "differentiation": TaskConfig()})
+        "morphology": TaskConfig("morphology", list(MORPHOLOGY_CLASSES)),
+        "differentiation": TaskConfig("differentiation", list(DIFFERENTIATION_CLASSES))})
     data: DataConfig = field(default_factory=DataConfig)
-    preprocess: PreprocessSpec = field(default_factory=PreprocessSpec)
+    # 128-px synthetic crops shrunk a little for CPU speed (droplets and granules survive); mean/std
+    # centre the percentile-scaled [0, 1] intensities. PreprocessSpec's own defaults (no mean/std)
+    # are the artifact contract's, for models that did not record a key; these are the run's.
+    preprocess: PreprocessConfig = field(default_factory=lambda: PreprocessConfig(size=(112, 112), mean=(0.5,),
+                                                                                  std=(0.25,)))
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -160,18 +221,19 @@ class RunConfig:
 
 
 def load_config(paths: list[str | Path] | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    """YAML files (default: configs/default.yaml), deep-merged in order, then ``key.sub=value``
-    overrides → a validated ``RunConfig``."""
+    """The defaults (``RunConfig()``), then the YAML files deep-merged in order, then ``key.sub=value``
+    overrides → a validated ``RunConfig``. A file's ``tasks`` section replaces the default tasks."""
     import yaml
 
-    raw: dict = {}
-    for path in [Path(p) for p in paths] if paths else [CONFIG_DIR / "default.yaml"]:
+    raw: dict = RunConfig().to_dict()
+    for path in [Path(p) for p in paths or []]:
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist. Fix: pass --config with a file from configs/.")
         with open(path, encoding="utf-8") as f:
             layer = yaml.safe_load(f) or {}
         if not isinstance(layer, dict):
             raise ConfigError(f"{path}: a config file must be a mapping of sections")
+        raw.update({key: layer.pop(key) for key in REPLACED_SECTIONS if key in layer})
         _deep_merge(raw, layer)
     for override in overrides:
         _apply_override(raw, override, yaml)
@@ -228,6 +290,8 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
+        if isinstance(value, str) and str in inner:  # e.g. preprocess.mean: auto (a list otherwise)
+            return value
         return _coerce(inner[0], value, where)
     if dataclasses.is_dataclass(hint):
         return from_dict(hint, value, where)

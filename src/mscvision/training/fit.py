@@ -18,6 +18,7 @@ from mscvision.training.config import RunConfig, save_config
 from mscvision.training.data import ImageSet, ScanResult, load_unit_image, make_loader, scan_images
 from mscvision.training.dataset_setup import PreparedData, loss_class_weights, prepare_data, sample_weights, split_table
 from mscvision.training.finetune import init_from_run
+from mscvision.training.normalization import freeze_auto_normalization
 from mscvision.training.run_files import run_checkpoint
 from mscvision.training.evaluate import metrics_for_split, plot_confusion, predict_probabilities
 from mscvision.training.augment import build_train_augment
@@ -60,6 +61,7 @@ def train(config: RunConfig, run_dir: Path | None = None, resume: bool = False,
     if config.trainer.num_threads:
         torch.set_num_threads(config.trainer.num_threads)
     data = prepare_data(config, split)
+    config = freeze_auto_normalization(config, data)  # preprocess mean/std: auto → numbers, before the model
     save_config(config, run_dir / "config.yaml")
     for message in data.warnings:
         print(f"warning: {message}", flush=True)

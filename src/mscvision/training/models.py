@@ -15,10 +15,7 @@ import torchvision
 from torch import nn
 
 from mscvision.core.errors import ConfigError
-
-RESNETS = ("resnet18", "resnet34", "resnet50")
-FEATURE_NETS = ("efficientnet_b0", "mobilenet_v3_large", "convnext_tiny")
-BACKBONES = (*RESNETS, *FEATURE_NETS, "tiny")
+from mscvision.training.config import BACKBONES, FEATURE_NETS, RESNETS  # there, the config checks names on load
 
 
 class TinyBackbone(nn.Module):

@@ -1,17 +1,21 @@
 """Shortcut baselines for the realism benchmark: what a model could learn *without* shape.
 
 Two feature sets, each fed to a logistic regression evaluated on held-out donors:
-  * global intensity statistics (raw and after per-image percentile normalisation - the latter is
-    what the default preprocessing gives a model): mean, std, percentiles, 16-bin histogram;
+  * global intensity statistics (raw and after per-image percentile scaling by core's
+    ``percentile_normalize``, as the default preprocessing gives a model): mean, std, percentiles,
+    16-bin histogram;
   * texture: rotation-invariant uniform local binary patterns (LBP riu2) at Ojala et al.'s three
     standard scales (P, R) = (8, 1), (16, 2), (24, 3), concatenated.
 If either comes close to a CNN, the CNN may be reading brightness or texture rather than cells.
-numpy only; scikit-learn is imported inside ``evaluate`` (it is in the train extra).
+It lives with training, not in the numpy-only ``synth`` package: ``evaluate`` needs scikit-learn
+(the train extra; imported inside it).
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from mscvision.core.preprocess import percentile_normalize
 
 PERCENTILES = (1, 5, 25, 50, 75, 95, 99)
 LBP_SCALES = ((8, 1.0), (16, 2.0), (24, 3.0))  # (points, radius): Ojala, Pietikainen & Maenpaa 2002
@@ -23,9 +27,9 @@ def _stats(x: np.ndarray) -> np.ndarray:
 
 
 def normalise(x: np.ndarray) -> np.ndarray:
-    """Per-image 1st/99.8th percentile scaling, as the default preprocessing does."""
-    lo, hi = np.percentile(x, (1.0, 99.8))
-    return np.clip((x - lo) / max(hi - lo, 1e-6), 0, 1)
+    """One (H, W) channel through the default preprocessing's scaling (1st..99.8th percentile →
+    0..1, a flat channel → 0): core's function itself, so the baseline sees what a model sees."""
+    return percentile_normalize(x[:, :, None], 1.0, 99.8)[:, :, 0]
 
 
 def intensity_features(image: np.ndarray, full_scale: float) -> np.ndarray:
