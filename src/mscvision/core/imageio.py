@@ -181,7 +181,9 @@ class _TiffReader(ImageReader):
         axes, shape = self.series.axes.upper(), tuple(self.series.shape)
         if "Y" not in axes or "X" not in axes:
             raise ImageError(path, f"no Y/X axes in TIFF axes {axes!r}.")
-        pixel_size = _ome_pixel_size(self.tif) or _resolution_pixel_size(self.tif)
+        pixel_size = _ome_pixel_size(self.tif)
+        if pixel_size is None:  # not `or`: a stated 0 is a value to refuse, not an absent one
+            pixel_size = _resolution_pixel_size(self.tif)
         self.header = ImageHeader("TIFF", shape[axes.index("Y")], shape[axes.index("X")],
                                   int(np.prod(shape, dtype=np.int64)), self.series.dtype.itemsize, pixel_size)
 
