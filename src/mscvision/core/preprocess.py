@@ -25,6 +25,7 @@ SPEC_VERSION = 1
 # resolution, 100 is coarser than a whole-slide overview. Such a value in a file's metadata is a
 # writer's default or a unit mix-up (72 dpi reads as 353 µm/px), so it is refused, never obeyed.
 PIXEL_SIZE_RANGE_UM = (0.01, 100.0)
+_FLATNESS_SAMPLE = 2**14
 INTENSITY_MODES = ("fixed", "percentile")
 FIT_MODES = ("resize", "crop_or_pad")
 
@@ -177,9 +178,12 @@ def flat_channels(image: np.ndarray, spec: PreprocessSpec) -> list[int]:
     2/65535 of the level for float images (the same, at 16 bits of the image's own scale). Percentile
     scaling would stretch such a channel's noise to the full range and hand the model garbage with
     a confident look; this is a floor, far below the contrast of real (even dim) microscopy.
+    Measured on at most ~2 x 2**14 evenly strided values per channel: plenty to tell two grey levels
+    from content, at a cost that does not grow with the image.
     """
-    x = image.reshape(-1, image.shape[2]).astype(np.float64, copy=False)
-    lo, hi = np.percentile(x, [spec.percentile_low, spec.percentile_high], axis=0)
+    values = image.reshape(-1, image.shape[2])
+    values = values[::max(1, len(values) // _FLATNESS_SAMPLE)]  # evenly strided: the cost stays per image, not per pixel
+    lo, hi = np.percentile(values, [spec.percentile_low, spec.percentile_high], axis=0)
     if np.issubdtype(image.dtype, np.integer):
         tolerance = np.full_like(lo, 2.0)
     else:
