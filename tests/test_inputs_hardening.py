@@ -186,6 +186,13 @@ def test_png_named_tif_and_tiff_named_png_decode_by_content(tmp_path, metadata):
     assert any("decoded as PNG" in n for n in prepare_input(tmp_path / "real-png.tif", metadata).notes)
 
 
+def test_multi_picture_jpeg_is_a_jpeg(tmp_path):
+    grey = Image.fromarray(_shape_image()).convert("RGB")
+    grey.save(tmp_path / "camera.jpg", format="MPO", save_all=True, append_images=[grey])
+    decoded = decode_image(tmp_path / "camera.jpg")
+    assert decoded.array.shape == (32, 32, 3) and not any("decoded as" in n for n in decoded.notes)
+
+
 def test_decode_notes_flow_out_of_prepare_input(tmp_path, metadata):
     from mscvision.runtime.inputs import prepare_input
 

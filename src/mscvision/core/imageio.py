@@ -153,7 +153,8 @@ class _PillowReader(ImageReader):
         width, height = self.image.size
         bands = len(self.image.getbands())
         itemsize = 2 if self.image.mode.startswith("I;16") else 4 if self.image.mode in ("I", "F") else 1
-        self.header = ImageHeader(self.image.format, height, width, height * width * bands, itemsize, None)
+        fmt = "JPEG" if self.image.format == "MPO" else self.image.format  # a camera's multi-picture JPEG
+        self.header = ImageHeader(fmt, height, width, height * width * bands, itemsize, None)
 
     def _decode(self, z_projection: str) -> DecodedImage:
         im = self.image
