@@ -3,6 +3,10 @@
 Every decoder path ends in ``DecodedImage`` so that training and the runtime see the same thing.
 Layout guesses (channels-first vs channels-last, pages as channels, z-projection) are recorded in
 ``DecodedImage.notes`` so a user can see what was assumed.
+
+A file is opened by its content (magic bytes), not its name, and its header is read and checked
+(``open_image``: declared size against ``max_pixels``) before any pixel is decoded. Float pixels that
+are NaN or infinite are refused here, for training and the station alike.
 """
 
 from __future__ import annotations
