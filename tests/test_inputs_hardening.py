@@ -382,3 +382,19 @@ def test_collected_inputs_keep_order_and_drop_repeats(folder):
     got = collect_inputs([str(folder / "b.png"), str(folder), str(folder / "*.png")])
     assert [Path(p).name for p in got.paths] == ["b.png", "a.png"]
     assert got.problems == [] and got.ignored == {}
+
+
+def test_a_tree_deeper_than_the_recursion_limit_is_searched(tmp_path):
+    import sys
+
+    depth = sys.getrecursionlimit() + 50
+    deep = str(tmp_path / "t")
+    path = deep
+    os.mkdir(path)
+    for _ in range(depth):  # os.makedirs itself recurses
+        path = os.path.join(path, "d")
+        os.mkdir(path)
+    leaf = os.path.join(path, "leaf.png")
+    write_image(leaf, _shape_image())
+    got = collect_inputs([str(deep)], recursive=True)
+    assert got.paths == [leaf] and got.problems == []

@@ -239,7 +239,7 @@ def collect_inputs(items: list[str], recursive: bool = False) -> CollectedInputs
     for item in items:
         if os.path.isdir(item):
             found: list[str] = []
-            _scan_folder(item, recursive, out, found, ancestors=set(), seen=set())
+            _scan_folder(item, recursive, out, found)
             _add_files(sorted(found), out)
         elif not os.path.lexists(item) and any(c in item for c in _GLOB_CHARS):
             matches = [m for m in sorted(glob.glob(item, recursive=recursive)) if os.path.isfile(m)]
@@ -270,54 +270,62 @@ def _add_files(paths: list[str], out: CollectedInputs) -> None:
             out.problems.append((printable_path(path), _NOT_UTF8))
 
 
-def _scan_folder(folder: str, recursive: bool, out: CollectedInputs, found: list[str],
-                 ancestors: set[tuple[int, int]], seen: set[tuple[int, int]]) -> None:
-    """Image files of one folder into ``found``; problems into ``out``. ``ancestors`` (device, inode)
-    of the folders above detect a link loop; ``seen`` stops a folder reached twice being read twice."""
-    try:
-        st = os.stat(folder)
-        key = (st.st_dev, st.st_ino)
-        with os.scandir(folder) as it:
-            entries = sorted(it, key=lambda e: e.name)
-    except OSError as exc:
-        out.problems.append((printable_path(folder), f"this folder cannot be listed ({_os_reason(exc)}). "
-                                                     "Fix: check its permissions, or leave it out."))
-        return
-    if key in seen:
-        out.ignore("links to folders already searched")
-        return
-    seen.add(key)
-    for entry in entries:
-        path = os.path.join(folder, entry.name)
+def _scan_folder(top: str, recursive: bool, out: CollectedInputs, found: list[str]) -> None:
+    """Image files under ``top`` into ``found``; problems and skips into ``out``.
+
+    Iterative (a hostile tree deeper than Python's recursion limit is still just a tree). Each
+    pending folder carries the (device, inode) of the folders above it, which detect a link loop;
+    ``seen`` stops a folder reached twice (two links) being read twice.
+    """
+    pending: list[tuple[str, frozenset[tuple[int, int]]]] = [(top, frozenset())]
+    seen: set[tuple[int, int]] = set()
+    while pending:
+        folder, ancestors = pending.pop()
         try:
-            is_dir = entry.is_dir()  # follows links
-            is_file = not is_dir and entry.is_file()
-            broken = entry.is_symlink() and not os.path.exists(path)
-            sub = os.stat(path) if is_dir and recursive else None
-            sub_key = (sub.st_dev, sub.st_ino) if sub else None
+            st = os.stat(folder)
+            key = (st.st_dev, st.st_ino)
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
         except OSError as exc:
-            out.problems.append((printable_path(path), f"cannot be examined ({_os_reason(exc)}). Fix: check the "
-                                                       "permissions of its folder."))
+            out.problems.append((printable_path(folder), f"this folder cannot be listed ({_os_reason(exc)}). "
+                                                         "Fix: check its permissions, or leave it out."))
             continue
-        if is_dir:
-            if sub_key is None:
-                continue  # not recursive: sub-folders are not searched (as asked)
-            if sub_key in ancestors or sub_key == key:
-                out.problems.append((printable_path(path), "a symbolic link loop (it leads back to a folder "
-                                                           "above it); not followed. Fix: remove the link."))
+        if key in seen:
+            out.ignore("links to folders already searched")
+            continue
+        seen.add(key)
+        subfolders = []
+        for entry in entries:
+            path = os.path.join(folder, entry.name)
+            try:
+                is_dir = entry.is_dir()  # follows links
+                is_file = not is_dir and entry.is_file()
+                broken = entry.is_symlink() and not os.path.exists(path)
+                sub = os.stat(path) if is_dir and recursive else None
+            except OSError as exc:
+                out.problems.append((printable_path(path), f"cannot be examined ({_os_reason(exc)}). Fix: check "
+                                                           "the permissions of its folder."))
+                continue
+            if is_dir:
+                if sub is None:
+                    continue  # not recursive: sub-folders are not searched (as asked)
+                if (sub.st_dev, sub.st_ino) in ancestors | {key}:
+                    out.problems.append((printable_path(path), "a symbolic link loop (it leads back to a folder "
+                                                               "above it); not followed. Fix: remove the link."))
+                else:
+                    subfolders.append((path, ancestors | {key}))
+                continue
+            if not is_image_file(entry.name):
+                continue
+            if entry.name.startswith("._"):
+                out.ignore(_APPLEDOUBLE)
+            elif broken:
+                out.problems.append((printable_path(path), "a broken symbolic link (its target does not exist)."))
+            elif is_file:
+                found.append(path)
             else:
-                _scan_folder(path, recursive, out, found, ancestors | {key}, seen)
-            continue
-        if not is_image_file(entry.name):
-            continue
-        if entry.name.startswith("._"):
-            out.ignore(_APPLEDOUBLE)
-        elif broken:
-            out.problems.append((printable_path(path), "a broken symbolic link (its target does not exist)."))
-        elif is_file:
-            found.append(path)
-        else:
-            out.problems.append((printable_path(path), "not a regular file (a device, socket or pipe?)."))
+                out.problems.append((printable_path(path), "not a regular file (a device, socket or pipe?)."))
+        pending.extend(reversed(subfolders))  # depth first, in name order
 
 
 def _os_reason(exc: OSError) -> str:
