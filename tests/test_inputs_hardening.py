@@ -56,6 +56,13 @@ def test_image_error_carries_path_and_reason_apart(tmp_path):
     assert (again.path, again.reason, str(again)) == (exc.path, exc.reason, str(exc))
 
 
+def test_a_device_or_pipe_is_refused_without_being_read(tmp_path, metadata):
+    os.mkfifo(tmp_path / "pipe.png")  # opening a FIFO for reading would block until a writer comes
+    for path in (tmp_path / "pipe.png", Path("/dev/zero")):
+        with pytest.raises(ImageError, match="not a regular file"):
+            load_input(path, metadata)
+
+
 # --- item 1: non-finite, degenerate input ------------------------------------------------------------
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
@@ -385,16 +392,21 @@ def test_collected_inputs_keep_order_and_drop_repeats(folder):
 
 
 def test_a_tree_deeper_than_the_recursion_limit_is_searched(tmp_path):
+    """With the limit lowered for the test, so the tree stays shallow enough for pytest's own
+    (recursive) clean-up of tmp_path."""
     import sys
 
-    depth = sys.getrecursionlimit() + 50
-    deep = str(tmp_path / "t")
-    path = deep
+    path = str(tmp_path / "t")
     os.mkdir(path)
-    for _ in range(depth):  # os.makedirs itself recurses
+    for _ in range(400):
         path = os.path.join(path, "d")
         os.mkdir(path)
     leaf = os.path.join(path, "leaf.png")
     write_image(leaf, _shape_image())
-    got = collect_inputs([str(deep)], recursive=True)
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(300)  # the test's own stack is well under 100 frames
+    try:
+        got = collect_inputs([str(tmp_path / "t")], recursive=True)
+    finally:
+        sys.setrecursionlimit(limit)
     assert got.paths == [leaf] and got.problems == []
