@@ -170,9 +170,10 @@ def _doubts(decoded: DecodedImage, metadata: ModelMetadata) -> tuple[str, ...]:
     if not flat:
         return ()
     which = "the image is" if len(flat) == selected.shape[2] else f"channel(s) {flat} of the model's input are"
-    return (f"{which} constant or nearly so (no more than 2 grey levels between its "
-            f"{metadata.spec.percentile_low:g}th and {metadata.spec.percentile_high:g}th percentiles): "
-            "a blank or saturated frame, not a cell to classify",)
+    spec = metadata.spec
+    return (f"{which} constant or nearly so (between the {spec.percentile_low:g} and {spec.percentile_high:g} "
+            "percentiles it varies by at most 2 grey levels, or 2/65535 of its level if float): a blank or "
+            "saturated frame, not a cell to classify",)
 
 
 def _rescale_notes(decoded: DecodedImage, metadata: ModelMetadata) -> tuple[str, ...]:
