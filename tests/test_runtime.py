@@ -138,7 +138,7 @@ def test_collect_inputs(images, tmp_path):
     nested = tmp_path / "a" / "b"
     nested.mkdir(parents=True)
     shutil.copy(next(images.glob("*.png")), nested / "deep.png")
-    assert collect_inputs([str(tmp_path / "a")]) == []
+    assert collect_inputs([str(tmp_path / "a")]).paths == []
     assert [Path(p).name for p in collect_inputs([str(tmp_path / "a")], recursive=True)] == ["deep.png"]
     assert len(collect_inputs([str(images / "img00*.png"), str(images)])) == 6  # repeats dropped
 

@@ -23,9 +23,21 @@ class DataError(MscvisionError):
 
 
 class ImageError(MscvisionError):
-    """One image cannot be used (unreadable, wrong channels, wrong bit depth, too large)."""
+    """One image cannot be used (unreadable, wrong channels, wrong bit depth, too large).
+
+    Carries ``path`` and ``reason`` apart, so a prediction row's reason is the reason, not a message
+    with the path cut off it; ``str()`` is ``"PATH: REASON"``.
+    """
 
     exit_code = EXIT_INPUTS_FAILED
+
+    def __init__(self, path: object, reason: str):
+        super().__init__(str(path), reason)  # both in args, so the error pickles (loader workers)
+        self.path: str = str(path)
+        self.reason: str = reason
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
 
 
 class ModelError(MscvisionError):

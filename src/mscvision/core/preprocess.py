@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +21,11 @@ import numpy as np
 from mscvision.core.errors import ConfigError, ImageError
 
 SPEC_VERSION = 1
+# A pixel size outside this range (µm per pixel) is not a microscope's: 0.01 is below any optical
+# resolution, 100 is coarser than a whole-slide overview. Such a value in a file's metadata is a
+# writer's default or a unit mix-up (72 dpi reads as 353 µm/px), so it is refused, never obeyed.
+PIXEL_SIZE_RANGE_UM = (0.01, 100.0)
+_FLATNESS_SAMPLE = 2**14
 INTENSITY_MODES = ("fixed", "percentile")
 FIT_MODES = ("resize", "crop_or_pad")
 
@@ -84,10 +90,31 @@ def to_unit_range(image: np.ndarray, spec: PreprocessSpec, pixel_size_um: float 
                   source: str = "image") -> np.ndarray:
     x = select_channels(image, spec, source)
     x = scale_intensity(x, spec, source)
-    if spec.pixel_size_um and pixel_size_um and not np.isclose(pixel_size_um, spec.pixel_size_um, rtol=0.02):
-        factor = pixel_size_um / spec.pixel_size_um
-        x = resize(x, (max(1, round(x.shape[0] * factor)), max(1, round(x.shape[1] * factor))))
+    target = rescaled_size(x.shape[0], x.shape[1], spec, pixel_size_um, source)
+    if target != x.shape[:2]:
+        x = resize(x, target)
     return fit_to_size(x, spec.size, spec.fit)
+
+
+def rescaled_size(height: int, width: int, spec: PreprocessSpec, pixel_size_um: float | None,
+                  source: str = "image") -> tuple[int, int]:
+    """(h, w) after rescaling to the trained pixel size; unchanged when either size is unknown.
+
+    A pixel size that would be obeyed must be a plausible one (``PIXEL_SIZE_RANGE_UM``): ``ImageError``
+    otherwise, as a wrong one silently changes every object's size the model sees.
+    """
+    if not spec.pixel_size_um or pixel_size_um is None:
+        return height, width
+    low, high = PIXEL_SIZE_RANGE_UM
+    if not (math.isfinite(pixel_size_um) and low <= pixel_size_um <= high):
+        raise ImageError(source, f"its metadata states a pixel size of {pixel_size_um:g} µm, outside the "
+                                 f"plausible {low:g}-{high:g} µm range, so it cannot be rescaled to the "
+                                 f"model's {spec.pixel_size_um:g} µm/px. Fix: correct the pixel size in "
+                                 "the file's metadata (or strip it if the image is already at the model's scale).")
+    if np.isclose(pixel_size_um, spec.pixel_size_um, rtol=0.02):
+        return height, width
+    factor = pixel_size_um / spec.pixel_size_um
+    return max(1, round(height * factor)), max(1, round(width * factor))
 
 
 def standardize(x: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
@@ -105,15 +132,15 @@ def select_channels(image: np.ndarray, spec: PreprocessSpec, source: str = "imag
     n = image.shape[2]
     if spec.channels is not None:
         if max(spec.channels) >= n:
-            raise ImageError(f"{source}: has {n} channel(s) but the model reads channel(s) "
-                             f"{list(spec.channels)}. Fix: supply images with those channels.")
+            raise ImageError(source, f"has {n} channel(s) but the model reads channel(s) "
+                                     f"{list(spec.channels)}. Fix: supply images with those channels.")
         return image[:, :, list(spec.channels)]
     if n == spec.in_channels:
         return image
     if spec.in_channels == 1 and n == 3 and _is_grey_rgb(image):
         return image[:, :, :1]  # greyscale saved as RGB (common for JPEG): the channels are equal
-    raise ImageError(f"{source}: has {n} channel(s); the model expects {spec.in_channels}. Fix: supply "
-                     f"{spec.in_channels}-channel images, or choose channels with preprocess.channels.")
+    raise ImageError(source, f"has {n} channel(s); the model expects {spec.in_channels}. Fix: supply "
+                             f"{spec.in_channels}-channel images, or choose channels with preprocess.channels.")
 
 
 def _is_grey_rgb(image: np.ndarray) -> bool:
@@ -123,8 +150,8 @@ def _is_grey_rgb(image: np.ndarray) -> bool:
 def scale_intensity(image: np.ndarray, spec: PreprocessSpec, source: str = "image") -> np.ndarray:
     """Raw intensities → float32 in [0, 1] by the spec's rule."""
     if spec.bit_depth and _bit_depth(image) != spec.bit_depth:
-        raise ImageError(f"{source}: is {_bit_depth(image)}-bit; the model was trained on "
-                         f"{spec.bit_depth}-bit images. Fix: supply {spec.bit_depth}-bit images.")
+        raise ImageError(source, f"is {_bit_depth(image)}-bit; the model was trained on "
+                                 f"{spec.bit_depth}-bit images. Fix: supply {spec.bit_depth}-bit images.")
     x = image.astype(np.float32, copy=False)
     if spec.intensity == "fixed":
         return np.clip(x / np.float32(_dtype_max(image)), 0.0, 1.0)
@@ -140,6 +167,28 @@ def percentile_normalize(x: np.ndarray, low: float, high: float) -> np.ndarray:
     lo, hi = np.percentile(flat, [low, high], axis=0).astype(np.float32)
     span = np.where(hi > lo, hi - lo, np.float32(1.0))
     return np.clip((x - lo) / span, 0.0, 1.0).astype(np.float32, copy=False)
+
+
+def flat_channels(image: np.ndarray, spec: PreprocessSpec) -> list[int]:
+    """Channels (of the selected ones) with no content to read: constant or near-constant.
+
+    Measured where the normalisation measures, between the spec's low and high percentiles (so a few
+    hot pixels on a blank frame do not count as content), on the raw values: a spread of at most
+    2 grey levels for integer images (what is left is quantisation, not structure), or of at most
+    2/65535 of the level for float images (the same, at 16 bits of the image's own scale). Percentile
+    scaling would stretch such a channel's noise to the full range and hand the model garbage with
+    a confident look; this is a floor, far below the contrast of real (even dim) microscopy.
+    Measured on at most ~2 x 2**14 evenly strided values per channel: plenty to tell two grey levels
+    from content, at a cost that does not grow with the image.
+    """
+    values = image.reshape(-1, image.shape[2])
+    values = values[::max(1, len(values) // _FLATNESS_SAMPLE)]  # evenly strided: the cost stays per image, not per pixel
+    lo, hi = np.percentile(values, [spec.percentile_low, spec.percentile_high], axis=0)
+    if np.issubdtype(image.dtype, np.integer):
+        tolerance = np.full_like(lo, 2.0)
+    else:
+        tolerance = 2.0 / 65535.0 * np.maximum(1.0, np.maximum(np.abs(lo), np.abs(hi)))
+    return [int(c) for c in np.flatnonzero(hi - lo <= tolerance)]
 
 
 def _dtype_max(image: np.ndarray) -> float:

@@ -2,69 +2,332 @@
 
 Decoding and preprocessing are core's ``decode_image`` and ``preprocess``: the very functions the
 training data set uses, so a station sees the tensors the model was evaluated on. The checks here
-only refuse an image (with a reason); they never alter one.
+only refuse an image, or doubt it (status ``review``), with a reason; they never alter one.
+
+Order per image: the header is read and checked first (declared size against the model and the
+per-image cap, memory reserved in a ``DecodeBudget`` shared by the decode threads), and only then are
+the pixels decoded.
 """
 
 from __future__ import annotations
 
 import glob
+import math
+import os
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
 from mscvision.core.errors import ImageError
-from mscvision.core.imageio import DecodedImage, decode_image, is_image_file
-from mscvision.core.preprocess import preprocess
+from mscvision.core.imageio import DEFAULT_MAX_PIXELS, DecodedImage, ImageHeader, is_image_file, open_image
+from mscvision.core.preprocess import flat_channels, preprocess, rescaled_size, select_channels
 from mscvision.runtime.metadata import ModelMetadata
 
+__all__ = ["DEFAULT_MAX_PIXELS", "DEFAULT_DECODE_BUDGET_BYTES", "MIN_INPUT_SIDE", "CollectedInputs",
+           "DecodeBudget", "PreparedInput", "check_input", "collect_inputs", "load_input", "prepare_input"]
+
 _GLOB_CHARS = "*?["
+# An image (after rescaling to the trained pixel size) must be at least this many pixels a side, and at
+# least 1/MAX_UPSCALE of the model's input side: fitting a smaller one to the input invents the detail
+# the model reads (a 1x1 image "resized" to 128x128 is a flat field with a confident label).
+MIN_INPUT_SIDE = 8
+MAX_UPSCALE = 8
+# Bytes the decode threads may hold at once, in total. Per image the reservation is its decoded
+# values times (stored bytes + 16): the decoded array plus up to four float32 working copies that
+# preprocessing makes (conversion, percentile partition, scaling, clipping).
+DEFAULT_DECODE_BUDGET_BYTES = 2 * 1024**3
+_WORKING_BYTES_PER_VALUE = 16
+_APPLEDOUBLE = "AppleDouble ._* files (macOS metadata, not images)"
 
 
-def collect_inputs(items: list[str], recursive: bool = False) -> list[str]:
-    """Files as given; folders → their image files (sorted; ``recursive`` descends); globs expanded.
+@dataclass(frozen=True)
+class PreparedInput:
+    tensor: np.ndarray  # float32 (C, h, w), the model's input
+    notes: tuple[str, ...] = ()  # what decoding / preprocessing assumed or did (alpha dropped, rescaled, ...)
+    doubts: tuple[str, ...] = ()  # reasons this image must be `review` and get no label
 
-    A name that matches nothing is kept, so that it becomes an error row rather than vanishing.
-    """
-    found: list[str] = []
-    for item in items:
-        path = Path(item)
-        if path.is_dir():
-            pattern = "**/*" if recursive else "*"
-            found += sorted(str(p) for p in path.glob(pattern) if p.is_file() and is_image_file(p))
-        elif not path.exists() and any(c in item for c in _GLOB_CHARS):
-            matches = sorted(glob.glob(item, recursive=recursive))
-            found += [m for m in matches if Path(m).is_file()] or [item]
-        else:
-            found.append(item)
-    return list(dict.fromkeys(found))  # drop repeats, keep order
+
+class DecodeBudget:
+    """A cap on the bytes being decoded at once across threads: ``with budget.reserve(n):`` blocks
+    until ``n`` bytes are free. A request larger than the whole budget raises ``ValueError`` at once
+    (it could never be granted), so nothing deadlocks."""
+
+    def __init__(self, max_bytes: int = DEFAULT_DECODE_BUDGET_BYTES):
+        if max_bytes <= 0:
+            raise ValueError(f"decode budget must be positive, got {max_bytes}")
+        self.max_bytes = int(max_bytes)
+        self.in_use = 0
+        self.peak = 0  # the most bytes ever reserved at once (reported, and checked by tests)
+        self._cond = threading.Condition()
+
+    @contextmanager
+    def reserve(self, nbytes: int) -> Iterator[None]:
+        nbytes = max(0, int(nbytes))
+        if nbytes > self.max_bytes:
+            raise ValueError(f"{nbytes:,} bytes exceed the whole decode budget of {self.max_bytes:,}")
+        with self._cond:
+            self._cond.wait_for(lambda: self.in_use + nbytes <= self.max_bytes)
+            self.in_use += nbytes
+            self.peak = max(self.peak, self.in_use)
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.in_use -= nbytes
+                self._cond.notify_all()
+
+
+def working_bytes(header: ImageHeader) -> int:
+    """What decoding and preprocessing one image may hold at its peak (see DEFAULT_DECODE_BUDGET_BYTES)."""
+    return header.values * (header.itemsize + _WORKING_BYTES_PER_VALUE)
 
 
 def load_input(path: str | Path, metadata: ModelMetadata) -> np.ndarray:
     """One image file → the model's float32 (C, h, w) input; ``ImageError`` says why not."""
-    decoded = decode_image(path)
-    check_input(decoded, metadata, str(path))
-    return preprocess(decoded.array, metadata.spec, decoded.pixel_size_um, source=str(path))
+    return prepare_input(path, metadata).tensor
+
+
+def prepare_input(path: str | Path, metadata: ModelMetadata, budget: DecodeBudget | None = None,
+                  max_pixels: int = DEFAULT_MAX_PIXELS) -> PreparedInput:
+    """One image file → the model's input, with its decode notes and any doubts.
+
+    ``ImageError`` (path + reason) refuses it: unreadable, too large (judged from the header, before
+    decoding), too small, non-finite pixels, an implausible pixel size, wrong channels or bit depth.
+    """
+    source = str(path)
+    with open_image(path, max_pixels) as reader:
+        header = reader.header
+        check_size(header.height, header.width, header.pixel_size_um, metadata, source)
+        with _reserved(budget, working_bytes(header), source):
+            decoded = reader.decode()
+            check_input(decoded, metadata, source)
+            tensor = preprocess(decoded.array, metadata.spec, decoded.pixel_size_um, source=source)
+            doubts = _doubts(decoded, metadata)
+    return PreparedInput(tensor, (*decoded.notes, *_rescale_notes(decoded, metadata)), doubts)
+
+
+@contextmanager
+def _reserved(budget: DecodeBudget | None, nbytes: int, source: str) -> Iterator[None]:
+    if budget is None:
+        yield
+        return
+    if nbytes > budget.max_bytes:
+        raise ImageError(source, f"needs about {nbytes / 2**20:,.0f} MiB to decode, more than the whole decode "
+                                 f"budget ({budget.max_bytes / 2**20:,.0f} MiB); it was not decoded. Fix: crop it "
+                                 "into fields.")
+    with budget.reserve(nbytes):
+        yield
 
 
 def check_input(decoded: DecodedImage, metadata: ModelMetadata, source: str) -> None:
-    """Refuse what the model was not trained for: too large (needs tiling) or the wrong bit depth.
+    """Refuse what the model was not trained for: too large (needs tiling), too small, or the wrong
+    bit depth.
 
     Channel count and the spec's own bit depth are checked inside ``preprocess``, by the same code
     that training runs.
     """
     height, width = decoded.array.shape[:2]
+    check_size(height, width, decoded.pixel_size_um, metadata, source)
     spec = metadata.spec
-    scale = 1.0
-    if spec.pixel_size_um and decoded.pixel_size_um:
-        scale = decoded.pixel_size_um / spec.pixel_size_um  # preprocess rescales to the trained pixel size
-    if max(height, width) * scale > metadata.max_input_side:
-        raise ImageError(f"{source}: {width}x{height} px is much larger than the images this model was trained "
-                         f"on (it accepts at most {metadata.max_input_side} px a side). Whole fields need tiling, "
-                         "which is not supported yet; it is never shrunk silently. Fix: crop it into fields "
-                         "the size of the training images.")
     depths = metadata.training_bit_depths
     if spec.intensity == "fixed" and depths and decoded.bit_depth not in depths:
         # fixed scaling divides by the bit-depth maximum, so another depth means other intensities
-        raise ImageError(f"{source}: is {decoded.bit_depth}-bit; the model was trained on "
-                         f"{'/'.join(map(str, depths))}-bit images with fixed intensity scaling. "
-                         "Fix: supply images of the training bit depth.")
+        raise ImageError(source, f"is {decoded.bit_depth}-bit; the model was trained on "
+                                 f"{'/'.join(map(str, depths))}-bit images with fixed intensity scaling. "
+                                 "Fix: supply images of the training bit depth.")
+
+
+def check_size(height: int, width: int, pixel_size_um: float | None, metadata: ModelMetadata,
+               source: str) -> None:
+    """Sizes as the model would see them (rescaled to its pixel size): not too large, not too small.
+
+    Runs on the header's declared size before decoding, and again on the decoded array.
+    """
+    spec = metadata.spec
+    h, w = rescaled_size(height, width, spec, pixel_size_um, source)  # refuses an implausible pixel size
+    rescaled = f" ({w}x{h} px once rescaled from {pixel_size_um:g} to the model's {spec.pixel_size_um:g} µm/px)" \
+        if (h, w) != (height, width) else ""
+    if max(h, w) > metadata.max_input_side:
+        raise ImageError(source, f"{width}x{height} px{rescaled} is much larger than the images this model was "
+                                 f"trained on (it accepts at most {metadata.max_input_side} px a side). Whole "
+                                 "fields need tiling, which is not supported yet; it is never shrunk silently. "
+                                 "Fix: crop it into fields the size of the training images.")
+    min_h, min_w = (max(MIN_INPUT_SIDE, math.ceil(side / MAX_UPSCALE)) for side in spec.size)
+    if h < min_h or w < min_w:
+        raise ImageError(source, f"{width}x{height} px{rescaled} is too small: this model needs at least "
+                                 f"{min_w}x{min_h} px (its input is {spec.size[1]}x{spec.size[0]}; nothing is "
+                                 f"magnified more than {MAX_UPSCALE}x, nor read from under {MIN_INPUT_SIDE} px a "
+                                 "side). Fix: supply the whole field or crop, not a thumbnail.")
+
+
+def _doubts(decoded: DecodedImage, metadata: ModelMetadata) -> tuple[str, ...]:
+    selected = select_channels(decoded.array, metadata.spec)
+    flat = flat_channels(selected, metadata.spec)
+    if not flat:
+        return ()
+    which = "the image is" if len(flat) == selected.shape[2] else f"channel(s) {flat} of the model's input are"
+    spec = metadata.spec
+    return (f"{which} constant or nearly so (between the {spec.percentile_low:g} and {spec.percentile_high:g} "
+            "percentiles it varies by at most 2 grey levels, or 2/65535 of its level if float): a blank or "
+            "saturated frame, not a cell to classify",)
+
+
+def _rescale_notes(decoded: DecodedImage, metadata: ModelMetadata) -> tuple[str, ...]:
+    spec = metadata.spec
+    h, w = decoded.array.shape[:2]
+    target = rescaled_size(h, w, spec, decoded.pixel_size_um)
+    if target == (h, w):
+        return ()
+    return (f"rescaled from {decoded.pixel_size_um:g} to {spec.pixel_size_um:g} µm/px ({w}x{h} → "
+            f"{target[1]}x{target[0]} px)",)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Collecting the inputs: files, folders (optionally recursive), globs.
+
+
+@dataclass
+class CollectedInputs:
+    paths: list[str] = field(default_factory=list)  # image files to predict, in order, without repeats
+    problems: list[tuple[str, str]] = field(default_factory=list)  # (printable path, reason): error rows
+    ignored: dict[str, int] = field(default_factory=dict)  # counted, deliberate skips: a printed warning
+
+    # A sequence of its paths, so a caller that only wants the paths can use it as the old list.
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.paths)
+
+    def __getitem__(self, index):
+        return self.paths[index]
+
+    def ignore(self, what: str) -> None:
+        self.ignored[what] = self.ignored.get(what, 0) + 1
+
+
+def printable_path(path: str) -> str:
+    """A path as text that can be printed and written to CSV/JSON: undecodable bytes of a file name
+    (held by Python as lone surrogates) become backslash escapes such as ``\\xe9``."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _is_text(path: str) -> bool:
+    try:
+        path.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+_NOT_UTF8 = ("its name is not valid UTF-8, so no output row could name it faithfully. Fix: rename the "
+             "file (e.g. `convmv -f latin1 -t utf8`).")
+
+
+def collect_inputs(items: list[str], recursive: bool = False) -> CollectedInputs:
+    """Files as given; folders → their image files (sorted; ``recursive`` descends, following links
+    to folders but never round a loop); globs expanded.
+
+    Nothing is dropped silently: an explicit file that does not exist stays in ``paths`` (it becomes a
+    "no such file" row); a glob that matches nothing, an unlistable folder, a link loop, a broken link
+    or a name that is not UTF-8 is a ``problem``; AppleDouble ``._*`` files are counted in ``ignored``.
+    """
+    out = CollectedInputs()
+    for item in items:
+        if os.path.isdir(item):
+            found: list[str] = []
+            _scan_folder(item, recursive, out, found)
+            _add_files(sorted(found), out)
+        elif not os.path.lexists(item) and any(c in item for c in _GLOB_CHARS):
+            matches = [m for m in sorted(glob.glob(item, recursive=recursive)) if os.path.isfile(m)]
+            if not matches:
+                out.problems.append((printable_path(item), "no file matches this pattern. Fix: check the "
+                                                           "pattern, or quote it so the shell does not expand it."))
+            kept = []
+            for m in matches:
+                if os.path.basename(m).startswith("._"):
+                    out.ignore(_APPLEDOUBLE)
+                else:
+                    kept.append(m)
+            _add_files(kept, out)
+        elif os.path.islink(item) and not os.path.exists(item):
+            out.problems.append((printable_path(item), "a broken symbolic link (its target does not exist)."))
+        else:
+            _add_files([item], out)  # a file, or a missing name: decoding will say "no such file"
+    out.paths = list(dict.fromkeys(out.paths))  # drop repeats, keep order
+    out.problems = list(dict.fromkeys(out.problems))
+    return out
+
+
+def _add_files(paths: list[str], out: CollectedInputs) -> None:
+    for path in paths:
+        if _is_text(path):
+            out.paths.append(path)
+        else:
+            out.problems.append((printable_path(path), _NOT_UTF8))
+
+
+def _scan_folder(top: str, recursive: bool, out: CollectedInputs, found: list[str]) -> None:
+    """Image files under ``top`` into ``found``; problems and skips into ``out``.
+
+    Iterative (a hostile tree deeper than Python's recursion limit is still just a tree). Each
+    pending folder carries the (device, inode) of the folders above it, which detect a link loop;
+    ``seen`` stops a folder reached twice (two links) being read twice.
+    """
+    pending: list[tuple[str, frozenset[tuple[int, int]]]] = [(top, frozenset())]
+    seen: set[tuple[int, int]] = set()
+    while pending:
+        folder, ancestors = pending.pop()
+        try:
+            st = os.stat(folder)
+            key = (st.st_dev, st.st_ino)
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            out.problems.append((printable_path(folder), f"this folder cannot be listed ({_os_reason(exc)}). "
+                                                         "Fix: check its permissions, or leave it out."))
+            continue
+        if key in seen:
+            out.ignore("links to folders already searched")
+            continue
+        seen.add(key)
+        subfolders = []
+        for entry in entries:
+            path = os.path.join(folder, entry.name)
+            try:
+                is_dir = entry.is_dir()  # follows links
+                is_file = not is_dir and entry.is_file()
+                broken = entry.is_symlink() and not os.path.exists(path)
+                sub = os.stat(path) if is_dir and recursive else None
+            except OSError as exc:
+                out.problems.append((printable_path(path), f"cannot be examined ({_os_reason(exc)}). Fix: check "
+                                                           "the permissions of its folder."))
+                continue
+            if is_dir:
+                if sub is None:
+                    continue  # not recursive: sub-folders are not searched (as asked)
+                if (sub.st_dev, sub.st_ino) in ancestors | {key}:
+                    out.problems.append((printable_path(path), "a symbolic link loop (it leads back to a folder "
+                                                               "above it); not followed. Fix: remove the link."))
+                else:
+                    subfolders.append((path, ancestors | {key}))
+                continue
+            if not is_image_file(entry.name):
+                continue
+            if entry.name.startswith("._"):
+                out.ignore(_APPLEDOUBLE)
+            elif broken:
+                out.problems.append((printable_path(path), "a broken symbolic link (its target does not exist)."))
+            elif is_file:
+                found.append(path)
+            else:
+                out.problems.append((printable_path(path), "not a regular file (a device, socket or pipe?)."))
+        pending.extend(reversed(subfolders))  # depth first, in name order
+
+
+def _os_reason(exc: OSError) -> str:
+    return f"{type(exc).__name__}: {exc.strerror or exc}"

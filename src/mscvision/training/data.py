@@ -35,8 +35,8 @@ def scan_images(paths, spec: PreprocessSpec, cache: bool, skip_unreadable: bool)
             unit = load_unit_image(path, spec)
         except ImageError as exc:
             if not skip_unreadable:
-                raise ImageError(f"{exc} (or set data.skip_unreadable: true to skip such images "
-                                 "with a warning)") from exc
+                raise ImageError(exc.path, f"{exc.reason} (or set data.skip_unreadable: true to skip "
+                                           "such images with a warning)") from exc
             skipped.append(str(exc))
             images.append(None)
             continue
