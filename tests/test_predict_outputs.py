@@ -54,7 +54,7 @@ def _rows(path: Path) -> list[dict]:
 
 
 def _predict(*args: str) -> int:
-    return main(["predict", str(FIXTURE), *args, "--threads", "1"])
+    return main(["predict", "--threads", "1", str(FIXTURE), *args])
 
 
 class FakeModel:
@@ -245,12 +245,12 @@ def test_csv_cells_that_a_spreadsheet_would_run_are_neutralised(images, tmp_path
     names = ["=cmd.png", "+1.png", "-x.png", "@a.png"]
     for name in names:
         shutil.copy(_paths(images)[0], folder / name)
-    monkeypatch.chdir(folder)
-    assert _predict(".", "--out", str(tmp_path / "pred.csv")) == 0
+    monkeypatch.chdir(folder)  # the names as given, so that each path cell begins with its risky character
+    assert _predict("--out", str(tmp_path / "pred.csv"), "--", *names) == 0
     rows = _rows(tmp_path / "pred.csv")
     assert sorted(r["path"] for r in rows) == sorted("'" + n for n in names)
     assert all(0 <= float(r["shape.p.bar"]) <= 1 for r in rows)  # numbers untouched
-    assert _predict(".", "--out", str(tmp_path / "pred.jsonl")) == 0
+    assert _predict("--out", str(tmp_path / "pred.jsonl"), "--", *names) == 0
     records = [json.loads(line) for line in (tmp_path / "pred.jsonl").read_text().splitlines()]
     assert sorted(r["path"] for r in records) == sorted(names)  # JSON is not a spreadsheet: unchanged
     assert [predict.csv_cell(v) for v in ("\tx", "\rx", "a=b", 0.25)] == ["'\tx", "'\rx", "a=b", 0.25]
@@ -261,6 +261,8 @@ def _reject_constant(name):
 
 
 def test_undecodable_file_name_gives_valid_utf8_and_strict_json(images, tmp_path):
+    """A name that is not UTF-8 is an error row (an audit record must name a file that can be found
+    again); its row, like every row, is valid UTF-8 and strict JSON."""
     folder = tmp_path / "latin1"
     folder.mkdir()
     raw = os.path.join(os.fsencode(folder), b"caf\xe9.png")  # a Latin-1 name: not UTF-8
@@ -268,13 +270,13 @@ def test_undecodable_file_name_gives_valid_utf8_and_strict_json(images, tmp_path
         f.write(Path(_paths(images)[0]).read_bytes())
     for suffix in (".csv", ".jsonl"):
         out = tmp_path / f"pred{suffix}"
-        assert _predict(str(folder), "--out", str(out)) == 0
+        assert _predict(str(folder), "--out", str(out)) == 3
         text = out.read_bytes().decode("utf-8")  # strict: raises on invalid UTF-8
         assert "\\udc" not in text  # no escaped lone surrogate either
     assert _rows(tmp_path / "pred.csv")[0]["path"].endswith("caf\\xe9.png")
     for line in (tmp_path / "pred.jsonl").read_text().splitlines():
         record = json.loads(line, parse_constant=_reject_constant)
-        assert record["status"] == "ok" and record["path"].endswith("caf\\xe9.png")
+        assert record["status"] == "error" and record["path"].endswith("caf\\xe9.png") and "UTF-8" in record["reason"]
 
 
 def test_jsonl_refuses_nan_by_construction(model):
@@ -303,9 +305,9 @@ def test_collect_problems_become_error_rows_and_ignored_files_a_warning(images, 
 def test_doubts_give_review_without_label_and_notes_their_column(images, tmp_path, monkeypatch):
     real, budgets = predict.prepare_input, []
 
-    def prepare(path, metadata, budget=None):
+    def prepare(path, metadata, budget=None, max_pixels=None):
         budgets.append(budget)
-        tensor = real(path, metadata, budget).tensor
+        tensor = real(path, metadata, budget, max_pixels).tensor
         return predict.PreparedInput(tensor, notes=("alpha dropped",), doubts=("near-constant image",))
 
     monkeypatch.setattr(predict, "prepare_input", prepare)

@@ -58,8 +58,9 @@ def run_predict(args: argparse.Namespace) -> int:
     import contextlib
     import itertools
 
+    from mscvision.runtime.model import load_model
     from mscvision.runtime.predict import (DEFAULT_MAX_PIXELS, Tally, check_not_an_input, check_output_path,
-                                           collect_inputs, decode_budget, error_row, load_checked_model,
+                                           collect_inputs, decode_budget, error_row,
                                            output_lock, predict_files, prediction_columns, sigterm_cleans_up,
                                            write_rows)
 
@@ -80,7 +81,7 @@ def run_predict(args: argparse.Namespace) -> int:
             check_not_an_input(args.out, collected.paths)
             held.enter_context(output_lock(args.out))
         held.enter_context(sigterm_cleans_up())
-        model = load_checked_model(args.model, args.threads, args.device, args.expect_sha256)
+        model = load_model(args.model, args.threads, args.device, expect_sha256=args.expect_sha256)
         print(f"model {model.path.name} ({model.metadata.precision}, sha256 {model.sha256[:16]}…) on "
               f"{', '.join(model.providers)}; {len(collected.paths)} input(s), "
               f"{len(collected.problems)} unusable; decode cap {max_pixels} px", file=sys.stderr)
@@ -89,7 +90,7 @@ def run_predict(args: argparse.Namespace) -> int:
         tally = Tally()
         problem_rows = (error_row(path, problem, model.metadata) for path, problem in collected.problems)
         rows = predict_files(model, collected.paths, args.batch_size, workers=min(4, max(1, args.threads or 2)),
-                             budget=decode_budget(max_pixels))
+                             budget=decode_budget(max_pixels), max_pixels=max_pixels)
         try:
             write_rows(itertools.chain(problem_rows, rows), prediction_columns(model.metadata), args.out, tally,
                        progress_total=len(collected.paths) + len(collected.problems))

@@ -28,7 +28,7 @@ from mscvision.core.preprocess import flat_channels, preprocess, rescaled_size, 
 from mscvision.runtime.metadata import ModelMetadata
 
 __all__ = ["DEFAULT_MAX_PIXELS", "DEFAULT_DECODE_BUDGET_BYTES", "MIN_INPUT_SIDE", "CollectedInputs",
-           "DecodeBudget", "PreparedInput", "check_input", "collect_inputs", "load_input", "prepare_input"]
+           "DecodeBudget", "PreparedInput", "check_input", "collect_inputs", "decode_budget", "load_input", "prepare_input"]
 
 _GLOB_CHARS = "*?["
 # An image (after rescaling to the trained pixel size) must be at least this many pixels a side, and at
@@ -79,6 +79,12 @@ class DecodeBudget:
             with self._cond:
                 self.in_use -= nbytes
                 self._cond.notify_all()
+
+
+def decode_budget(max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodeBudget:
+    """One budget per run, shared by every decode thread, so that the cap holds in total: the
+    default, or more when ``max_pixels`` is raised, so that one image at the cap still fits alone."""
+    return DecodeBudget(max(DEFAULT_DECODE_BUDGET_BYTES, max_pixels * (4 + _WORKING_BYTES_PER_VALUE)))
 
 
 def working_bytes(header: ImageHeader) -> int:

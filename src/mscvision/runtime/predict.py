@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import inspect
 import json
 import os
 import signal
@@ -38,74 +37,16 @@ from typing import Iterable, Iterator, Sequence, TextIO
 import numpy as np
 
 from mscvision.core.decisions import REVIEW, decide
-from mscvision.core.errors import ConfigError, ImageError, ModelError
+from mscvision.core.errors import ConfigError, ImageError
 from mscvision.core.fileio import LockedError, atomic_path, exclusive_lock
 from mscvision.runtime.metadata import ModelMetadata
-from mscvision.runtime.model import Model, load_model
+from mscvision.runtime.model import Model
 
-# ---- MERGE SHIM: this branch alone still has the old inputs.py / model.py / errors.py. ----------
-# Once the input branch (prepare_input, DecodeBudget, CollectedInputs, ImageError(path, reason))
-# and the model branch (load_model(..., expect_sha256=)) are merged, delete the `except` block,
-# make `_reason` return `exc.reason` and `load_checked_model` call load_model directly.
-try:
-    from mscvision.runtime.inputs import (DEFAULT_MAX_PIXELS, DecodeBudget, PreparedInput, collect_inputs,
-                                          prepare_input)
-except ImportError:
-    from mscvision.runtime import inputs as _old_inputs
-
-    DEFAULT_MAX_PIXELS = 64_000_000
-
-    @dataclass(frozen=True)
-    class PreparedInput:  # type: ignore[no-redef]
-        tensor: np.ndarray
-        notes: tuple[str, ...] = ()
-        doubts: tuple[str, ...] = ()
-
-    @dataclass(frozen=True)
-    class CollectedInputs:
-        paths: list[str]
-        problems: list[tuple[str, str]]
-        ignored: dict[str, int]
-
-    class DecodeBudget:  # type: ignore[no-redef]
-        def __init__(self, max_bytes: int) -> None:
-            self.max_bytes = max_bytes
-
-    def prepare_input(path, metadata, budget=None):  # type: ignore[no-redef]
-        return PreparedInput(_old_inputs.load_input(path, metadata))
-
-    def collect_inputs(items, recursive=False):  # type: ignore[no-redef]
-        return CollectedInputs(_old_inputs.collect_inputs(items, recursive), [], {})
-
-
-def _reason(exc: ImageError, path: str) -> str:
-    """The reason alone (the row's ``path`` column already names the file). MERGE: ``exc.reason``."""
-    message = str(exc)
-    return message[len(path) + 2:] if message.startswith(f"{path}: ") else message
-
-
-def load_checked_model(path: str | Path, threads: int, device: str, expect_sha256: str | None) -> Model:
-    """``load_model``, refusing any file but the one named by ``--expect-sha256``. MERGE: call load_model."""
-    if "expect_sha256" in inspect.signature(load_model).parameters:
-        return load_model(path, threads, device, expect_sha256=expect_sha256)
-    model = load_model(path, threads, device)
-    if expect_sha256 and model.sha256 != expect_sha256:
-        raise ModelError(f"{path}: its SHA-256 is {model.sha256}, not the expected {expect_sha256}. "
-                         "Fix: use the approved model file.")
-    return model
-# ---- end of MERGE SHIM ---------------------------------------------------------------------------
+from mscvision.runtime.inputs import (DEFAULT_MAX_PIXELS, DecodeBudget, PreparedInput, collect_inputs,
+                                      decode_budget, prepare_input)
 
 NOTES = "notes"
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # OWASP's list for CSV injection
-
-
-def decode_budget(max_pixels: int) -> DecodeBudget:
-    """One budget per run, shared by every decode thread, so that the cap holds in total.
-
-    The flag counts pixels (what a user can picture); the budget counts bytes, at 4 per pixel:
-    float32, the widest sample a decoder hands to preprocessing.
-    """
-    return DecodeBudget(max_pixels * 4)
 
 
 @dataclass
@@ -131,20 +72,21 @@ def prediction_columns(metadata: ModelMetadata) -> list[str]:
 
 
 def predict_files(model: Model, paths: list[str], batch_size: int = 32, workers: int = 2,
-                  budget: DecodeBudget | None = None) -> Iterator[dict]:
+                  budget: DecodeBudget | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[dict]:
     """Rows in input order; decoding runs in a small thread pool (numpy and the decoders release the GIL)."""
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         for start in range(0, len(paths), max(1, batch_size)):
             chunk = paths[start:start + batch_size]
-            loaded = list(pool.map(lambda p: _try_prepare(p, model.metadata, budget), chunk))
+            loaded = list(pool.map(lambda p: _try_prepare(p, model.metadata, budget, max_pixels), chunk))
             yield from _batch_rows(model, chunk, loaded)
 
 
-def _try_prepare(path: str, metadata: ModelMetadata, budget: DecodeBudget | None) -> tuple[PreparedInput | None, str]:
+def _try_prepare(path: str, metadata: ModelMetadata, budget: DecodeBudget | None,
+                 max_pixels: int) -> tuple[PreparedInput | None, str]:
     try:
-        return prepare_input(path, metadata, budget), ""
+        return prepare_input(path, metadata, budget, max_pixels), ""
     except ImageError as exc:
-        return None, _reason(exc, path)
+        return None, exc.reason  # the row's path column already names the file
     except Exception as exc:  # a decoder's surprise on one odd file must not end the run; the row says what
         return None, f"unexpected {type(exc).__name__} while reading it: {exc}"
 
