@@ -24,7 +24,7 @@ from mscvision.export.quantize import to_fp16, to_int8
 from mscvision.export.samples import Samples, load_samples, read_split
 from mscvision.export.vectors import write_vectors
 from mscvision.runtime.station import cpu_flags
-from mscvision.training.run_files import run_checkpoint
+from mscvision.training.run_files import load_classifier, run_checkpoint
 
 PRECISIONS = ("fp32", "fp16", "int8")
 PARITY_SCHEMA = "mscvision.parity/1"
@@ -158,9 +158,7 @@ def _export_variant(job: _Export, out: Path, precision: str, report: dict, n_cal
 
 def _load_evaluated_model(checkpoint: Path):
     """The weights `evaluate_run` measured: the same checkpoint, loaded the same way."""
-    from mscvision.training.module import MscClassifier
-
-    return MscClassifier.load_from_checkpoint(checkpoint, map_location="cpu").eval()
+    return load_classifier(checkpoint)  # weights only: an exported checkpoint may come from anywhere
 
 
 def _evaluated_net(module):
