@@ -156,7 +156,8 @@ def _export_variant(job: _Export, out: Path, precision: str, report: dict, n_cal
     if failures:
         gate = report["gates"][precision]
         gate["passed"], gate["failures"] = False, list(dict.fromkeys([*gate["failures"], *failures]))
-        job.log(f"{precision} variant rejected by its gate; {out.name} (fp32) stays the default model")
+        job.log(f"{precision} variant rejected by its gate ({'; '.join(failures)}); {out.name} (fp32) stays "
+                "the default model")
         _remove_variants(out, only=precision)
     write_json_atomic(out.with_name(out.stem + ".parity.json"), report)
 
