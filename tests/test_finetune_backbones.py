@@ -69,6 +69,46 @@ def test_init_from_keeps_backbone_and_matching_heads_only(tmp_path):
     assert any("'count': new" in m for m in messages) and any("'shape': kept" in m for m in messages)
 
 
+class _Payload:
+    """Unpickling this runs ``exec``: what a hostile .ckpt does to whoever loads it carelessly."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return exec, (f"open({str(self.marker)!r}, 'w').write('pwned')",)
+
+
+def _hostile_checkpoint(tmp_path: Path) -> tuple[Path, Path]:
+    marker = tmp_path / "marker"
+    ckpt = tmp_path / "run" / "checkpoints" / "best.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    torch.save({"state_dict": {}, "hyper_parameters": {"config": _Payload(marker)}}, ckpt)
+    return ckpt, marker
+
+
+@pytest.mark.parametrize("target", ["file", "run_dir"])
+def test_init_from_refuses_a_checkpoint_that_runs_code(tmp_path, target):
+    from mscvision.core.errors import DataError
+    from mscvision.training.finetune import init_from_run
+
+    ckpt, marker = _hostile_checkpoint(tmp_path)
+    source = ckpt if target == "file" else ckpt.parent.parent
+    with pytest.raises(DataError, match="refused to load.*trusted source") as refused:
+        init_from_run(None, source)  # refused before the module is touched
+    assert str(ckpt) in str(refused.value) and "exec" in str(refused.value)
+    assert not marker.exists()
+
+
+def test_export_refuses_a_checkpoint_that_runs_code(tmp_path, capsys):
+    from mscvision.cli import main
+
+    ckpt, marker = _hostile_checkpoint(tmp_path)
+    assert main(["export", str(ckpt), "--out", str(tmp_path / "m.onnx"), "--threads", "1"]) == 2
+    assert "refused to load" in capsys.readouterr().err
+    assert not marker.exists() and not (tmp_path / "m.onnx").exists()
+
+
 def test_folder_tree_becomes_a_one_task_manifest(tmp_path):
     from mscvision.core.imageio import write_image
 

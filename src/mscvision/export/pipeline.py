@@ -19,13 +19,13 @@ from mscvision.core.fileio import sha256_file, write_json_atomic
 from mscvision.core.tasks import Task
 from mscvision.export import parity
 from mscvision.export.graph import OPSET, DeployNet, embed_metadata, export_proto, save_single_file
-from mscvision.export.metadata import build_metadata, model_card, provenance
+from mscvision.export.metadata import build_metadata, conformance, gate_measured_on, model_card, provenance
 from mscvision.export.quantize import to_fp16, to_int8
 from mscvision.export.samples import Samples, load_samples, read_split
 from mscvision.export.vectors import write_vectors
 from mscvision.runtime.station import cpu_flags
 from mscvision.training.config import EXPORT_PRECISIONS as PRECISIONS  # one tuple: config checks it too
-from mscvision.training.run_files import run_checkpoint
+from mscvision.training.run_files import load_classifier, run_checkpoint
 
 PARITY_SCHEMA = "mscvision.parity/1"
 
@@ -130,7 +130,10 @@ def _export_fp32(job: _Export, out: Path, report: dict) -> None:
         out.unlink()
         raise ParityError(f"the exported graph does not reproduce the torch model ({'; '.join(failures)}); "
                           f"{out} was removed. Figures: {parity_path}")
-    _finish(out, job.metadata, job.heldout.paths, job.log)
+    failures = _finish(out, job.metadata, job.heldout.paths, job.log)
+    if failures:  # fp32 vectors come from the same session: a failure here is a defect, never shipped
+        out.unlink()
+        raise ParityError(f"{out}: {'; '.join(failures)}")
 
 
 def _export_variant(job: _Export, out: Path, precision: str, report: dict, n_calibration: int) -> None:
@@ -143,24 +146,25 @@ def _export_variant(job: _Export, out: Path, precision: str, report: dict, n_cal
         calibration = load_samples(job.rows, ("train",), job.tasks, job.module.config.preprocess,
                                    n_calibration, n_calibration, seed=1)
         proto, settings = to_int8(out, calibration.tensors)
-    settings["cpu_flags_at_export"] = cpu_flags()
-    metadata = {**job.metadata, "precision": precision, "quantization": settings}
+    settings["gate_measured_on"] = gate_measured_on()
+    metadata = {**job.metadata, "precision": precision, "quantization": settings,
+                "conformance": conformance(precision)}
     embed_metadata(proto, metadata)
     save_single_file(proto, path)
     report["gates"][precision] = {"variant": settings}
-    if _measure(job, path, precision, report):
-        job.log(f"{precision} variant rejected by its gate; {out.name} (fp32) stays the default model")
-        path.unlink()
-    else:
-        _finish(path, metadata, job.heldout.paths, job.log)
+    failures = _measure(job, path, precision, report) or _finish(path, metadata, job.heldout.paths, job.log)
+    if failures:
+        gate = report["gates"][precision]
+        gate["passed"], gate["failures"] = False, list(dict.fromkeys([*gate["failures"], *failures]))
+        job.log(f"{precision} variant rejected by its gate ({'; '.join(failures)}); {out.name} (fp32) stays "
+                "the default model")
+        _remove_variants(out, only=precision)
     write_json_atomic(out.with_name(out.stem + ".parity.json"), report)
 
 
 def _load_evaluated_model(checkpoint: Path):
     """The weights `evaluate_run` measured: the same checkpoint, loaded the same way."""
-    from mscvision.training.module import MscClassifier
-
-    return MscClassifier.load_from_checkpoint(checkpoint, map_location="cpu").eval()
+    return load_classifier(checkpoint)  # weights only: an exported checkpoint may come from anywhere
 
 
 def task_settings(run_dir: Path, tasks: list[Task]) -> dict[str, dict]:
@@ -216,21 +220,26 @@ def _measure(job: _Export, path: Path, precision: str, report: dict) -> list[str
     return failures
 
 
-def _remove_variants(out: Path) -> None:
-    """Variants of an earlier export under this name would not match the new fp32 model."""
+def _remove_variants(out: Path, only: str | None = None) -> None:
+    """Variants of an earlier export under this name would not match the new fp32 model (``only``:
+    one rejected variant's files)."""
     import shutil
 
-    for precision in PRECISIONS[1:]:
+    for precision in [only] if only else PRECISIONS[1:]:
         stem = f"{out.stem}.{precision}"
         for file in (out.with_name(stem + ".onnx"), out.with_name(stem + ".json")):
             file.unlink(missing_ok=True)
         shutil.rmtree(out.with_name(stem + ".vectors"), ignore_errors=True)
 
 
-def _finish(path: Path, metadata: dict, candidates: list[str], log) -> None:
-    """The readable metadata copy (with the file's hash) and the conformance vectors."""
+def _finish(path: Path, metadata: dict, candidates: list[str], log) -> list[str]:
+    """The readable metadata copy (with the file's hash) and the conformance vectors; returns why this
+    machine's own runtime would fail `verify` on them (int8: fused kernels vs the graph's arithmetic)."""
     file_info = {"name": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size}
     write_json_atomic(path.with_suffix(".json"), {**metadata, "file": file_info})
-    vectors = write_vectors(path, path.with_name(path.stem + ".vectors"), candidates)
+    vectors = path.with_name(path.stem + ".vectors")
+    check = write_vectors(path, vectors, candidates)
     log(f"wrote {path} ({file_info['bytes'] / 1e6:.2f} MB, sha256 {file_info['sha256'][:12]}…), "
-        f"{path.with_suffix('.json').name}, {vectors.name}/")
+        f"{path.with_suffix('.json').name}, {vectors.name}/ ({check['n_cases']} vectors, this machine "
+        f"max|Δp| {check['probability_max_abs']:.1e})")
+    return [f"conformance on this machine: {f}" for f in check["failures"]]

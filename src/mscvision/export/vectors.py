@@ -1,7 +1,9 @@
 """Write conformance vectors beside an exported model (read by ``runtime.verify``).
 
-The expected values come from the exported file run by the runtime on this machine, so they say
-what a conforming station must reproduce, not what torch computed.
+The expected values come from the exported file run by onnxruntime, so they say what a conforming
+station must reproduce, not what torch computed. For int8 they are the arithmetic the QDQ graph
+defines: the graph run with optimisations off (DequantizeLinear, then a float Conv), where no CPU's
+integer kernel shortcuts apply; a station whose fused int8 kernels compute something else fails.
 """
 
 from __future__ import annotations
@@ -13,45 +15,83 @@ import numpy as np
 
 from mscvision.core.fileio import write_json_atomic
 from mscvision.runtime.inputs import load_input
-from mscvision.runtime.model import load_model
+from mscvision.runtime.model import Model, load_model
 from mscvision.runtime.station import station_info
-from mscvision.runtime.verify import PROBABILITY_TOLERANCE, TENSOR_TOLERANCE, VECTORS_FORMAT, VECTORS_VERSION
+from mscvision.runtime.verify import VECTORS_FORMAT, VECTORS_VERSION
 
-N_VECTORS = 4
+# int8 gets many vectors: a kernel that saturates changes a few images in a hundred, and each vector
+# is one more chance to catch it. fp32 / fp16 kernels differ only by rounding: a few per class do.
+N_VECTORS = {"fp32": 8, "fp16": 8, "int8": 32}
 MIN_MARGIN = 0.1  # top-1 minus top-2: images near a tie would flip on harmless kernel differences
+UNFUSED = "onnxruntime with graph optimisations disabled: the QDQ graph as written, no fused int8 kernels"
 
 
-def write_vectors(model_path: Path, folder: Path, candidates: list[str], n: int = N_VECTORS) -> Path:
+def write_vectors(model_path: Path, folder: Path, candidates: list[str], n: int | None = None) -> dict:
+    """Write ``folder``; returns vectors.json's ``self_check``: this machine's runtime (fused
+    kernels, as ``verify`` runs it) against the expected values, with the model's own tolerances."""
     model = load_model(model_path, threads=1, device="cpu")
+    precision = model.metadata.precision
+    reference = _unfused(model) if precision == "int8" else model
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
-    cases = []
-    for path in _pick(model, candidates, n):
-        cases.append(_write_case(model, folder, Path(path), len(cases)))
+    cases = [_write_case(reference, folder, Path(path), i)
+             for i, path in enumerate(_pick(reference, candidates, n or N_VECTORS[precision]))]
+    conformance = model.metadata.raw["conformance"]
+    check = self_check(model, folder, cases, conformance)
     write_json_atomic(folder / "vectors.json", {
         "format": VECTORS_FORMAT, "version": VECTORS_VERSION,
-        "model_file": model_path.name, "model_sha256": model.sha256, "precision": model.metadata.precision,
+        "model_file": model_path.name, "model_sha256": model.sha256, "precision": precision,
         "tensor_format": "raw little-endian float32, C-order, shape (C, h, w)",
-        "tolerances": {"tensor_max_abs": TENSOR_TOLERANCE,
-                       "probability_max_abs": PROBABILITY_TOLERANCE[model.metadata.precision],
-                       "top1": "must match"},
+        "expected_from": UNFUSED if precision == "int8" else "onnxruntime, default graph optimisations",
+        # a copy for people: verify takes the tolerances from the model's metadata, not from this file
+        "tolerances": {**conformance, "note": "copy of the model metadata's 'conformance' (authoritative)"},
         "written_on": station_info(1, model.providers),
+        "self_check": check,
         "cases": cases,
     })
-    return folder
+    return check
 
 
-def _pick(model, candidates: list[str], n: int) -> list[str]:
-    """The first ``n`` candidates whose every task has a clear top class (or the first ``n``)."""
+def _unfused(model: Model) -> Model:
+    """The same file in a session that runs every node as written (ORT_DISABLE_ALL)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(model.path), sess_options=options, providers=["CPUExecutionProvider"])
+    return Model(model.path, model.sha256, model.metadata, session, 1)
+
+
+def _pick(model: Model, candidates: list[str], n: int) -> list[str]:
+    """``n`` candidates spread over the classes: round-robin over (task, predicted class), clear calls
+    (margin >= MIN_MARGIN) first; near-ties (also spread) only when too few are clear."""
+    tops: dict[str, dict[str, int]] = {}
     clear = []
-    for path in candidates:
-        probs = model.predict(load_input(path, model.metadata)[None])
-        if all(_margin(p[0]) >= MIN_MARGIN for p in probs.values()):
-            clear.append(path)
-        if len(clear) == n:
-            return clear
-    return (clear + [c for c in candidates if c not in clear])[:n]
+    for start in range(0, len(candidates), 64):
+        chunk = candidates[start:start + 64]
+        probs = model.predict(np.stack([load_input(path, model.metadata) for path in chunk]))
+        for i, path in enumerate(chunk):
+            tops[path] = {task: int(p[i].argmax()) for task, p in probs.items()}
+            if all(_margin(p[i]) >= MIN_MARGIN for p in probs.values()):
+                clear.append(path)
+    picked = _round_robin(clear, tops, model, n, [])
+    return _round_robin([c for c in candidates if c not in picked], tops, model, n, picked)
+
+
+def _round_robin(paths: list[str], tops: dict, model: Model, n: int, picked: list[str]) -> list[str]:
+    """Append to ``picked`` one path per (task, class) per round until ``n`` or none left."""
+    queues = [iter([p for p in paths if tops[p][t.name] == c])
+              for t in model.metadata.tasks for c in range(len(t.classes))]
+    while queues and len(picked) < n:
+        for queue in list(queues):
+            path = next((p for p in queue if p not in picked), None)
+            if path is None:
+                queues.remove(queue)
+            elif len(picked) < n:
+                picked.append(path)
+    return picked
 
 
 def _margin(p: np.ndarray) -> float:
@@ -59,7 +99,7 @@ def _margin(p: np.ndarray) -> float:
     return float(top2[1] - top2[0])
 
 
-def _write_case(model, folder: Path, source: Path, i: int) -> dict:
+def _write_case(model: Model, folder: Path, source: Path, i: int) -> dict:
     image = f"{i:02d}_{source.name}"
     shutil.copyfile(source, folder / image)  # the bytes as stored: decoding is part of what is checked
     tensor = load_input(folder / image, model.metadata)
@@ -69,3 +109,20 @@ def _write_case(model, folder: Path, source: Path, i: int) -> dict:
     return {"image": image, "tensor": tensor_file, "shape": list(tensor.shape),
             "probabilities": {t: [float(v) for v in p[0]] for t, p in probs.items()},
             "labels": {t.name: t.classes[int(probs[t.name][0].argmax())] for t in model.metadata.tasks}}
+
+
+def self_check(model: Model, folder: Path, cases: list[dict], conformance: dict) -> dict:
+    """What ``verify`` would find here: worst |Δp| and top-1 mismatches of ``model`` on the vectors."""
+    worst, mismatches = 0.0, []
+    for case in cases:
+        tensor = np.fromfile(folder / case["tensor"], dtype="<f4").reshape(case["shape"])
+        got = model.predict(tensor[None])
+        for task, want in case["probabilities"].items():
+            worst = max(worst, float(np.abs(got[task][0] - np.asarray(want, np.float32)).max()))
+            if int(got[task][0].argmax()) != int(np.argmax(want)):
+                mismatches.append(f"{case['image']} {task}")
+    failures = ([f"fused kernels differ from the expected values by {worst:.2e} > "
+                 f"{conformance['probability_max_abs']:g}"] if worst > conformance["probability_max_abs"] else [])
+    failures += [f"top class differs: {m}" for m in mismatches]
+    return {"n_cases": len(cases), "probability_max_abs": worst, "top1_mismatches": len(mismatches),
+            "passed": not failures, "failures": failures}

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from mscvision.core.errors import ConfigError
-from mscvision.training.run_files import run_checkpoint
+from mscvision.training.run_files import load_checkpoint, run_checkpoint
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -22,7 +20,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 def init_from_run(module, source: str | Path) -> list[str]:
     """Copy the source's evaluated weights (EMA when kept) into ``module``; returns what was done."""
-    ckpt = torch.load(resolve_checkpoint(source), map_location="cpu", weights_only=False)
+    ckpt = load_checkpoint(resolve_checkpoint(source))  # weights only: the file is not this run's own
     hparams = ckpt["hyper_parameters"]
     prefix = "ema_net." if hparams["config"]["optim"].get("ema_decay", 0) > 0 else "net."
     state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}

@@ -19,7 +19,7 @@ from mscvision.training.data import ImageSet, ScanResult, load_unit_image, make_
 from mscvision.training.dataset_setup import PreparedData, loss_class_weights, prepare_data, sample_weights, split_table
 from mscvision.training.finetune import init_from_run
 from mscvision.training.normalization import freeze_auto_normalization
-from mscvision.training.run_files import run_checkpoint
+from mscvision.training.run_files import load_classifier, run_checkpoint
 from mscvision.training.evaluate import metrics_for_split, plot_confusion, predict_probabilities
 from mscvision.training.augment import build_train_augment
 from mscvision.training.module import MONITOR, MscClassifier
@@ -85,7 +85,8 @@ def train(config: RunConfig, run_dir: Path | None = None, resume: bool = False,
                                            mode="max", enable_version_counter=False))
     trainer = _build_trainer(config, run_dir, cuda, [*checkpoints, *callbacks], validate=loaders["val"] is not None)
     last = run_dir / "checkpoints" / "last.ckpt"
-    trainer.fit(module, loaders["train"], loaders["val"], ckpt_path=str(last) if resume else None)
+    trainer.fit(module, loaders["train"], loaders["val"], ckpt_path=str(last) if resume else None,
+                weights_only=True)  # the run's own file, yet still only tensors and plain values
     if trainer.interrupted:  # Ctrl-C: checkpoints are saved; `--resume RUN_DIR` continues
         return RunResult(run_dir, {}, last)
     chosen = run_checkpoint(run_dir)
@@ -186,7 +187,7 @@ def evaluate_run(checkpoint: Path, data: PreparedData, loaders: dict, run_dir: P
     written to ``predictions_test.csv`` (error analysis, pooled cross-validation). Also returns the
     test probabilities per setup ("test", and "test_tta" with ``tta``).
     """
-    model = MscClassifier.load_from_checkpoint(checkpoint, map_location="cpu")
+    model = load_classifier(checkpoint)
     device = "cuda" if cuda else "cpu"
     sides = [side for side in ("val", "test") if loaders[side] is not None]  # no val with val_fraction 0
     metrics: dict = {"schema": METRICS_SCHEMA,
