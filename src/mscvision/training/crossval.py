@@ -64,7 +64,7 @@ def cross_validate(config: RunConfig, k: int = 5) -> dict:
         print(f"fold {fold}: " + "; ".join(f"{setup} {t} wF1 {m['weighted_f1']:.3f} bAcc {m['balanced_accuracy']:.3f}"
                                            for setup in setups for t, m in result.metrics[setup].items())
               + f" ({folds[-1]['minutes']:.1f} min)", flush=True)
-    pooled = {s: {t.name: classification_metrics(labelled.targets[t.name], oof[s][t.name].argmax(axis=1), t.classes)
+    pooled = {s: {t.name: pooled_metrics(labelled.targets[t.name], oof[s][t.name], t.classes)
                   for t in labelled.tasks} for s in setups}
     deployed = config.deployed_test_key
     report = {"schema": "mscvision.crossval/2", "k": k, "seed": config.data.split_seed,
@@ -77,6 +77,13 @@ def cross_validate(config: RunConfig, k: int = 5) -> dict:
     write_json_atomic(cv_dir / "crossval.json", report)
     report["dir"] = str(cv_dir)
     return report
+
+
+def pooled_metrics(targets: np.ndarray, oof_probs: np.ndarray, classes: tuple[str, ...]) -> dict:
+    """Figures over the rows that have an out-of-fold prediction. Rows left NaN (images skipped as
+    unreadable in their fold) are left out: argmax would turn them into class-0 predictions."""
+    predicted = ~np.isnan(oof_probs).any(axis=1)
+    return classification_metrics(targets[predicted], oof_probs[predicted].argmax(axis=1), classes)
 
 
 def _spread(folds: list[dict], tasks: list[str], setup_key: str) -> dict:
