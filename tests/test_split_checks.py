@@ -254,3 +254,13 @@ def test_the_table_file_marks_what_the_warnings_say():
     assert rows["shape", "bar", "test"][4:] == ["1", "1", "one group in test"]
     assert rows["shape", "blob", "test"][4:] == ["0", "0", "absent from test"]
     assert rows["*", "*", "train"][4:] == ["4", "4", ""]
+
+
+def test_a_held_out_class_dominated_by_one_group_rests_on_it():
+    shape = ["disc"] * 12 + ["bar"] * 4 + ["blob"] * 4
+    groups = ["a"] * 10 + ["b", "c"] + ["d", "e", "f", "g"] + ["h", "i", "j", "k"]
+    split = ["test"] * 11 + ["train"] + ["train", "train", "test", "test"] * 2
+    counts = _counts(split, shape, groups)
+    warnings = check_splits([counts], computed=True)
+    assert any("class 'disc' one group holds 10 of 11 in test" in w for w in warnings)
+    assert len(warnings) == 1  # bar and blob: 2 test groups of 1 image each, estimable

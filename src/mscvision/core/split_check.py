@@ -1,6 +1,6 @@
 """The split check: before training, every class the model predicts has training images, and
 every held-out figure that cannot be estimated (class absent from a side, or resting on one
-group there) is known, warned and marked instead of reported as an F1 of 0 or 1.
+group there: see ``held_out_note``) is known, warned and marked instead of reported as an F1 of 0 or 1.
 
 Counted per task and class over the rows that will be used (known labels; images skipped as
 unreadable left out), per side (train / val / test) and per cross-validation fold. The same
@@ -21,9 +21,10 @@ from mscvision.core.tasks import Task
 SIDES = ("train", "val", "test")
 HELD_OUT = ("val", "test")
 ALL = "*"  # the task and class of the rows that count every image of a side, labelled or not
+ONE_GROUP_SHARE = 0.9  # a held-out class with one group holding this share of its images rests on it
 TABLE_HEADER = ("fold", "task", "class", "side", "images", "groups", "note")
 FIXES = ("Fix: finer groups, so that each class spans several (well or field instead of plate, "
-         "donor instead of batch); fewer folds (--folds N); drop the class (blank its label cells "
+         "donor instead of batch); fewer folds (cross-validation: --folds N); drop the class (blank its label cells "
          "or remove its rows, and leave it out of tasks.{tasks}.classes); or an explicit 'split' "
          "column in the manifest (train/val/test per row) that puts some of its groups in train.")
 
@@ -123,11 +124,16 @@ def describe_groups(cell: Cell, most: int = 5) -> str:
 
 
 def held_out_note(cell: Cell, side: str) -> str | None:
-    """Why a class's figures on a held-out side cannot be estimated, or None when they can."""
+    """Why a class's figures on a held-out side cannot be estimated, or None when they can: absent,
+    or resting on one group (the only one, or one holding >= ONE_GROUP_SHARE of its images there:
+    the figure then measures that group, not the class)."""
     if cell.images == 0:
         return f"absent from {side}"
     if cell.groups == 1:
         return f"one group in {side}"
+    largest = max(cell.group_images.values())
+    if largest >= ONE_GROUP_SHARE * cell.images:
+        return f"one group holds {largest} of {cell.images} in {side}"
     return None
 
 

@@ -119,7 +119,7 @@ def mark_held_out_estimability(metrics: dict, counts: SplitCounts) -> None:
             continue
         mark_estimable(metrics[name], counts, side)
         for task, block in metrics[name].items():
-            if block["not_estimable"]:
+            if block["not_estimable"] and name == side:  # once per side: its TTA pass has the same classes
                 print(f"note: {name} figures of {task!r} not estimable for "
                       + ", ".join(f"{c!r} ({why})" for c, why in block["not_estimable"].items()), flush=True)
 
