@@ -22,6 +22,7 @@ SIDES = ("train", "val", "test")
 HELD_OUT = ("val", "test")
 ALL = "*"  # the task and class of the rows that count every image of a side, labelled or not
 ONE_GROUP_SHARE = 0.9  # a held-out class with one group holding this share of its images rests on it
+THIN_TRAIN_SHARE = 1 / 3  # a class training on less than this share of its images is warned about
 TABLE_HEADER = ("fold", "task", "class", "side", "images", "groups", "note")
 FIXES = ("Fix: finer groups, so that each class spans several (well or field instead of plate, "
          "donor instead of batch); fewer folds (cross-validation: --folds N); drop the class (blank its label cells "
@@ -93,7 +94,7 @@ def check_splits(all_counts: list[SplitCounts], computed: bool) -> list[str]:
         tasks = "|".join(sorted({task for task, _ in problems}))
         raise DataError("the split would train a model on classes it never sees, or never tests:\n  "
                         + "\n  ".join(problems.values()) + "\n" + FIXES.format(tasks=tasks))
-    return held_out_warnings(all_counts)
+    return held_out_warnings(all_counts) + thin_training_warnings(all_counts)
 
 
 def _refusals(all_counts: list[SplitCounts], computed: bool) -> dict[tuple[str, str], str]:
@@ -153,6 +154,21 @@ def held_out_warnings(all_counts: list[SplitCounts]) -> list[str]:
             warnings.append(f"task {task!r}: class {name!r} {where} "
                             f"[{describe_groups(all_counts[0].total(task, name), 3)}]: its held-out figures "
                             "there are marked not estimable in metrics.json")
+    return warnings
+
+
+def thin_training_warnings(all_counts: list[SplitCounts]) -> list[str]:
+    """One line per class that trains on under THIN_TRAIN_SHARE of its images in some split: its
+    largest groups landed on the held-out side (a trained but weak class, not a refusal)."""
+    warnings = []
+    for task, name in all_counts[0].classes():
+        total = all_counts[0].total(task, name).images
+        thin = [c for c in all_counts if c.cells[task][name]["train"].images < THIN_TRAIN_SHARE * total]
+        if thin:
+            where = ", ".join((f"fold {c.fold}: " if c.fold else "") + f"{c.cells[task][name]['train'].images}"
+                              for c in thin)
+            warnings.append(f"task {task!r}: class {name!r} trains on few of its {total} images ({where}): its "
+                            "largest groups are held out; finer groups spread it more evenly")
     return warnings
 
 
