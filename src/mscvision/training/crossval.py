@@ -54,7 +54,7 @@ class CheckedFolds:
     labelled: Labelled
     splits: list[np.ndarray]  # per fold, train / val / test per row
     counts: list[SplitCounts]  # per fold, images and groups per task, class and side
-    warnings: list[str]  # held-out figures (per fold) that cannot be estimated
+    warnings: list[str]  # held-out figures (per fold) that cannot be estimated; thinly trained classes
 
 
 def check_folds(config: RunConfig, k: int) -> CheckedFolds:
