@@ -86,16 +86,14 @@ def _fixed_split_with_one_test_group(root: Path) -> Path:
     return _rewrite(manifest, lambda i, row: row.update(split=sides.get(row["group"], "train")))
 
 
-class _EpochMarker:
-    """Prints a line when the first training epoch starts (to order the console output)."""
+def _epoch_marker():
+    """A callback printing a line when a training epoch starts (to order the console output)."""
+    import lightning as L
 
-    def __new__(cls):
-        import lightning as L
-
-        class Marker(L.Callback):
-            def on_train_epoch_start(self, trainer, module):
-                print("FIRST EPOCH STARTS", flush=True)
-        return Marker()
+    class Marker(L.Callback):
+        def on_train_epoch_start(self, trainer, module):
+            print("FIRST EPOCH STARTS", flush=True)
+    return Marker()
 
 
 def test_a_class_on_one_test_group_is_flagged_in_metrics_json_and_on_the_console(tmp_path, capsys):
@@ -105,7 +103,7 @@ def test_a_class_on_one_test_group_is_flagged_in_metrics_json_and_on_the_console
 
     manifest = _fixed_split_with_one_test_group(tmp_path)
     result = train(load_config(None, [*tiny_overrides(manifest, tmp_path / "runs", epochs=1), "export.enabled=false"]),
-                   callbacks=(_EpochMarker(),))
+                   callbacks=(_epoch_marker(),))
     metrics = json.loads((result.run_dir / "metrics.json").read_text())
     disc, bar = metrics["test"]["shape"]["per_class"]["disc"], metrics["test"]["shape"]["per_class"]["bar"]
     assert disc["estimable"] is False and disc["note"] == "one group in test" and disc["groups"] == 1
