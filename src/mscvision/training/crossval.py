@@ -8,15 +8,17 @@ set of figures, next to the per-fold spread.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from mscvision.core.fileio import write_json_atomic
 from mscvision.core.metrics import classification_metrics
-from mscvision.core.splits import stratification_key, stratified_group_folds
+from mscvision.core.split_check import SplitCounts, check_splits, count_split, mark_estimable
+from mscvision.core.splits import stratification_key, stratified_group_folds, task_labels, train_val_folds
 from mscvision.training.config import RunConfig, save_config
-from mscvision.training.dataset_setup import load_labelled
+from mscvision.training.dataset_setup import Labelled, load_labelled, report_split
 from mscvision.training.fit import new_run_dir, train
 
 SPREAD_KEYS = ("weighted_f1", "balanced_accuracy", "macro_f1")
@@ -24,9 +26,14 @@ POOLED_KEYS = {"test": "pooled", "test_tta": "pooled_tta"}  # a fold's metrics b
 SETUP_NAMES = {"test": "plain", "test_tta": "tta"}  # → the report's "deployed"
 
 
-def fold_splits(key: np.ndarray, groups: np.ndarray, k: int, seed: int, val_fraction: float) -> list[np.ndarray]:
-    """Per fold, 'train' / 'val' / 'test' for every row; groups never straddle sides."""
-    fold_of = stratified_group_folds(key, groups, k, seed)
+def fold_splits(key: np.ndarray, groups: np.ndarray, k: int, seed: int, val_fraction: float,
+                protect: np.ndarray | None = None) -> list[np.ndarray]:
+    """Per fold, 'train' / 'val' / 'test' for every row; groups never straddle sides.
+
+    ``protect`` (per row, one column per task): the classes the splitters keep on both sides
+    (``core/splits.py`` says what is guaranteed); default ``key``.
+    """
+    fold_of = stratified_group_folds(key, groups, k, seed, protect)
     inner_k = max(3, round(1 / max(val_fraction, 1e-3)))
     splits = []
     for fold in range(k):
@@ -35,22 +42,45 @@ def fold_splits(key: np.ndarray, groups: np.ndarray, k: int, seed: int, val_frac
         if val_fraction == 0:  # no validation split: every other fold trains (trainer.select: last)
             splits.append(split)
             continue
-        inner = stratified_group_folds(key[rest], groups[rest], inner_k, seed + 1 + fold)
+        inner = train_val_folds(key[rest], groups[rest], inner_k, seed + 1 + fold,
+                                None if protect is None else protect[rest])
         split[rest[inner == 0]] = "val"
         splits.append(split)
     return splits
 
 
-def cross_validate(config: RunConfig, k: int = 5) -> dict:
-    cv_dir = new_run_dir(config)
-    save_config(config, cv_dir / "config.yaml")
+@dataclass(frozen=True)
+class CheckedFolds:
+    labelled: Labelled
+    splits: list[np.ndarray]  # per fold, train / val / test per row
+    counts: list[SplitCounts]  # per fold, images and groups per task, class and side
+    warnings: list[str]  # held-out figures (per fold) that cannot be estimated; thinly trained classes
+
+
+def check_folds(config: RunConfig, k: int) -> CheckedFolds:
+    """The k folds, checked before any fold trains: a class untrained in some fold (or living in a
+    single group) is refused with DataError (exit 2) naming it, its groups and the fixes."""
     labelled = load_labelled(config)
-    key = stratification_key(labelled.targets)
+    groups = np.asarray(labelled.manifest.groups)
+    splits = fold_splits(stratification_key(labelled.targets), groups, k, config.data.split_seed,
+                         config.data.val_fraction, protect=task_labels(labelled.targets))
+    counts = [count_split(labelled.tasks, labelled.targets, groups, split, fold=str(fold))
+              for fold, split in enumerate(splits)]
+    return CheckedFolds(labelled, splits, counts, check_splits(counts, computed=True))
+
+
+def cross_validate(config: RunConfig, k: int = 5) -> dict:
+    checked = check_folds(config, k)
+    cv_dir = new_run_dir(config)
+    print(f"cross-validation directory: {cv_dir}", flush=True)
+    save_config(config, cv_dir / "config.yaml")
+    report_split(checked.counts, checked.warnings, cv_dir)
+    labelled = checked.labelled
     groups = np.asarray(labelled.manifest.groups)
     setups = ("test", "test_tta") if config.trainer.tta else ("test",)
     oof = {s: {t.name: np.full((len(groups), t.num_classes), np.nan) for t in labelled.tasks} for s in setups}
     folds = []
-    for fold, split in enumerate(fold_splits(key, groups, k, config.data.split_seed, config.data.val_fraction)):
+    for fold, split in enumerate(checked.splits):
         started = time.perf_counter()
         fold_dir = cv_dir / f"fold{fold}"
         fold_dir.mkdir()
@@ -64,8 +94,10 @@ def cross_validate(config: RunConfig, k: int = 5) -> dict:
         print(f"fold {fold}: " + "; ".join(f"{setup} {t} wF1 {m['weighted_f1']:.3f} bAcc {m['balanced_accuracy']:.3f}"
                                            for setup in setups for t, m in result.metrics[setup].items())
               + f" ({folds[-1]['minutes']:.1f} min)", flush=True)
-    pooled = {s: {t.name: classification_metrics(labelled.targets[t.name], oof[s][t.name].argmax(axis=1), t.classes)
+    pooled = {s: {t.name: pooled_metrics(labelled.targets[t.name], oof[s][t.name], t.classes)
                   for t in labelled.tasks} for s in setups}
+    for s in setups:  # a pooled class resting on one group is still one group's figure
+        mark_estimable(pooled[s], pooled_counts(labelled, groups, oof[s]), "test")
     deployed = config.deployed_test_key
     report = {"schema": "mscvision.crossval/2", "k": k, "seed": config.data.split_seed,
               "setup": "pooled = all out-of-fold predictions; 'pooled' is the plain single pass, 'pooled_tta' "
@@ -77,6 +109,19 @@ def cross_validate(config: RunConfig, k: int = 5) -> dict:
     write_json_atomic(cv_dir / "crossval.json", report)
     report["dir"] = str(cv_dir)
     return report
+
+
+def pooled_metrics(targets: np.ndarray, oof_probs: np.ndarray, classes: tuple[str, ...]) -> dict:
+    """Figures over the rows that have an out-of-fold prediction. Rows left NaN (images skipped as
+    unreadable in their fold) are left out: argmax would turn them into class-0 predictions."""
+    predicted = ~np.isnan(oof_probs).any(axis=1)
+    return classification_metrics(targets[predicted], oof_probs[predicted].argmax(axis=1), classes)
+
+
+def pooled_counts(labelled: Labelled, groups: np.ndarray, oof: dict[str, np.ndarray]) -> SplitCounts:
+    """Images and groups per class among the rows with an out-of-fold prediction (all are 'test')."""
+    predicted = np.flatnonzero(~np.isnan(next(iter(oof.values()))).any(axis=1))
+    return count_split(labelled.tasks, labelled.targets, groups, np.full(len(groups), "test"), predicted, "pooled")
 
 
 def _spread(folds: list[dict], tasks: list[str], setup_key: str) -> dict:
@@ -105,6 +150,13 @@ def print_report(report: dict) -> None:
         print(f"  per fold: wF1 {s['weighted_f1']['min']:.3f}–{s['weighted_f1']['max']:.3f}, bAcc "
               f"{s['balanced_accuracy']['min']:.3f}–{s['balanced_accuracy']['max']:.3f}; minutes/fold "
               f"{', '.join(f'{x:.1f}' for x in report['minutes_per_fold'])}")
-        print(f"  {'class':22s} {'n':>5s} {'F1':>6s} {'recall':>7s}")
+        print(f"  {'class':22s} {'n':>5s} {'groups':>6s} {'F1':>6s} {'recall':>7s}")
         for name, c in sorted(m["per_class"].items(), key=lambda kv: -kv[1]["support"]):
-            print(f"  {name:22s} {c['support']:5d} {c['f1']:6.3f} {c['recall']:7.3f}")
+            note = "" if c.get("estimable", True) else f"  not estimable: {c['note']}"
+            print(f"  {name:22s} {c['support']:5d} {c.get('groups', 0):6d} {c['f1']:6.3f} {c['recall']:7.3f}{note}")
+
+
+def print_checked_folds(checked: CheckedFolds) -> None:
+    """What ``cross_validate.py --check-only`` prints: the warnings and the per-fold split table."""
+    report_split(checked.counts, checked.warnings, None)
+    print(f"split check passed: every class has training images in each of the {len(checked.splits)} folds")

@@ -10,7 +10,9 @@ import numpy as np
 
 from mscvision.core.errors import DataError
 from mscvision.core.manifest import Manifest, encode_targets, infer_classes, load_dataset
-from mscvision.core.splits import check_groups_disjoint, stratification_key, train_val_test_split
+from mscvision.core.fileio import write_text_atomic
+from mscvision.core.split_check import SplitCounts, check_splits, count_split, format_split_table, split_table_csv
+from mscvision.core.splits import check_groups_disjoint, stratification_key, task_labels, train_val_test_split
 from mscvision.core.tasks import Task
 from mscvision.runtime.station import usable_cores
 from mscvision.training.config import DataConfig, RunConfig, SyntheticConfig
@@ -23,6 +25,7 @@ class PreparedData:
     targets: dict[str, np.ndarray]  # task -> class index per row (IGNORE_INDEX = unknown)
     split: np.ndarray  # "train" / "val" / "test" per row
     warnings: list[str]
+    split_computed: bool = True  # made by the splitter (not a manifest split column, not passed in)
 
     def indices(self, side: str) -> np.ndarray:
         return np.flatnonzero(self.split == side)
@@ -81,6 +84,7 @@ def prepare_data(config: RunConfig, split: np.ndarray | None = None) -> Prepared
     """Load, label and split the configured data; ``split`` (per row) overrides the split (CV folds)."""
     labelled = load_labelled(config)
     manifest, targets = labelled.manifest, labelled.targets
+    computed = split is None and manifest.splits is None
     if split is None:
         split = _split(manifest, targets, config.data)
     check_groups_disjoint(np.asarray(manifest.groups), split)
@@ -90,7 +94,25 @@ def prepare_data(config: RunConfig, split: np.ndarray | None = None) -> Prepared
             raise DataError(f"the {side} split is empty ({len(manifest)} images, "
                             f"{len(set(manifest.groups))} groups). Fix: add data or groups, or adjust "
                             "data.val_fraction / data.test_fraction.")
-    return PreparedData(manifest, labelled.tasks, targets, split, labelled.warnings)
+    data = PreparedData(manifest, labelled.tasks, targets, split, labelled.warnings, computed)
+    check_split(data)  # refuse now, before any image is decoded or a run directory made
+    return data
+
+
+def check_split(data: PreparedData, rows: np.ndarray | None = None) -> tuple[SplitCounts, list[str]]:
+    """The split check over ``rows`` (default all; after the image scan, the usable ones): raises
+    DataError when a class would have no training images; returns the counts and the warnings."""
+    counts = count_split(data.tasks, data.targets, np.asarray(data.manifest.groups), data.split, rows)
+    return counts, check_splits([counts], data.split_computed)
+
+
+def report_split(all_counts: list[SplitCounts], warnings: list[str], run_dir: Path | None) -> None:
+    """Print the split warnings and table (before training starts); write ``split_table.csv``."""
+    for message in warnings:
+        print(f"warning: {message}", flush=True)
+    print(format_split_table(all_counts), flush=True)
+    if run_dir is not None:
+        write_text_atomic(run_dir / "split_table.csv", split_table_csv(all_counts))
 
 
 def _split(manifest: Manifest, targets: dict[str, np.ndarray], data: DataConfig) -> np.ndarray:
@@ -99,7 +121,7 @@ def _split(manifest: Manifest, targets: dict[str, np.ndarray], data: DataConfig)
         split = np.asarray(manifest.splits)
     else:
         split = train_val_test_split(stratification_key(targets), groups, data.val_fraction,
-                                     data.test_fraction, data.split_seed)
+                                     data.test_fraction, data.split_seed, protect=task_labels(targets))
     return split
 
 

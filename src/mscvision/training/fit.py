@@ -13,10 +13,12 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProg
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from mscvision.core.fileio import write_json_atomic, write_text_atomic
+from mscvision.core.split_check import HELD_OUT, SplitCounts, mark_estimable
 from mscvision.runtime.station import cpu_flags
 from mscvision.training.config import RunConfig, save_config
 from mscvision.training.data import ImageSet, ScanResult, load_unit_image, make_loader, scan_images
-from mscvision.training.dataset_setup import PreparedData, loss_class_weights, prepare_data, sample_weights, split_table
+from mscvision.training.dataset_setup import (PreparedData, check_split, loss_class_weights, prepare_data, report_split,
+                                              sample_weights, split_table)
 from mscvision.training.finetune import init_from_run
 from mscvision.training.normalization import freeze_auto_normalization
 from mscvision.training.run_files import load_classifier, run_checkpoint
@@ -56,18 +58,19 @@ def train(config: RunConfig, run_dir: Path | None = None, resume: bool = False,
     ``split`` (train/val/test per manifest row) replaces the configured split: cross-validation.
     """
     started = time.perf_counter()
-    run_dir = run_dir or new_run_dir(config)
     L.seed_everything(config.seed, workers=True, verbose=False)
     if config.trainer.num_threads:
         torch.set_num_threads(config.trainer.num_threads)
-    data = prepare_data(config, split)
+    data = prepare_data(config, split)  # a split that would mislead is refused before the run dir exists
     config = freeze_auto_normalization(config, data)  # preprocess mean/std: auto → numbers, before the model
+    run_dir = run_dir or new_run_dir(config)
+    print(f"run directory: {run_dir}", flush=True)
     save_config(config, run_dir / "config.yaml")
     for message in data.warnings:
         print(f"warning: {message}", flush=True)
 
     loaders, skipped = build_loaders(config, data)
-    write_text_atomic(run_dir / "split.csv", split_table(data, loaders["scan"].keep))
+    split_counts = show_split(data, loaders["scan"].keep, run_dir)
     if not data.manifest.has_groups:
         warn_near_duplicates(data, loaders["scan"], config.preprocess)
     cuda = _use_cuda(config)
@@ -91,12 +94,37 @@ def train(config: RunConfig, run_dir: Path | None = None, resume: bool = False,
         return RunResult(run_dir, {}, last)
     chosen = run_checkpoint(run_dir)
     metrics, test_probs = evaluate_run(chosen, data, loaders, run_dir, cuda, config.trainer.tta)
+    mark_held_out_estimability(metrics, split_counts)
     metrics["run"] = {"seconds": round(time.perf_counter() - started, 1), "skipped_images": skipped,
                       "epochs": trainer.current_epoch, "checkpoint": chosen.name,
                       "config_hash": config.hash(), "device": "cuda" if cuda else "cpu",
                       "data_manifest": manifest_record(data)}
     write_json_atomic(run_dir / "metrics.json", metrics)
     return RunResult(run_dir, metrics, chosen, loaders["test_rows"], test_probs["test"], test_probs.get("test_tta"))
+
+
+def show_split(data: PreparedData, usable: np.ndarray, run_dir: Path) -> SplitCounts:
+    """Before the first epoch: check the split again over the usable images (an image skipped as
+    unreadable may have been a class's last training image), print the warnings and the split
+    table, and write ``split.csv`` and ``split_table.csv`` (the same rows, counted)."""
+    counts, warnings = check_split(data, usable)
+    report_split([counts], warnings, run_dir)
+    write_text_atomic(run_dir / "split.csv", split_table(data, usable))
+    return counts
+
+
+def mark_held_out_estimability(metrics: dict, counts: SplitCounts) -> None:
+    """Mark, per held-out block (val, test and their TTA passes), the classes whose figures cannot
+    be estimated (absent from that side, or one group there), in metrics.json and on the console."""
+    for name in list(metrics):
+        side = name.split("_")[0]  # "test_tta" measures the test side
+        if side not in HELD_OUT or side not in counts.sides:
+            continue
+        mark_estimable(metrics[name], counts, side)
+        for task, block in metrics[name].items():
+            if block["not_estimable"] and name == side:  # once per side: its TTA pass has the same classes
+                print(f"note: {name} figures of {task!r} not estimable for "
+                      + ", ".join(f"{c!r} ({why})" for c, why in block["not_estimable"].items()), flush=True)
 
 
 def build_loaders(config: RunConfig, data: PreparedData) -> tuple[dict, list[str]]:
