@@ -6,6 +6,7 @@ fixture and exported once for the module; each test checks one promise of the ar
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -87,15 +88,17 @@ def test_metadata_is_embedded_and_copied(trained, exported):
     assert {k: v for k, v in copy.items() if k != "file"} == json.loads(text)
 
 
-def test_parity_report(exported):
+def test_parity_report(trained, exported):
     report = json.loads(exported.with_name("tiny.parity.json").read_text())
+    with open(trained.run_dir / "split.csv", newline="") as f:
+        heldout = sum(r["split"] in ("test", "val") for r in csv.DictReader(f))  # fewer than 256: all of them
     assert report["split"] == "test+val" and report["gates"]["fp32"]["passed"]
     for precision in ("fp32", "int8"):
         for task in ("shape", "count"):
             figures = report[precision][task]
             assert set(figures) >= {"n_images", "max_abs_diff", "top1_agreement", "changed_predictions",
                                     "balanced_accuracy_delta"}
-            assert figures["n_images"] == report["n_images"] == 24
+            assert figures["n_images"] == report["n_images"] == heldout
     assert report["fp32"]["shape"]["max_abs_diff"] <= 1e-4 and report["fp32"]["shape"]["top1_agreement"] == 1.0
     assert report["gates"]["int8"]["cpu_flags"] is not None
 
