@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -15,6 +16,31 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 MITOCHECK = REPO.parent / "shared" / "data" / "mitocheck"
+
+# The folders whose tests train, export or benchmark: they need the train extra, which a QC
+# station's bare `pip install .` lacks. There a bare `pytest` skips each of their files with this reason
+# (before it is imported, so a missing torch is a skip, not a collection error); tests/core,
+# tests/synth and tests/runtime still run.
+NEEDS_TRAIN_EXTRA = ("training", "export", "benchmarks")
+TRAIN_EXTRA_MODULES = ("torch", "torchvision", "lightning", "albumentations", "yaml", "onnx")
+MISSING_TRAIN_EXTRA = tuple(m for m in TRAIN_EXTRA_MODULES if importlib.util.find_spec(m) is None)
+
+
+class TrainExtraMissing(pytest.Module):
+    """A test file collected as one skip, never imported: the train extra is not installed."""
+
+    def collect(self):
+        raise pytest.skip.Exception(
+            f"tests/{self.path.parent.name} needs the training install (missing: {', '.join(MISSING_TRAIN_EXTRA)}): "
+            "pip install -e '.[train,dev]'", allow_module_level=True)
+
+
+def pytest_pycollect_makemodule(module_path: Path, parent: pytest.Collector) -> pytest.Module | None:
+    # per file, not per folder: `pytest tests/training/test_x.py` named on the command line skips too
+    if MISSING_TRAIN_EXTRA and module_path.resolve().parent.parent == REPO / "tests" \
+            and module_path.parent.name in NEEDS_TRAIN_EXTRA:
+        return TrainExtraMissing.from_parent(parent, path=module_path)
+    return None  # pytest's own module collector
 
 
 @pytest.fixture
