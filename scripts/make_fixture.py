@@ -14,10 +14,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))  # the shapes generator lives with the test fixtures
+from mscvision.synth.shapes import make_shapes_dataset, tiny_overrides
 
-from conftest import make_shapes_dataset, tiny_overrides  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 NAME = "shapes-tiny"
 

@@ -2,66 +2,50 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+# re-exported: the test files import the shapes builder from here (`from conftest import ...`)
+from mscvision.synth.shapes import draw_shape, make_shapes_dataset, tiny_overrides  # noqa: F401
+
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 MITOCHECK = REPO.parent / "shared" / "data" / "mitocheck"
 
-
-def draw_shape(rng: np.random.Generator, size: int, shape: str, count: int) -> np.ndarray:
-    """A grey image with ``count`` bright discs or bars on a noisy background."""
-    yy, xx = np.mgrid[:size, :size].astype(np.float32)
-    img = rng.normal(0.2, 0.03, (size, size)).astype(np.float32)
-    for _ in range(count):
-        cy, cx = rng.uniform(size * 0.3, size * 0.7, 2)
-        angle = rng.uniform(0, np.pi)
-        u = (xx - cx) * np.cos(angle) + (yy - cy) * np.sin(angle)
-        v = -(xx - cx) * np.sin(angle) + (yy - cy) * np.cos(angle)
-        a, b = (size * 0.12, size * 0.12) if shape == "disc" else (size * 0.3, size * 0.05)
-        img[(u / a) ** 2 + (v / b) ** 2 <= 1] = rng.uniform(0.6, 0.9)
-    return np.clip(img, 0, 1)
+# The folders whose tests train, export or benchmark: they need the train extra, which a QC
+# station's bare `pip install .` lacks. There a bare `pytest` skips each of their files with this reason
+# (before it is imported, so a missing torch is a skip, not a collection error); tests/core,
+# tests/synth and tests/runtime still run.
+NEEDS_TRAIN_EXTRA = ("training", "export", "benchmarks")
+TRAIN_EXTRA_MODULES = ("torch", "torchvision", "lightning", "albumentations", "yaml", "onnx")
+MISSING_TRAIN_EXTRA = tuple(m for m in TRAIN_EXTRA_MODULES if importlib.util.find_spec(m) is None)
 
 
-def make_shapes_dataset(root: Path, n: int = 48, size: int = 32, groups: int = 8, seed: int = 0,
-                        bit_depth: int = 8, unknown_every: int = 0) -> Path:
-    """Tasks ``shape`` (disc / bar) and ``count`` (one / two); ``unknown_every`` blanks some count labels."""
-    from mscvision.core.imageio import write_image
+class TrainExtraMissing(pytest.Module):
+    """A test file collected as one skip, never imported: the train extra is not installed."""
 
-    rng = np.random.default_rng(seed)
-    (root / "images").mkdir(parents=True, exist_ok=True)
-    lines = ["path,shape,count,group"]
-    scale = 255 if bit_depth == 8 else 65535
-    dtype = np.uint8 if bit_depth == 8 else np.uint16
-    for i in range(n):
-        shape, count = ("disc", "bar")[i % 2], ("one", "two")[(i // 2) % 2]
-        img = (draw_shape(rng, size, shape, 1 if count == "one" else 2) * scale).astype(dtype)
-        rel = f"images/img{i:03d}.png"
-        write_image(root / rel, img)
-        count_label = "" if unknown_every and i % unknown_every == 0 else count
-        lines.append(f"{rel},{shape},{count_label},g{i % groups}")
-    (root / "manifest.csv").write_text("\n".join(lines) + "\n")
-    return root / "manifest.csv"
+    def collect(self):
+        raise pytest.skip.Exception(
+            f"tests/{self.path.parent.name} needs the training install (missing: {', '.join(MISSING_TRAIN_EXTRA)}): "
+            "pip install -e '.[train,dev]'", allow_module_level=True)
+
+
+def pytest_pycollect_makemodule(module_path: Path, parent: pytest.Collector) -> pytest.Module | None:
+    # per file, not per folder: `pytest tests/training/test_x.py` named on the command line skips too
+    if MISSING_TRAIN_EXTRA and module_path.resolve().parent.parent == REPO / "tests" \
+            and module_path.parent.name in NEEDS_TRAIN_EXTRA:
+        return TrainExtraMissing.from_parent(parent, path=module_path)
+    return None  # pytest's own module collector
 
 
 @pytest.fixture
 def shapes_dataset(tmp_path: Path) -> Path:
     return make_shapes_dataset(tmp_path / "shapes")
-
-
-def tiny_overrides(manifest: Path, out: Path, epochs: int = 2) -> list[str]:
-    """Shrink the real default config to seconds on a CPU (the lightning-hydra-template habit)."""
-    return [
-        f"data.path={manifest}", f"output_dir={out}", "data.num_workers=0",
-        "tasks={shape: {column: shape}, count: {column: count}}",
-        "preprocess.size=[32, 32]", "model.backbone=tiny", f"trainer.max_epochs={epochs}",
-        "trainer.batch_size=8", "trainer.progress_bar=false", "data.val_fraction=0.25", "data.test_fraction=0.25",
-    ]
 
 
 def train_tiny_ema_run(root: Path, *extra: str, epochs: int = 3):

@@ -12,7 +12,7 @@ yaml = pytest.importorskip("yaml")  # the train extra; a bare station install sk
 from mscvision.core.errors import ConfigError  # noqa: E402
 from mscvision.training.config import RunConfig, load_config  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CONFIG_DIR = REPO / "configs"
 
 
