@@ -119,7 +119,7 @@ def guarded(handler, args: argparse.Namespace, command: str) -> int:
                   file=sys.stderr)
             return 2
         raise
-    except Exception:  # a bug: show the traceback, exit 1 (DESIGN.md exit codes)
+    except Exception:  # a bug: show the traceback, exit 1 (docs/architecture.md exit codes)
         import traceback
 
         traceback.print_exc()
