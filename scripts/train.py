@@ -7,8 +7,8 @@
 import argparse
 import sys
 
-from mscvision.cli import guarded, run_train
-from mscvision.training.arguments import add_train_arguments
+from mscvision.cli import guarded
+from mscvision.commands.train import add_train_arguments, run_train
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -18,12 +18,6 @@ def _run_synth(args: argparse.Namespace) -> int:
     return run(args)
 
 
-def run_train(args: argparse.Namespace) -> int:
-    from mscvision.training.entry import run_from_args
-
-    return run_from_args(args)
-
-
 def run_export(args: argparse.Namespace) -> int:
     from mscvision.export import export_run
 
@@ -59,12 +53,6 @@ def _synth_arguments(parser: argparse.ArgumentParser) -> None:
     add_arguments(parser)
 
 
-def _train_arguments(parser: argparse.ArgumentParser) -> None:
-    from mscvision.training.arguments import add_train_arguments
-
-    add_train_arguments(parser)
-
-
 def _bench_arguments(parser: argparse.ArgumentParser) -> None:
     from mscvision.benchmarks.arguments import add_bench_arguments
 
@@ -73,12 +61,14 @@ def _bench_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _subcommands() -> list[tuple]:
     """(name, help, add its arguments, handler); export needs mscvision[train], predict/info/verify
-    are the bare station install. ``runtime.commands`` imports nothing heavy at the top."""
+    are the bare station install. ``commands.train`` and ``runtime.commands`` import nothing heavy
+    at the top."""
+    from mscvision.commands import train
     from mscvision.runtime import commands
 
     return [
         ("synth", "generate the synthetic MSC-culture data set", _synth_arguments, _run_synth),
-        ("train", "train a model (needs mscvision[train])", _train_arguments, run_train),
+        ("train", "train a model (needs mscvision[train])", train.add_train_arguments, train.run_train),
         ("export", "export a trained run to one ONNX file (needs mscvision[train])", _add_export_arguments,
          run_export),
         ("predict", "predict images with an exported model", commands.add_predict_arguments, commands.run_predict),
@@ -129,7 +119,7 @@ def guarded(handler, args: argparse.Namespace, command: str) -> int:
                   file=sys.stderr)
             return 2
         raise
-    except Exception:  # a bug: show the traceback, exit 1 (DESIGN.md exit codes)
+    except Exception:  # a bug: show the traceback, exit 1 (docs/architecture.md exit codes)
         import traceback
 
         traceback.print_exc()

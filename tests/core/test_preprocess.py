@@ -97,3 +97,23 @@ def test_spec_round_trips_through_json_and_rejects_unknown_keys():
     assert PreprocessSpec.from_dict(json.loads(spec.to_json())) == spec
     with pytest.raises(ConfigError, match="unknown preprocessing key"):
         PreprocessSpec.from_dict({**spec.to_dict(), "gamma": 2})
+
+
+def test_percentile_scope_is_validated_naming_the_key():
+    # "image" is the only scope: a spec (a config, or a model's metadata) with another one is refused,
+    # never silently normalised per array while it asked for something else (e.g. a whole field)
+    for bad in ("field", "tile", ""):
+        with pytest.raises(ConfigError, match=r"preprocess\.percentile_scope=.*'image'"):
+            PreprocessSpec(percentile_scope=bad)
+        with pytest.raises(ConfigError, match=r"preprocess\.percentile_scope"):
+            PreprocessSpec.from_dict({**PreprocessSpec().to_dict(), "percentile_scope": bad})
+
+
+def test_percentile_scope_image_measures_the_array_it_is_given():
+    # one crop normalised on its own reaches the full [0, 1] range; cut from the normalised whole it does not
+    whole = np.arange(400, dtype=np.float32).reshape(20, 20, 1)
+    spec = PreprocessSpec(percentile_low=0, percentile_high=100, size=(10, 10), fit="crop_or_pad")
+    crop = whole[:10, :10]
+    alone = preprocess(crop, spec)[0]
+    assert alone.min() == 0.0 and alone.max() == 1.0
+    assert preprocess(whole, PreprocessSpec(percentile_low=0, percentile_high=100, size=(20, 20)))[0][:10, :10].max() < 0.5

@@ -153,7 +153,7 @@ def test_augmentation_is_reproducible_per_epoch_and_sample():
     assert torch.equal(first, again) and not torch.equal(first, other_epoch)
 
 
-# --- bad input: one clear line naming the file, row or key; exit codes per DESIGN.md; no traceback ---
+# --- bad input: one clear line naming the file, row or key; exit codes per docs/architecture.md; no traceback ---
 
 def _train_cli(capsys, manifest: Path, tmp_path: Path, *extra: str) -> tuple[int, str]:
     code = main(["train", *tiny_overrides(manifest, tmp_path / "runs", epochs=1), *extra])

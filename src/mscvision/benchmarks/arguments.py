@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from mscvision.runtime.station import usable_cores
+from mscvision.core.machine import usable_cores
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:

@@ -8,24 +8,13 @@ from importlib import metadata
 
 import numpy as np
 
-from mscvision.runtime.station import cpu_flags, usable_cores
+from mscvision.core.machine import cpu_flags, cpu_model, usable_cores
 
 
 def cpu_info() -> dict:
-    model, mhz = platform.processor() or "unknown", None
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                key = key.strip()
-                if key == "model name":
-                    model = value.strip()
-                elif key == "cpu MHz" and mhz is None:
-                    mhz = float(value)
-    except OSError:
-        pass
-    cores = usable_cores()
-    return {"model": model, "cores": cores, "mhz": mhz, "flags": cpu_flags()}
+    model, mhz = cpu_model()
+    return {"model": model or platform.processor() or "unknown", "cores": usable_cores(), "mhz": mhz,
+            "flags": cpu_flags()}
 
 
 def theoretical_fp32_peak(cpu: dict) -> dict:

@@ -1,6 +1,6 @@
 """From probabilities to a decision per task: a label, or "review" when the model is not sure enough.
 
-Shared by training-time evaluation and the runtime (DESIGN.md: everything after the model is one
+Shared by training-time evaluation and the runtime (docs/architecture.md: everything after the model is one
 copy). The threshold is on the top-class probability, which already includes the temperature.
 """
 

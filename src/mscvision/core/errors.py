@@ -1,4 +1,4 @@
-"""Errors a user can act on, and the exit codes shared by every subcommand (DESIGN.md)."""
+"""Errors a user can act on, and the exit codes shared by every subcommand (docs/architecture.md)."""
 
 EXIT_OK = 0
 EXIT_INTERNAL = 1

@@ -1,4 +1,4 @@
-"""Data sets: a folder of images plus ``manifest.csv`` (DESIGN.md "Data contract").
+"""Data sets: a folder of images plus ``manifest.csv`` (docs/architecture.md "Data sets and tasks").
 
 Columns: ``path`` (relative to the manifest's folder), one column per task (empty = unknown for
 that task), ``group`` (donor / lot / well / track: the unit a split never cuts), optional

@@ -28,6 +28,11 @@ PIXEL_SIZE_RANGE_UM = (0.01, 100.0)
 _FLATNESS_SAMPLE = 2**14
 INTENSITY_MODES = ("fixed", "percentile")
 FIT_MODES = ("resize", "crop_or_pad")
+# Where the percentile statistics are measured. "image": over the whole array `preprocess` is given
+# (one image, one crop, one tile: each normalised on its own). Tiling whole fields (docs/architecture.md)
+# will add "field": one set of statistics for the field, applied to each of its tiles. Until that is
+# built, any other value is refused, so a model that asks for it never runs normalised per tile.
+PERCENTILE_SCOPES = ("image",)
 
 
 @dataclass(frozen=True)
@@ -37,7 +42,7 @@ class PreprocessSpec:
     intensity: str = "percentile"  # "fixed": divide by the bit-depth maximum; "percentile": see below
     percentile_low: float = 1.0  # per image, per channel: p_low → 0, p_high → 1, clipped
     percentile_high: float = 99.8
-    percentile_scope: str = "image"  # statistics over the whole image the function is given
+    percentile_scope: str = "image"  # where the percentiles are measured: PERCENTILE_SCOPES
     bit_depth: int | None = None  # expected bit depth (8/16); None accepts either
     size: tuple[int, int] = (128, 128)  # (h, w) the model sees
     fit: str = "resize"  # "resize": stretch; "crop_or_pad": centre-crop or zero-pad each axis
@@ -54,6 +59,10 @@ class PreprocessSpec:
         if self.channels is not None and len(self.channels) != self.in_channels:
             raise ConfigError(f"preprocess.channels={list(self.channels)} selects {len(self.channels)} "
                               f"channels but in_channels={self.in_channels}")
+        if self.percentile_scope not in PERCENTILE_SCOPES:
+            raise ConfigError(f"preprocess.percentile_scope={self.percentile_scope!r}: use 'image' (the percentiles "
+                              "are measured over the whole array preprocessed: one image, crop or tile); a "
+                              "per-field scope for tiled whole fields does not exist yet")
         if not 0 <= self.percentile_low < self.percentile_high <= 100:
             raise ConfigError("preprocess.percentile_low/high must satisfy 0 <= low < high <= 100")
         for name in ("mean", "std"):
@@ -155,7 +164,9 @@ def scale_intensity(image: np.ndarray, spec: PreprocessSpec, source: str = "imag
     x = image.astype(np.float32, copy=False)
     if spec.intensity == "fixed":
         return np.clip(x / np.float32(_dtype_max(image)), 0.0, 1.0)
-    return percentile_normalize(x, spec.percentile_low, spec.percentile_high)
+    if spec.percentile_scope == "image":  # measured over x itself; "field" will pass the field's bounds
+        return percentile_normalize(x, spec.percentile_low, spec.percentile_high)
+    raise ConfigError(f"preprocess.percentile_scope={spec.percentile_scope!r} is not implemented")
 
 
 def percentile_normalize(x: np.ndarray, low: float, high: float) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Tasks: named label sets, each with its own head, keyed by name everywhere (DESIGN.md "Tasks")."""
+"""Tasks: named label sets, each with its own head, keyed by name everywhere (docs/architecture.md "Data sets and tasks")."""
 
 from __future__ import annotations
 

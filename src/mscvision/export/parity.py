@@ -15,7 +15,7 @@ import torch
 from mscvision.core.metrics import classification_metrics
 from mscvision.core.tasks import IGNORE_INDEX, Task
 
-# The gates. fp32 must be the same model; fp16 / int8 must make the same decisions (DESIGN.md).
+# The gates. fp32 must be the same model; fp16 / int8 must make the same decisions (docs/architecture.md).
 FP32_MAX_ABS_DIFF = 1e-4
 VARIANT_MIN_TOP1 = 0.99
 VARIANT_MAX_BAL_ACC_DROP = 0.01

@@ -23,7 +23,7 @@ from mscvision.export.metadata import build_metadata, conformance, gate_measured
 from mscvision.export.quantize import to_fp16, to_int8
 from mscvision.export.samples import Samples, load_samples, read_split
 from mscvision.export.vectors import write_vectors
-from mscvision.runtime.station import cpu_flags
+from mscvision.core.machine import cpu_flags
 from mscvision.training.config import EXPORT_PRECISIONS as PRECISIONS  # one tuple: config checks it too
 from mscvision.training.run_files import load_classifier, run_checkpoint
 

@@ -1,4 +1,4 @@
-"""The metadata contract of an exported model (DESIGN.md "The model artifact contract").
+"""The metadata contract of an exported model (docs/architecture.md "The model-artifact contract").
 
 Export writes this JSON document into the ONNX file's ``metadata_props`` under ``METADATA_KEY``;
 the runtime parses it here and refuses anything it does not understand, so a station never runs a

@@ -1,4 +1,4 @@
-"""Batch prediction: image files → rows (DESIGN.md "Prediction rows"), written CSV or JSONL.
+"""Batch prediction: image files → rows (docs/architecture.md "Prediction rows"), written CSV or JSONL.
 
 Rows: ``path``, ``status`` (ok | review | error), ``reason``, then per task ``TASK.label`` and
 ``TASK.p.CLASS``, then ``notes`` (what decoding did: alpha dropped, z-projected, ...; last, so that

@@ -1,4 +1,4 @@
-"""What the station's runtime is: onnxruntime version, execution providers, CPU flags, threads.
+"""What the station's runtime is: onnxruntime version, execution providers, CPU flags (core.machine), threads.
 
 int8 kernels differ across CPUs (VNNI / AVX-512 / NEON dot products), so these facts are recorded
 at export time (where the parity figures were measured) and printed by `mscvision verify`.
@@ -9,28 +9,9 @@ from __future__ import annotations
 import os
 import platform
 
-# CPU features that change which onnxruntime kernels run (and so the last bits of int8 results)
-_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
-          "avx_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8", "asimd", "asimddp", "sve", "i8mm")
+from mscvision.core.machine import cpu_flags  # the machine facts live in core: every layer reads them
+
 _GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
-
-
-def cpu_flags() -> list[str]:
-    """The relevant CPU feature flags this machine reports (Linux /proc/cpuinfo; empty elsewhere)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            words = set()
-            for line in f:
-                if line.lower().startswith(("flags", "features")):
-                    words.update(line.split(":", 1)[1].split())
-    except OSError:
-        return []
-    return [flag for flag in _FLAGS if flag in words]
-
-
-def usable_cores() -> int:
-    """The cores this process may run on (its CPU affinity where the OS reports one, e.g. in a container)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def choose_providers(device: str = "auto") -> list[str]:

@@ -14,7 +14,7 @@ from mscvision.core.fileio import write_text_atomic
 from mscvision.core.split_check import SplitCounts, check_splits, count_split, format_split_table, split_table_csv
 from mscvision.core.splits import check_groups_disjoint, stratification_key, task_labels, train_val_test_split
 from mscvision.core.tasks import Task
-from mscvision.runtime.station import usable_cores
+from mscvision.core.machine import usable_cores
 from mscvision.training.config import DataConfig, RunConfig, SyntheticConfig
 
 

@@ -14,7 +14,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from mscvision.core.fileio import write_json_atomic, write_text_atomic
 from mscvision.core.split_check import HELD_OUT, SplitCounts, mark_estimable
-from mscvision.runtime.station import cpu_flags
+from mscvision.core.machine import cpu_flags
 from mscvision.training.config import RunConfig, save_config
 from mscvision.training.data import ImageSet, ScanResult, load_unit_image, make_loader, scan_images
 from mscvision.training.dataset_setup import (PreparedData, check_split, loss_class_weights, prepare_data, report_split,

@@ -1,0 +1,67 @@
+"""`mscvision train` / `scripts/train.py`: arguments → config → one run → a short summary → the exported model.
+
+Training (`training.fit.train(config) -> RunResult`) knows nothing of argparse or export; this
+module reads the arguments, calls it, prints the summary and then calls export.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # at run time training is imported only when the command runs
+    from mscvision.training.fit import RunResult
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", action="append", default=None, metavar="FILE",
+                        help="YAML config layered on the built-in defaults (configs/default.yaml lists them); "
+                             "repeat to layer files, later ones overriding earlier ones (e.g. gpu.yaml)")
+    parser.add_argument("--resume", metavar="RUN_DIR", default=None,
+                        help="continue a run from RUN_DIR/checkpoints/last.ckpt with its saved config")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="dotted config overrides, e.g. model.backbone=resnet34 trainer.max_epochs=5")
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from mscvision.training.config import load_config
+    from mscvision.training.fit import train
+
+    if args.resume:
+        run_dir = _resumable(Path(args.resume))
+        config = load_config([run_dir / "config.yaml"], args.overrides)
+        result = train(config, run_dir=run_dir, resume=True)
+    else:
+        config = load_config(args.config, args.overrides)
+        result = train(config)
+    print_summary(result)
+    if result.metrics and config.export.enabled:
+        from mscvision.export import export_run
+
+        export_run(result.run_dir, precision=config.export.precision)
+    return 0
+
+
+def _resumable(run_dir: Path) -> Path:
+    from mscvision.core.errors import DataError
+
+    if not (run_dir / "checkpoints" / "last.ckpt").is_file():
+        raise DataError(f"{run_dir}: no checkpoints/last.ckpt to resume from. Fix: pass a run directory "
+                        "made by `python scripts/train.py`.")
+    return run_dir
+
+
+def print_summary(result: RunResult) -> None:
+    print(f"\nrun directory: {result.run_dir}")
+    if not result.metrics:
+        print(f"stopped early; resume with: python scripts/train.py --resume {result.run_dir}")
+        return
+    print(f"evaluated checkpoint: {result.checkpoint}")
+    print(f"{'split':6} {'task':18} {'bal.acc':>8} {'macroF1':>8} {'wF1':>8} {'n':>6}")
+    for side in ("val", "test"):
+        for task, m in result.metrics.get(side, {}).items():
+            print(f"{side:6} {task:18} {m['balanced_accuracy']:8.3f} {m['macro_f1']:8.3f} "
+                  f"{m['weighted_f1']:8.3f} {m['n']:6d}")
+    print(f"wall time: {result.metrics['run']['seconds'] / 60:.1f} min "
+          f"(metrics: {result.run_dir / 'metrics.json'})")
