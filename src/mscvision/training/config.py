@@ -3,7 +3,7 @@
 The dataclasses below are THE defaults: ``load_config`` starts every run from ``RunConfig()`` and
 layers the given YAML files and overrides on top, so ``--config X`` alone changes only what X names,
 and a non-editable install needs no config file at all. ``configs/default.yaml`` lists the same
-values, key for key, as a readable example; tests/test_config.py fails if the two drift apart.
+values, key for key, as a readable example; tests/training/test_config.py fails if the two drift apart.
 
 Unknown keys, values of the wrong type and unknown choices of enumerated keys are rejected with a
 message naming the key. The resolved config is saved in the run directory and inside every
