@@ -412,3 +412,24 @@ def test_finite_pixels_that_overflow_when_scaled_are_refused_by_name(tmp_path):
         prepare_input(tmp_path / "extreme.tif", metadata)
     tifffile.imwrite(tmp_path / "large.tif", extreme / 4)  # a span float32 still holds: accepted
     assert np.isfinite(prepare_input(tmp_path / "large.tif", metadata).tensor).all()
+
+
+def test_float64_beyond_float32_is_refused_as_such_not_as_infinite(tmp_path):
+    """A finite float64 1e300 became "1,024 infinite" pixels in the reason (cast first, checked after)."""
+    tifffile.imwrite(tmp_path / "f64.tif", np.full((32, 32), 1e300))
+    with pytest.raises(ImageError, match=r"float64 pixel values up to 1e\+300, beyond float32's range"):
+        prepare_input(tmp_path / "f64.tif", read_metadata(FIXTURE))
+    nan = np.full((32, 32), 0.5)
+    nan[0, 0] = np.nan
+    tifffile.imwrite(tmp_path / "nan64.tif", nan)
+    with pytest.raises(ImageError, match=r"non-finite pixel values \(1 NaN of 1,024\)"):
+        prepare_input(tmp_path / "nan64.tif", read_metadata(FIXTURE))
+
+
+def test_a_tiff_holding_several_images_says_only_the_first_was_read(tmp_path):
+    """Two series (e.g. two fields of view) in one file: the row's notes say which one was predicted."""
+    with tifffile.TiffWriter(tmp_path / "two-fields.tif") as tif:
+        tif.write(_shape(40))
+        tif.write(_shape(41, size=48))
+    prepared = prepare_input(tmp_path / "two-fields.tif", read_metadata(FIXTURE))
+    assert any("holds 2 images (TIFF series); only the first, 32x32, was read" in n for n in prepared.notes)
