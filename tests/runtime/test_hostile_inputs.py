@@ -149,6 +149,11 @@ def build_zoo(run_dir: Path) -> tuple[list[Case], list[str], int]:
     z = np.stack([_shape(18), _shape(18) // 2, _shape(18) // 3])
     tifffile.imwrite(case("z-stack.ome.tif", "ok", note="z-stack reduced by maximum-intensity projection",
                           good=True), z, ome=True, metadata={"axes": "ZYX"})
+    # several images (TIFF series) in one file: the first is predicted, and the notes say so
+    with tifffile.TiffWriter(case("two-series.tif", "ok", note=r"holds 2 images \(TIFF series\); only the first",
+                                  good=True)) as tif:
+        tif.write(_shape(33))
+        tif.write(_shape(34, size=48))
     # An absurd (1e6 µm) or zero pixel size in the metadata: the fixture has no trained pixel size
     # (preprocess.pixel_size_um null), so nothing is rescaled and the stated size is not used at all:
     # ok, no rescale note. A model WITH a trained pixel size refuses both (asserted in
@@ -173,6 +178,7 @@ def build_zoo(run_dir: Path) -> tuple[list[Case], list[str], int]:
     extreme = np.full((32, 32), 3e38, np.float32)
     extreme[:16] = -3e38
     tifffile.imwrite(case("float-extreme.tif", "error", r"pixel values \(-3e\+38 to 3e\+38\) overflow"), extreme)
+    tifffile.imwrite(case("float64-huge.tif", "error", r"beyond float32's range"), np.full((32, 32), 1e300))
     # a blank 128x128 frame is refused by size first: the fixture accepts at most 64 px a side
     _png(case("blank-128.png", "error", r"128x128 px is much larger"), np.full((128, 128), 128, np.uint8))
     near = "constant or nearly so"
@@ -238,7 +244,8 @@ def build_zoo(run_dir: Path) -> tuple[list[Case], list[str], int]:
         path.write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        ")
 
     # --- careless command lines -------------------------------------------------------------------
-    case("missing.png", "error", r"no such file", named=True)
+    case("missing.png", "error", r"no such file. Fix: check the path \(relative paths are resolved against the "
+                                 r"current folder", named=True)
     case("nomatch-*.png", "error", r"no file matches this pattern", named=True)
     return cases, ["zoo", "=SUM(1+1).png", "missing.png", "nomatch-*.png"], len(appledouble)
 

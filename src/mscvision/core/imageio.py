@@ -97,8 +97,8 @@ def open_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterat
     if not path.is_file():
         if path.exists():  # never opened: a FIFO would block, a device never end
             raise ImageError(path, "not a regular file (a folder, device, socket or pipe). Fix: name image files.")
-        raise ImageError(path, "no such file. Fix: check the path (relative paths are "
-                               "resolved against the manifest's folder).")
+        raise ImageError(path, "no such file. Fix: check the path (relative paths are resolved "
+                               "against the current folder, or in a manifest against the manifest's folder).")
     with ExitStack() as stack:
         with _decoder_errors(path):  # only the decoders' own errors: not those of the caller's block
             reader: ImageReader = (_TiffReader if sniff_format(path) == "TIFF" else _PillowReader)(path, stack)
