@@ -97,8 +97,8 @@ def open_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterat
     if not path.is_file():
         if path.exists():  # never opened: a FIFO would block, a device never end
             raise ImageError(path, "not a regular file (a folder, device, socket or pipe). Fix: name image files.")
-        raise ImageError(path, "no such file. Fix: check the path (relative paths are "
-                               "resolved against the manifest's folder).")
+        raise ImageError(path, "no such file. Fix: check the path (relative paths are resolved "
+                               "against the current folder, or in a manifest against the manifest's folder).")
     with ExitStack() as stack:
         with _decoder_errors(path):  # only the decoders' own errors: not those of the caller's block
             reader: ImageReader = (_TiffReader if sniff_format(path) == "TIFF" else _PillowReader)(path, stack)
@@ -185,6 +185,9 @@ class _TiffReader(ImageReader):
         self.path, self.notes = path, []
         self.tif = stack.enter_context(tifffile.TiffFile(path))  # parses the tags, not the pixel data
         self.series = self.tif.series[0]
+        if len(self.tif.series) > 1:  # several fields / positions in one file: never a silent choice
+            self.notes.append(f"the file holds {len(self.tif.series)} images (TIFF series); only the first, "
+                              f"{'x'.join(map(str, self.series.shape))}, was read")
         axes, shape = self.series.axes.upper(), tuple(self.series.shape)
         if "Y" not in axes or "X" not in axes:
             raise ImageError(path, f"no Y/X axes in TIFF axes {axes!r}.")
@@ -279,8 +282,9 @@ def _normalise_dtype(path: Path, img: DecodedImage) -> DecodedImage:
     elif arr.dtype in (np.int32, np.int64, np.uint32, np.int16) and arr.size and 0 <= arr.min() and arr.max() <= 65535:
         arr, depth = arr.astype(np.uint16), 16
     elif arr.dtype in (np.float32, np.float64, np.float16):
+        _refuse_non_finite(path, arr)  # before the cast, which would turn a finite 1e300 into "infinite"
+        _refuse_beyond_float32(path, arr)
         arr, depth = arr.astype(np.float32), 32
-        _refuse_non_finite(path, arr)
     elif arr.dtype == bool:
         arr, depth = arr.astype(np.uint8) * 255, 8
     else:
@@ -302,6 +306,17 @@ def _refuse_non_finite(path: Path, arr: np.ndarray) -> None:
     kinds = ", ".join(f"{n:,} {kind}" for n, kind in ((n_nan, "NaN"), (n_inf, "infinite")) if n)
     raise ImageError(path, f"float image with non-finite pixel values ({kinds} of {arr.size:,}). "
                            "Fix: replace them (e.g. with 0) in the software that wrote the file, or re-export it.")
+
+
+def _refuse_beyond_float32(path: Path, arr: np.ndarray) -> None:
+    """float64 values that float32 cannot hold would become infinite in the model's input type."""
+    if arr.dtype != np.float64 or not arr.size:
+        return
+    largest, limit = float(np.abs(arr).max()), float(np.finfo(np.float32).max)
+    if largest > limit:
+        raise ImageError(path, f"float64 pixel values up to {largest:g}, beyond float32's range "
+                               f"({limit:g}), which the model computes in. Fix: save the "
+                               "image with values in a sane range (e.g. 0-1 float, or 8/16-bit integers).")
 
 
 def write_image(path: str | Path, array: np.ndarray, pixel_size_um: float | None = None) -> None:

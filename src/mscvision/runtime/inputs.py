@@ -111,7 +111,9 @@ def prepare_input(path: str | Path, metadata: ModelMetadata, budget: DecodeBudge
         with _reserved(budget, working_bytes(header), source):
             decoded = reader.decode()
             check_input(decoded, metadata, source)
-            tensor = preprocess(decoded.array, metadata.spec, decoded.pixel_size_um, source=source)
+            with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused just below, by name
+                tensor = preprocess(decoded.array, metadata.spec, decoded.pixel_size_um, source=source)
+            check_finite_tensor(tensor, decoded, source)
             doubts = _doubts(decoded, metadata)
     return PreparedInput(tensor, (*decoded.notes, *_rescale_notes(decoded, metadata)), doubts)
 
@@ -145,6 +147,17 @@ def check_input(decoded: DecodedImage, metadata: ModelMetadata, source: str) -> 
         raise ImageError(source, f"is {decoded.bit_depth}-bit; the model was trained on "
                                  f"{'/'.join(map(str, depths))}-bit images with fixed intensity scaling. "
                                  "Fix: supply images of the training bit depth.")
+
+
+def check_finite_tensor(tensor: np.ndarray, decoded: DecodedImage, source: str) -> None:
+    """Finite pixels can still scale to a non-finite input: float values spanning more than float32
+    holds (e.g. -3e38 to 3e38) overflow ``x - low``. Refused here, naming the cause; the model would
+    answer NaN, and the row would blame the model."""
+    if np.isfinite(tensor).all():
+        return
+    raise ImageError(source, f"its pixel values ({decoded.array.min():g} to {decoded.array.max():g}) overflow "
+                             "float32 when scaled, so the model's input would not be finite. Fix: save the image "
+                             "with values in a sane range (e.g. 0-1 float, or 8/16-bit integers).")
 
 
 def check_size(height: int, width: int, pixel_size_um: float | None, metadata: ModelMetadata,
