@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from mscvision.core.imageio import decode_image
-from mscvision.synth import DIFFERENTIATION_CLASSES, MORPHOLOGY_CLASSES, generate_dataset, read_manifest
+from mscvision.synth import DIFFERENTIATION_CLASSES, MORPHOLOGY_CLASSES, generate_dataset, read_manifest_rows
 from mscvision.training.realism import evaluate, intensity_features, lbp_features
 
 TASKS = {"morphology": MORPHOLOGY_CLASSES, "differentiation": DIFFERENTIATION_CLASSES}
@@ -30,7 +30,7 @@ LBP_GAP = 0.15  # required below the CNN
 
 
 def load(data: Path):
-    rows = read_manifest(data / "manifest.csv")
+    rows = read_manifest_rows(data / "manifest.csv")
     feats_i, feats_t = [], []
     for row in rows:
         decoded = decode_image(data / row["path"])

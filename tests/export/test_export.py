@@ -88,6 +88,22 @@ def test_metadata_is_embedded_and_copied(trained, exported):
     assert {k: v for k, v in copy.items() if k != "file"} == json.loads(text)
 
 
+def test_model_records_the_data_by_name_and_hash_never_a_local_path(trained, exported):
+    """The run's record of its manifest (metrics.json) is what export reads; a shipped model names the
+    data set (FOLDER/manifest.csv) and its SHA-256, never this machine's absolute path."""
+    from mscvision.core.fileio import sha256_file
+
+    record = trained.metrics["run"]["data_manifest"]
+    manifest = Path(record["path"])
+    raw = load_model(exported).metadata.raw
+    assert raw["provenance"]["data_manifest"] == record["name"] == "shapes/manifest.csv"
+    assert raw["provenance"]["data_manifest_sha256"] == record["sha256"] == sha256_file(manifest)
+    for key in ("model_card", "provenance"):
+        assert str(manifest.parent) not in json.dumps(raw[key]), key
+    card = raw["model_card"]["training_data"]
+    assert "'shapes/manifest.csv'" in card and record["sha256"] in card
+
+
 def test_parity_report(trained, exported):
     report = json.loads(exported.with_name("tiny.parity.json").read_text())
     with open(trained.run_dir / "split.csv", newline="") as f:

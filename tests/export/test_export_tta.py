@@ -77,3 +77,41 @@ def test_metadata_and_figures_are_those_of_the_tta_pass(tta_run):
 def test_info_names_the_tta(tta_run, capsys):
     assert main(["info", str(tta_run[1])]) == 0
     assert "TTA          dihedral x8 inside the graph" in capsys.readouterr().out
+
+
+def _predictions(path) -> dict[str, dict]:
+    import csv
+
+    with open(path, newline="") as f:
+        return {row["path"]: row for row in csv.DictReader(f)}
+
+
+def test_run_files_and_summary_name_the_pass_and_show_the_deployed_one(tta_run):
+    """predictions_test.csv holds the pass the exported model runs (TTA here), labelled; the plain
+    pass sits beside it; the console summary labels each figure's pass and marks the deployed one."""
+    from mscvision.training.evaluate import summary_lines
+
+    result, out = tta_run
+    assert result.metrics["setup"]["deployed"] == "test_tta"
+    deployed = _predictions(result.run_dir / "predictions_test.csv")
+    plain = _predictions(result.run_dir / "predictions_test_plain.csv")
+    assert deployed.keys() == plain.keys() and {r["pass"] for r in deployed.values()} == {"tta"}
+    assert {r["pass"] for r in plain.values()} == {"plain"}
+    from mscvision.runtime.inputs import load_input
+
+    model = load_model(out, threads=1)
+    station = model.predict(np.stack([load_input(p, model.metadata) for p in deployed]))
+    for task in model.metadata.tasks:  # the station's labels from the files are the deployed rows' labels
+        assert [task.classes[i] for i in station[task.name].argmax(axis=1)] == \
+            [r[f"{task.name}.label"] for r in deployed.values()]
+        first = f"{task.name}.p.{task.classes[0]}"
+        assert [float(r[first]) for r in plain.values()] == pytest.approx(result.test_probs[task.name][:, 0], abs=1e-6)
+        assert [float(r[first]) for r in deployed.values()] == \
+            pytest.approx(result.test_tta_probs[task.name][:, 0], abs=1e-6)
+    lines = summary_lines(result)
+    tta_rows = [line for line in lines if line.startswith("test   TTA x8")]
+    assert len(tta_rows) == 2 and all(line.endswith("<- the exported model") for line in tta_rows)
+    for task, m in result.metrics["test_tta"].items():
+        assert any(f" {task} " in line and f"{m['balanced_accuracy']:8.3f}" in line for line in tta_rows)
+    plain_rows = [line for line in lines if line.startswith("test   plain")]
+    assert len(plain_rows) == 2 and not any("exported" in line for line in plain_rows)

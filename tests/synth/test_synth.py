@@ -14,7 +14,7 @@ import pytest
 from mscvision.core.errors import ConfigError
 from mscvision.core.imageio import decode_image
 from mscvision.synth import (DIFFERENTIATION_CLASSES, MORPHOLOGY_CLASSES, generate_dataset, manifest_columns,
-                             read_manifest)
+                             read_manifest_rows)
 from mscvision.synth.cli import add_arguments, run
 
 TASKS = {"morphology": MORPHOLOGY_CLASSES, "differentiation": DIFFERENTIATION_CLASSES}
@@ -42,7 +42,7 @@ def test_different_seed_gives_different_images(small, tmp_path):
 
 
 def test_manifest_columns_labels_and_fractions(small):
-    rows = read_manifest(small / "manifest.csv")
+    rows = read_manifest_rows(small / "manifest.csv")
     assert list(rows[0]) == manifest_columns() and len(rows) == 40
     for row in rows:
         assert (small / row["path"]).is_file() and row["group"].startswith("donor")
@@ -75,7 +75,7 @@ def test_synth_json_records_the_parameters(small):
 
 def test_16_bit_uses_more_than_8_bits(tmp_path):
     generate_dataset(tmp_path, n=3, seed=0, bit_depth=16)
-    for row in read_manifest(tmp_path / "manifest.csv"):
+    for row in read_manifest_rows(tmp_path / "manifest.csv"):
         image = decode_image(tmp_path / row["path"])
         assert image.array.dtype == np.uint16 and image.bit_depth == 16
         assert image.array.max() > 1023 and np.unique(image.array).size > 256
@@ -83,7 +83,7 @@ def test_16_bit_uses_more_than_8_bits(tmp_path):
 
 def test_fluorescence_has_two_channels(tmp_path):
     generate_dataset(tmp_path, n=2, seed=0, modality="fluorescence", size=96)
-    for row in read_manifest(tmp_path / "manifest.csv"):
+    for row in read_manifest_rows(tmp_path / "manifest.csv"):
         assert row["path"].endswith(".tif")
         image = decode_image(tmp_path / row["path"])
         assert image.array.shape == (96, 96, 2) and image.array.dtype == np.uint8
@@ -92,7 +92,7 @@ def test_fluorescence_has_two_channels(tmp_path):
 
 def test_whole_field_mode_writes_one_large_image_with_fractions(tmp_path):
     generate_dataset(tmp_path, n=1, seed=0, field_size=384)
-    (row,) = read_manifest(tmp_path / "manifest.csv")
+    (row,) = read_manifest_rows(tmp_path / "manifest.csv")
     assert decode_image(tmp_path / row["path"]).array.shape == (384, 384, 1)
     assert sum(float(row[f"morphology.fraction.{c}"]) for c in MORPHOLOGY_CLASSES) == pytest.approx(1, abs=1e-4)
 
@@ -123,7 +123,7 @@ def test_intensity_statistics_do_not_reveal_the_class(tmp_path):
     from mscvision.training.realism import evaluate, intensity_features
 
     generate_dataset(tmp_path, n=320, seed=11)
-    rows = read_manifest(tmp_path / "manifest.csv")
+    rows = read_manifest_rows(tmp_path / "manifest.csv")
     features = np.array([intensity_features(decode_image(tmp_path / r["path"]).array, 255) for r in rows])
     groups = np.array([r["group"] for r in rows])
     for task, classes in TASKS.items():

@@ -16,13 +16,13 @@ from mscvision.core.manifest import load_dataset
 from mscvision.training.config import load_config
 from mscvision.training.crossval import fold_splits
 from mscvision.training.fit import train
-from mscvision.training.models import BACKBONES, create_backbone
+from mscvision.training.models import BACKBONES, build_backbone
 
 
 @pytest.mark.parametrize("name", [b for b in BACKBONES if b != "tiny"])
 def test_every_backbone_takes_any_channel_count(name):
     stem = 2 if name != "convnext_tiny" else 4
-    net = create_backbone(name, in_channels=5, stem_stride=stem).eval()
+    net = build_backbone(name, in_channels=5, stem_stride=stem).eval()
     with torch.no_grad():
         out = net(torch.randn(2, 5, 64, 64))
     assert out.shape == (2, net.num_features)
@@ -31,7 +31,7 @@ def test_every_backbone_takes_any_channel_count(name):
 def test_pretrained_rgb_weights_are_adapted_to_five_channels(tmp_path):
     reference = torchvision.models.resnet18(weights=None)
     torch.save(reference.state_dict(), tmp_path / "imagenet.pth")
-    net = create_backbone("resnet18", in_channels=5, stem_stride=4, pretrained=str(tmp_path / "imagenet.pth"))
+    net = build_backbone("resnet18", in_channels=5, stem_stride=4, pretrained=str(tmp_path / "imagenet.pth"))
     rgb = reference.conv1.weight
     assert net.conv1.weight.shape == (64, 5, 7, 7)
     torch.testing.assert_close(net.conv1.weight[:, 2], rgb.mean(dim=1) * 3 / 5)
@@ -43,7 +43,7 @@ def test_pretrained_rgb_weights_are_adapted_to_five_channels(tmp_path):
 def test_pretrained_file_of_another_architecture_is_refused(tmp_path):
     torch.save(torchvision.models.resnet34(weights=None).state_dict(), tmp_path / "r34.pth")
     with pytest.raises(ConfigError, match="does not fit"):
-        create_backbone("resnet18", 1, pretrained=str(tmp_path / "r34.pth"))
+        build_backbone("resnet18", 1, pretrained=str(tmp_path / "r34.pth"))
 
 
 def test_init_from_keeps_backbone_and_matching_heads_only(tmp_path):

@@ -43,14 +43,20 @@ def test_run_directory_and_metrics_schema(tmp_path, shapes_dataset):
             sides.setdefault(row["group"], set()).add(row["split"])
     assert all(len(s) == 1 for s in sides.values())
     assert metrics["run"]["data_manifest"]["sha256"] and metrics["run"]["data_manifest"]["rows"] == 48
-    # the config travels inside the checkpoint
-    ckpt = torch.load(run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)
-    assert ckpt["hyper_parameters"]["config"]["preprocess"]["size"] == (32, 32) or \
-        list(ckpt["hyper_parameters"]["config"]["preprocess"]["size"]) == [32, 32]
+    # the config travels inside the checkpoint as plain values: the weights-only loader reads it back
+    ckpt = torch.load(run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
+    assert isinstance(ckpt["hyper_parameters"]["config"], dict)
+    assert list(ckpt["hyper_parameters"]["config"]["preprocess"]["size"]) == [32, 32]
+    from mscvision.training.config import RunConfig
+    from mscvision.training.run_files import load_classifier
+
+    module = load_classifier(run / "checkpoints" / "best.ckpt")  # torch.load(weights_only=True) inside
+    assert isinstance(module.config, RunConfig) and module.config.hash() == metrics["run"]["config_hash"]
+    assert [t.name for t in module.tasks] == ["shape", "count"] and isinstance(module.tasks[0], Task)
 
 
 def test_select_last_evaluates_and_exports_the_final_weights(tmp_path, shapes_dataset):
-    from mscvision.export.pipeline import locate_run
+    from mscvision.training.run_files import locate_run
     from mscvision.training.evaluate import predict_probabilities
     from mscvision.training.module import MscClassifier
 
@@ -68,6 +74,46 @@ def test_select_last_evaluates_and_exports_the_final_weights(tmp_path, shapes_da
                                                         for i in range(len(paths))]), None)])
     np.testing.assert_allclose(probs["shape"], result.test_probs["shape"], atol=1e-5)
     assert len(rows) == len(paths)
+
+
+def test_build_loaders_returns_the_loaders_their_rows_and_the_scan(tmp_path, shapes_dataset):
+    import dataclasses
+
+    from mscvision.training.dataset_setup import prepare_data
+    from mscvision.training.loaders import Loaders, build_loaders
+
+    config = load_config(None, tiny_overrides(shapes_dataset, tmp_path / "runs"))
+    data = prepare_data(config)
+    loaders = build_loaders(config, data)
+    assert isinstance(loaders, Loaders) and loaders.skipped == []
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        loaders.train = None
+    for side in ("train", "val", "test"):
+        np.testing.assert_array_equal(loaders.rows(side), data.indices(side))  # every image readable here
+        assert len(loaders.loader(side).dataset) == len(loaders.rows(side))
+    assert len(loaders.scan.keep) == 48
+
+
+def test_every_run_or_checkpoint_argument_fails_the_same_way_without_a_checkpoint(tmp_path, shapes_dataset):
+    """Export, fine-tuning, resume and the benchmark take a run directory through one resolver: the
+    same error type and fix when it holds no checkpoint (they used to raise three different ones)."""
+    from mscvision.benchmarks.run import benchmark_model
+    from mscvision.export import export_run
+    from mscvision.training.finetune import init_from_run
+    from mscvision.training.run_files import NoCheckpointError
+
+    empty = tmp_path / "not-a-run"
+    (empty / "checkpoints").mkdir(parents=True)
+    config = load_config(None, tiny_overrides(shapes_dataset, tmp_path / "runs"))
+    calls = {"export": lambda: export_run(empty), "init_from": lambda: init_from_run(None, empty),
+             "resume": lambda: train(config, run_dir=empty, resume=True),
+             "benchmark": lambda: benchmark_model(empty, 1, True, tmp_path / "bench")}
+    for name, call in calls.items():
+        with pytest.raises(NoCheckpointError, match=r"no checkpoint there .*Fix: pass a run directory") as error:
+            call()
+        assert str(empty) in str(error.value), name
+        assert error.value.exit_code == 2
+    assert not (empty / "config.yaml").exists()  # resume refused before it wrote anything
 
 
 def test_a_second_run_never_overwrites_the_first(tmp_path, shapes_dataset):

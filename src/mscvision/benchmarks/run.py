@@ -15,7 +15,7 @@ import torch
 from mscvision.benchmarks import end_to_end, inference, machine
 from mscvision.benchmarks.training_speed import training_throughput
 from mscvision.core.fileio import write_json_atomic, write_text_atomic
-from mscvision.training.run_files import load_classifier, run_checkpoint
+from mscvision.training.run_files import load_classifier, locate_run
 
 SCHEMA = "mscvision.benchmark/1"
 
@@ -23,8 +23,7 @@ SCHEMA = "mscvision.benchmark/1"
 def benchmark_model(run_dir: Path, threads: int, quick: bool, work: Path, log=print) -> dict:
     """Figures for one trained run: export (fp32/fp16/int8), torch vs onnxruntime, predict, training."""
     from mscvision.export.pipeline import export_run
-    checkpoint = run_checkpoint(run_dir)
-    module = load_classifier(checkpoint)
+    module = load_classifier(locate_run(run_dir).checkpoint)
     net = module.eval_net.eval()
     spec = module.config.preprocess
     shape = (spec.in_channels, *spec.size)

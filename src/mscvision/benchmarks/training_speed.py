@@ -8,7 +8,7 @@ import torch
 
 from mscvision.training.config import RunConfig
 from mscvision.training.dataset_setup import loss_class_weights, prepare_data
-from mscvision.training.fit import build_loaders
+from mscvision.training.loaders import build_loaders
 from mscvision.training.module import MscClassifier
 from mscvision.training.normalization import freeze_auto_normalization
 
@@ -27,15 +27,14 @@ def training_throughput(config: RunConfig, steps: int = 20, device: str = "cpu",
     """Images/s of ``steps`` optimiser steps fed by the real loader vs by one batch kept in memory."""
     data = prepare_data(config)
     config = freeze_auto_normalization(config, data)  # preprocess mean/std: auto → numbers, as train() does
-    loaders, _ = build_loaders(config, data)
-    module = MscClassifier(config.to_dict(), [t.to_dict() for t in data.tasks],
-                           loss_class_weights(config, data, loaders["train_rows"]),
+    loaders = build_loaders(config, data)
+    module = MscClassifier(config, data.tasks, loss_class_weights(config, data, loaders.train_rows),
                            channels_last=channels_last).to(device).train()
     optimizer = torch.optim.AdamW(module.parameters(), lr=1e-3)
     if compile_model:
         module.net = torch.compile(module.net)
     ctx = (lambda: torch.autocast(device, dtype=torch.bfloat16)) if bf16 else torch.enable_grad  # noqa: E731
-    loader = loaders["train"]
+    loader = loaders.train
     batch_size = loader.batch_size
 
     def pipeline() -> float:

@@ -57,10 +57,10 @@ def load_dataset(path: str | Path, columns: list[str], check_files: bool = True,
     if not csv_path.is_file():
         raise DataError(f"{csv_path}: no such manifest. Fix: point data.path at a manifest.csv or a "
                         "folder of class sub-folders.")
-    return read_manifest(csv_path, columns, check_files, skip_missing)
+    return manifest_from_csv(csv_path, columns, check_files, skip_missing)
 
 
-def read_manifest(csv_path: Path, columns: list[str], check_files: bool = True,
+def manifest_from_csv(csv_path: Path, columns: list[str], check_files: bool = True,
                   skip_missing: bool = False) -> tuple[Manifest, list[str]]:
     with open(csv_path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)

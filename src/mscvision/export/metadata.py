@@ -48,7 +48,7 @@ def build_metadata(*, name: str, tasks: list[Task], settings: dict[str, dict], s
         "conformance": conformance("fp32"),
         "decision": "per task: the top class when its probability >= threshold, else 'review'",
         "provenance": provenance,
-        "versions": library_versions(),
+        "versions": export_toolchain_versions(),
         "model_card": card,
     }
 
@@ -75,14 +75,16 @@ def _cpu_model() -> str | None:
         return platform.processor() or None
 
 
-def provenance(config, run_dir: Path | None, checkpoint: Path, metrics: dict, manifest: Path | None) -> dict:
+def provenance(config, run_dir: Path | None, checkpoint: Path, metrics: dict, manifest: dict | None) -> dict:
+    """Where the model came from. ``manifest``: the run's record of its data manifest (metrics.json
+    run.data_manifest); the model carries its relative name and SHA-256, never a local path."""
     key = config.deployed_test_key
     test = metrics.get(key, {})
     return {
         "config_hash": config.hash(), "run_dir": str(run_dir) if run_dir else None,
         "checkpoint": checkpoint.name, "checkpoint_sha256": sha256_file(checkpoint),
-        "data_manifest": str(manifest) if manifest else None,
-        "data_manifest_sha256": sha256_file(manifest) if manifest and manifest.is_file() else None,
+        "data_manifest": data_set_name(config, manifest),
+        "data_manifest_sha256": manifest["sha256"] if manifest else None,
         "split_sha256": sha256_file(run_dir / "split.csv") if run_dir else None,
         "git_commit": git_commit(),
         "test_metrics": {task: {k: m[k] for k in _METRIC_KEYS if k in m} for task, m in test.items()},
@@ -91,11 +93,21 @@ def provenance(config, run_dir: Path | None, checkpoint: Path, metrics: dict, ma
     }
 
 
-def model_card(config, tasks: list[Task], metrics: dict, n_split: dict[str, int]) -> dict:
+def data_set_name(config, manifest: dict | None) -> str | None:
+    """A name for the training data that is true on any machine: ``FOLDER/manifest.csv`` (the run's
+    record), else the data folder's name (a class-per-folder tree); None for the synthetic set."""
+    if manifest:
+        return manifest.get("name") or Path(manifest["path"]).parent.name + "/" + Path(manifest["path"]).name
+    return Path(config.data.path).name if config.data.path else None
+
+
+def model_card(config, tasks: list[Task], metrics: dict, n_split: dict[str, int],
+               manifest: dict | None = None) -> dict:
     synthetic = not config.data.path
+    hashed = f", manifest SHA-256 {manifest['sha256']}" if manifest else ""
     data = (f"the embedded synthetic MSC-culture generator (n={config.data.synthetic.n}, "
             f"modality {config.data.synthetic.modality}, {config.data.synthetic.bit_depth}-bit)"
-            if synthetic else f"the data set at {config.data.path}")
+            if synthetic else f"the data set {data_set_name(config, manifest)!r}{hashed}")
     figures = "; ".join(f"{task}: balanced accuracy {m['balanced_accuracy']:.3f}, macro F1 {m['macro_f1']:.3f} "
                         f"(n={m['n']})" for task, m in metrics.get(config.deployed_test_key, {}).items())
     subject = ("of cultured mesenchymal stromal cells (trained on synthetic images only)" if synthetic
@@ -116,7 +128,8 @@ def model_card(config, tasks: list[Task], metrics: dict, n_split: dict[str, int]
     }
 
 
-def library_versions() -> dict:
+def export_toolchain_versions() -> dict:
+    """The versions the model was exported with (mscvision, python, torch, onnx, onnxruntime, numpy)."""
     import numpy
     import onnx
     import onnxruntime

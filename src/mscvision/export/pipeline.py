@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from mscvision.core.errors import EXIT_INTERNAL, ConfigError, DataError, MscvisionError
+from mscvision.core.errors import EXIT_INTERNAL, ConfigError, MscvisionError
 from mscvision.core.fileio import sha256_file, write_json_atomic
 from mscvision.core.tasks import Task
 from mscvision.export import parity
@@ -25,7 +25,7 @@ from mscvision.export.samples import Samples, load_samples, read_split
 from mscvision.export.vectors import write_vectors
 from mscvision.core.machine import cpu_flags
 from mscvision.training.config import EXPORT_PRECISIONS as PRECISIONS  # one tuple: config checks it too
-from mscvision.training.run_files import load_classifier, run_checkpoint
+from mscvision.training.run_files import RunFiles, load_classifier, locate_run
 
 PARITY_SCHEMA = "mscvision.parity/1"
 
@@ -34,31 +34,6 @@ class ParityError(MscvisionError):
     """The exported fp32 graph does not reproduce the torch model: a toolchain defect, never shipped."""
 
     exit_code = EXIT_INTERNAL
-
-
-@dataclass(frozen=True)
-class RunFiles:
-    run_dir: Path
-    checkpoint: Path
-    metrics: dict
-
-
-def locate_run(target: str | Path) -> RunFiles:
-    """A run directory (its best, else last, checkpoint) or a checkpoint inside one."""
-    path = Path(target)
-    if path.is_dir():
-        run_dir = path
-        checkpoint = run_checkpoint(path)
-        if checkpoint is None:
-            raise DataError(f"{path}: no checkpoints/best.ckpt or last.ckpt. Fix: pass a run directory "
-                            "written by `scripts/train.py`, or a .ckpt file.")
-    elif path.is_file():
-        checkpoint, run_dir = path, path.parent.parent
-    else:
-        raise DataError(f"{path}: no such run directory or checkpoint.")
-    metrics_file = run_dir / "metrics.json"
-    metrics = json.loads(metrics_file.read_text(encoding="utf-8")) if metrics_file.is_file() else {}
-    return RunFiles(run_dir, checkpoint, metrics)
 
 
 @dataclass
@@ -179,27 +154,15 @@ def task_settings(run_dir: Path, tasks: list[Task]) -> dict[str, dict]:
 
 
 def _metadata(name: str, module, run: RunFiles, rows: list[dict], heldout: Samples, settings: dict) -> dict:
-    config = module.config
+    config, metrics = module.config, run.metrics
+    manifest = metrics.get("run", {}).get("data_manifest")  # what training read, recorded by the run
     n_split = {s: sum(r["split"] == s for r in rows) for s in ("train", "val", "test")}
     meta = build_metadata(name=name, tasks=module.tasks, settings=settings, spec=config.preprocess,
                           max_side=heldout.max_side, bit_depths=heldout.bit_depths,
-                          provenance=provenance(config, run.run_dir, run.checkpoint, run.metrics,
-                                                _manifest_file(config, rows)),
-                          card=model_card(config, module.tasks, run.metrics, n_split), tta=config.export.tta)
+                          provenance=provenance(config, run.run_dir, run.checkpoint, metrics, manifest),
+                          card=model_card(config, module.tasks, metrics, n_split, manifest), tta=config.export.tta)
     meta["graph"] = {"opset": OPSET, "exporter": "torch.onnx.export (dynamo)", "export_batch": "dynamic"}
     return meta
-
-
-def _manifest_file(config, rows: list[dict]) -> Path | None:
-    """The data manifest: the configured one, else the manifest.csv above the images (synthetic)."""
-    if config.data.path:
-        path = Path(config.data.path)
-        return path / "manifest.csv" if path.is_dir() else path
-    first = Path(rows[0]["path"]) if rows else None
-    for folder in (first.parents if first else ()):
-        if (folder / "manifest.csv").is_file():
-            return folder / "manifest.csv"
-    return None
 
 
 def _measure(job: _Export, path: Path, precision: str, report: dict) -> list[str]:

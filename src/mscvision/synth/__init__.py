@@ -7,8 +7,8 @@ Phase-contrast (default) or two-channel fluorescence crops of cultured mesenchym
 cells, labelled for two tasks on the same image: ``morphology`` and ``differentiation``.
 """
 
-from mscvision.synth.dataset import GENERATOR_VERSION, generate_dataset, manifest_columns, read_manifest
+from mscvision.synth.dataset import GENERATOR_VERSION, generate_dataset, manifest_columns, read_manifest_rows
 from mscvision.synth.labels import DIFFERENTIATION_CLASSES, MORPHOLOGY_CLASSES
 
 __all__ = ["DIFFERENTIATION_CLASSES", "GENERATOR_VERSION", "MORPHOLOGY_CLASSES", "generate_dataset",
-           "manifest_columns", "read_manifest"]
+           "manifest_columns", "read_manifest_rows"]

@@ -22,7 +22,7 @@ import numpy as np
 from mscvision.core.errors import ConfigError
 from mscvision.core.fileio import write_json_atomic, write_text_atomic
 from mscvision.core.imageio import write_image
-from mscvision.synth.labels import (DIFFERENTIATION_CLASSES, MORPHOLOGY_CLASSES, donor_count, make_donor,
+from mscvision.synth.labels import (DIFFERENTIATION_CLASSES, MORPHOLOGY_CLASSES, donor_count, build_donor,
                                     plan_labels)
 from mscvision.synth.render import MODALITIES, render_crop, render_field
 
@@ -82,7 +82,7 @@ def render_one(job: tuple) -> dict:
     """Render and write image ``index``; return its manifest row. Runs in worker processes."""
     out, seed, index, donor_index, morph, diff, size, modality, bit_depth, field_size = job
     rng = np.random.default_rng(np.random.SeedSequence([seed, index]))
-    donor = make_donor(seed, donor_index)
+    donor = build_donor(seed, donor_index)
     if field_size:
         zones = max(2, round(field_size ** 2 / FIELD_ZONE_PX ** 2))
         result = render_field(rng, donor, field_size, modality, bit_depth, zones=zones)
@@ -109,6 +109,8 @@ def _write_manifest(path: Path, rows: list[dict]) -> None:
     write_text_atomic(path, buf.getvalue())
 
 
-def read_manifest(path) -> list[dict]:
+def read_manifest_rows(path) -> list[dict]:
+    """The generated manifest's rows as dicts of strings, unchecked (scripts, tests); training reads
+    data through ``core.manifest.load_dataset`` instead."""
     with open(path, newline="", encoding="utf-8") as f:
         return list(csv.DictReader(f))

@@ -43,7 +43,7 @@ class Donor:
     background_texture: float  # amplitude of the culture-dish background mottle
 
 
-def make_donor(seed: int, index: int) -> Donor:
+def build_donor(seed: int, index: int) -> Donor:
     rng = np.random.default_rng(np.random.SeedSequence([seed, _DONOR_TAG, index]))
     return Donor(f"donor{index:02d}", rng.uniform(0.9, 1.1), rng.uniform(0.75, 1.3), rng.uniform(0.5, 1.6),
                  rng.uniform(0.75, 1.3), rng.uniform(0.85, 1.15), rng.uniform(0.8, 1.2), rng.uniform(0.5, 1.5))

@@ -13,7 +13,7 @@ import numpy as np
 
 from mscvision.core.fileio import atomic_path
 from mscvision.core.preprocess import percentile_normalize
-from mscvision.synth.labels import DIFFERENTIATION_CLASSES, JOINT, MORPHOLOGY_CLASSES, make_donor
+from mscvision.synth.labels import DIFFERENTIATION_CLASSES, JOINT, MORPHOLOGY_CLASSES, build_donor
 from mscvision.synth.render import render_crop
 
 _PREVIEW_TAG = 0x5EEDF1E7
@@ -31,7 +31,7 @@ def _tile(seed: int, row: int, col: int, task: str, cls: int, modality: str, siz
     weights = JOINT[cls] if task == "morphology" else JOINT[:, cls]
     other = int(rng.choice(len(weights), p=weights / weights.sum()))
     labels = (cls, other) if task == "morphology" else (other, cls)
-    image = render_crop(rng, make_donor(seed, col), labels, size, modality, 8).image
+    image = render_crop(rng, build_donor(seed, col), labels, size, modality, 8).image
     if image.ndim == 2:
         return np.repeat(image[:, :, None], 3, axis=2)
     nuc, actin = np.moveaxis(percentile_normalize(image[:, :, :2].astype(np.float64), 1.0, 99.8), 2, 0)

@@ -19,7 +19,8 @@ from mscvision.core.split_check import SplitCounts, check_splits, count_split, m
 from mscvision.core.splits import stratification_key, stratified_group_folds, task_labels, train_val_folds
 from mscvision.training.config import RunConfig, save_config
 from mscvision.training.dataset_setup import Labelled, load_labelled, report_split
-from mscvision.training.fit import new_run_dir, train
+from mscvision.training.fit import train
+from mscvision.training.run_files import new_run_dir
 
 SPREAD_KEYS = ("weighted_f1", "balanced_accuracy", "macro_f1")
 POOLED_KEYS = {"test": "pooled", "test_tta": "pooled_tta"}  # a fold's metrics block → its pooled key

@@ -96,7 +96,7 @@ class EpochSampler(Sampler[int]):
         return iter((offset + order).tolist())
 
 
-def make_loader(dataset: ImageSet, batch_size: int, train: bool, workers: int, seed: int,
+def build_loader(dataset: ImageSet, batch_size: int, train: bool, workers: int, seed: int,
                 pin_memory: bool = False, weights: np.ndarray | None = None) -> DataLoader:
     sampler = EpochSampler(len(dataset), seed, shuffle=train, weights=weights)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,

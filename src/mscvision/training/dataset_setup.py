@@ -26,6 +26,7 @@ class PreparedData:
     split: np.ndarray  # "train" / "val" / "test" per row
     warnings: list[str]
     split_computed: bool = True  # made by the splitter (not a manifest split column, not passed in)
+    source: Path | None = None  # the manifest file read (None: a class-per-folder tree)
 
     def indices(self, side: str) -> np.ndarray:
         return np.flatnonzero(self.split == side)
@@ -64,20 +65,22 @@ class Labelled:
     tasks: list[Task]
     targets: dict[str, np.ndarray]
     warnings: list[str]
+    source: Path | None = None  # the manifest file read (None: a class-per-folder tree)
 
 
 def load_labelled(config: RunConfig) -> Labelled:
     """The configured data set with its tasks (classes from the config or the data) and targets."""
     columns = {name: (task.column or name) for name, task in config.tasks.items()}
-    manifest, warnings = load_dataset(resolve_data_path(config.data), list(columns.values()),
-                                      skip_missing=config.data.skip_missing)
+    path = resolve_data_path(config.data)
+    manifest, warnings = load_dataset(path, list(columns.values()), skip_missing=config.data.skip_missing)
+    source = path / "manifest.csv" if path.is_dir() else path  # the file load_dataset read, if any
     tasks = [Task(name, tuple(cfg.classes) if cfg.classes else infer_classes(manifest, columns[name]), columns[name])
              for name, cfg in config.tasks.items()]
     targets = encode_targets(manifest, tasks)
     if not manifest.has_groups:
         warnings.append("the data set has no 'group' column: each image is its own group, so near-"
                         "duplicates (same cell, well or donor) may straddle the split and inflate metrics")
-    return Labelled(manifest, tasks, targets, warnings)
+    return Labelled(manifest, tasks, targets, warnings, source if source.is_file() else None)
 
 
 def prepare_data(config: RunConfig, split: np.ndarray | None = None) -> PreparedData:
@@ -94,7 +97,7 @@ def prepare_data(config: RunConfig, split: np.ndarray | None = None) -> Prepared
             raise DataError(f"the {side} split is empty ({len(manifest)} images, "
                             f"{len(set(manifest.groups))} groups). Fix: add data or groups, or adjust "
                             "data.val_fraction / data.test_fraction.")
-    data = PreparedData(manifest, labelled.tasks, targets, split, labelled.warnings, computed)
+    data = PreparedData(manifest, labelled.tasks, targets, split, labelled.warnings, computed, labelled.source)
     check_split(data)  # refuse now, before any image is decoded or a run directory made
     return data
 

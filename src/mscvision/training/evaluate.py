@@ -1,14 +1,112 @@
-"""Evaluation on a split: probabilities, metrics.json blocks, confusion-matrix plots."""
+"""Evaluation of a run's selected checkpoint: probabilities, metrics.json blocks, per-image
+predictions, confusion-matrix plots and the console summary."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+from mscvision.core.fileio import write_text_atomic
 from mscvision.core.metrics import classification_metrics
 from mscvision.core.tasks import Task
+from mscvision.training.dataset_setup import PreparedData
+from mscvision.training.loaders import Loaders
+from mscvision.training.run_files import load_classifier
+
+if TYPE_CHECKING:
+    from mscvision.training.fit import RunResult
+
+METRICS_SCHEMA = "mscvision.metrics/1"
+PASS_NAMES = {False: "plain single pass", True: "dihedral x8 TTA"}  # metrics.json "setup"
+PASS_COLUMN = {False: "plain", True: "tta"}  # predictions_test*.csv "pass", file suffix
+
+
+def evaluate_run(checkpoint: Path, data: PreparedData, loaders: Loaders, run_dir: Path, cuda: bool,
+                 tta: bool = False, deployed_tta: bool = False) -> tuple[dict, dict[str, dict[str, np.ndarray]]]:
+    """Metrics of the selected checkpoint (EMA weights when kept) on val and the held-out test groups.
+
+    Plain single-pass figures sit under "val"/"test"; with ``tta`` the dihedral test-time
+    augmentation figures are added under "val_tta"/"test_tta"; ``setup.deployed`` names the test
+    block the exported model runs (``deployed_tta``: export.tta). ``predictions_test.csv`` holds the
+    deployed pass's per-image predictions, the other measured pass goes to
+    ``predictions_test_{plain|tta}.csv``. Also returns the test probabilities per setup ("test",
+    and "test_tta" with ``tta``).
+    """
+    model = load_classifier(checkpoint)
+    device = "cuda" if cuda else "cpu"
+    sides = [side for side in ("val", "test") if loaders.loader(side) is not None]  # no val with val_fraction 0
+    metrics: dict = {"schema": METRICS_SCHEMA,
+                     "setup": {**{name: PASS_NAMES[use_tta] for side in sides for name, use_tta in setups(side, tta)},
+                               "weights": "EMA" if model.ema_net is not None else "trained",
+                               "deployed": "test_tta" if deployed_tta else "test"}}
+    test_probs: dict[str, dict[str, np.ndarray]] = {}
+    for side in sides:
+        rows = loaders.rows(side)
+        targets = {k: v[rows] for k, v in data.targets.items()}
+        for name, use_tta in setups(side, tta):
+            probs = predict_probabilities(model, loaders.loader(side), device, tta=use_tta)
+            metrics[name] = metrics_for_split(probs, targets, data.tasks)
+            if side == "test":
+                test_probs[name] = probs
+                write_predictions(run_dir / predictions_file(use_tta, deployed_tta), data, rows, probs,
+                                  PASS_COLUMN[use_tta])
+        for task in data.tasks:
+            plot_confusion(metrics[side][task.name], task, f"{task.name} ({side})",
+                           run_dir / f"confusion_{side}_{task.name}.png")
+    return metrics, test_probs
+
+
+def setups(side: str, tta: bool) -> list[tuple[str, bool]]:
+    """The metrics blocks of one side: the plain pass, and with ``tta`` the TTA pass ("test", "test_tta")."""
+    return [(side, False), *([(f"{side}_tta", True)] if tta else [])]
+
+
+def predictions_file(use_tta: bool, deployed_tta: bool) -> str:
+    """``predictions_test.csv`` is the pass the exported model runs; the other one is named by its pass."""
+    return "predictions_test.csv" if use_tta == deployed_tta else f"predictions_test_{PASS_COLUMN[use_tta]}.csv"
+
+
+def write_predictions(path: Path, data: PreparedData, rows: np.ndarray, probs: dict[str, np.ndarray],
+                      pass_name: str) -> None:
+    """One row per test image: path, group, per task the true and predicted label and the
+    probabilities, then ``pass`` (plain | tta: which evaluation pass these are)."""
+    import csv
+    import io
+
+    header = ["path", "group"]
+    for task in data.tasks:
+        header += [f"{task.name}.true", f"{task.name}.label", *(f"{task.name}.p.{c}" for c in task.classes)]
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow([*header, "pass"])
+    for j, i in enumerate(rows):
+        cells = [str(Path(data.manifest.paths[i]).resolve()), data.manifest.groups[i]]
+        for task in data.tasks:
+            cells += [data.manifest.labels[task.column][i], task.classes[int(probs[task.name][j].argmax())],
+                      *(f"{p:.6f}" for p in probs[task.name][j])]
+        writer.writerow([*cells, pass_name])
+    write_text_atomic(path, buf.getvalue())
+
+
+def summary_lines(result: RunResult) -> list[str]:
+    """The console summary of a run: every figure labelled with its pass, the deployed one marked."""
+    lines = ["", f"run directory: {result.run_dir}"]
+    if not result.metrics:
+        return [*lines, f"stopped early; resume with: python scripts/train.py --resume {result.run_dir}"]
+    deployed = result.metrics.get("setup", {}).get("deployed", "test")
+    lines += [f"evaluated checkpoint: {result.checkpoint}",
+              f"{'split':6} {'pass':6} {'task':18} {'bal.acc':>8} {'macroF1':>8} {'wF1':>8} {'n':>6}"]
+    for name in ("val", "val_tta", "test", "test_tta"):
+        side, pass_name = name.split("_")[0], "TTA x8" if name.endswith("_tta") else "plain"
+        mark = "  <- the exported model" if name == deployed else ""
+        for task, m in result.metrics.get(name, {}).items():
+            lines.append(f"{side:6} {pass_name:6} {task:18} {m['balanced_accuracy']:8.3f} {m['macro_f1']:8.3f} "
+                         f"{m['weighted_f1']:8.3f} {m['n']:6d}{mark}")
+    return [*lines, f"wall time: {result.metrics['run']['seconds'] / 60:.1f} min "
+                    f"(metrics: {result.run_dir / 'metrics.json'})"]
 
 
 @torch.inference_mode()

@@ -5,22 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from mscvision.core.errors import ConfigError
-from mscvision.training.run_files import load_checkpoint, run_checkpoint
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A run directory (its model, see ``run_checkpoint``) or a .ckpt file."""
-    path = Path(path)
-    found = run_checkpoint(path) if path.is_dir() else path if path.is_file() else None
-    if found is None:
-        raise ConfigError(f"model.init_from={str(path)!r}: no checkpoint there. Fix: pass a run directory "
-                          "(with checkpoints/best.ckpt or last.ckpt) or a .ckpt file.")
-    return found
+from mscvision.training.run_files import load_checkpoint, locate_run
 
 
 def init_from_run(module, source: str | Path) -> list[str]:
     """Copy the source's evaluated weights (EMA when kept) into ``module``; returns what was done."""
-    ckpt = load_checkpoint(resolve_checkpoint(source))  # weights only: the file is not this run's own
+    ckpt = load_checkpoint(locate_run(source, setting="model.init_from").checkpoint)  # weights only: not this run's own
     hparams = ckpt["hyper_parameters"]
     prefix = "ema_net." if hparams["config"]["optim"].get("ema_decay", 0) > 0 else "net."
     state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}

@@ -16,17 +16,16 @@ from mscvision.core.fileio import write_json_atomic, write_text_atomic
 from mscvision.core.split_check import HELD_OUT, SplitCounts, mark_estimable
 from mscvision.core.machine import cpu_flags
 from mscvision.training.config import RunConfig, save_config
-from mscvision.training.data import ImageSet, ScanResult, load_unit_image, make_loader, scan_images
+from mscvision.training.data import ScanResult, load_unit_image
 from mscvision.training.dataset_setup import (PreparedData, check_split, loss_class_weights, prepare_data, report_split,
-                                              sample_weights, split_table)
+                                              split_table)
+from mscvision.training.evaluate import evaluate_run
 from mscvision.training.finetune import init_from_run
-from mscvision.training.normalization import freeze_auto_normalization
-from mscvision.training.run_files import load_classifier, run_checkpoint
-from mscvision.training.evaluate import metrics_for_split, plot_confusion, predict_probabilities
-from mscvision.training.augment import build_train_augment
+from mscvision.training.loaders import build_loaders
 from mscvision.training.module import MONITOR, MscClassifier
+from mscvision.training.normalization import freeze_auto_normalization
+from mscvision.training.run_files import locate_run, manifest_record, new_run_dir
 
-METRICS_SCHEMA = "mscvision.metrics/1"
 NATIVE_BF16_CPU_FLAGS = {"avx512_bf16", "amx_bf16"}  # without them a CPU emulates bf16: far slower than fp32
 
 
@@ -40,17 +39,6 @@ class RunResult:
     test_tta_probs: dict[str, np.ndarray] | None = None  # dihedral x8 TTA (trainer.tta), per task
 
 
-def new_run_dir(config: RunConfig) -> Path:
-    """``runs/<name>``, or ``runs/<name>-2``, ``-3``… when taken: a run never overwrites another."""
-    base = Path(config.output_dir) / config.name
-    candidate, n = base, 1
-    while candidate.exists():
-        n += 1
-        candidate = base.with_name(f"{config.name}-{n}")
-    candidate.mkdir(parents=True)
-    return candidate
-
-
 def train(config: RunConfig, run_dir: Path | None = None, resume: bool = False,
           callbacks: tuple = (), split: np.ndarray | None = None) -> RunResult:
     """Train, then evaluate the selected checkpoint on val and the held-out test groups.
@@ -58,6 +46,8 @@ def train(config: RunConfig, run_dir: Path | None = None, resume: bool = False,
     ``split`` (train/val/test per manifest row) replaces the configured split: cross-validation.
     """
     started = time.perf_counter()
+    # resume: the run's last.ckpt, refused before any work when it is not there
+    resume_from = locate_run(run_dir, resume=True).checkpoint if resume else None
     L.seed_everything(config.seed, workers=True, verbose=False)
     if config.trainer.num_threads:
         torch.set_num_threads(config.trainer.num_threads)
@@ -69,13 +59,12 @@ def train(config: RunConfig, run_dir: Path | None = None, resume: bool = False,
     for message in data.warnings:
         print(f"warning: {message}", flush=True)
 
-    loaders, skipped = build_loaders(config, data)
-    split_counts = show_split(data, loaders["scan"].keep, run_dir)
+    loaders = build_loaders(config, data)
+    split_counts = show_split(data, loaders.scan.keep, run_dir)
     if not data.manifest.has_groups:
-        warn_near_duplicates(data, loaders["scan"], config.preprocess)
+        warn_near_duplicates(data, loaders.scan, config.preprocess)
     cuda = _use_cuda(config)
-    module = MscClassifier(config.to_dict(), [t.to_dict() for t in data.tasks],
-                           loss_class_weights(config, data, loaders["train_rows"]),
+    module = MscClassifier(config, data.tasks, loss_class_weights(config, data, loaders.train_rows),
                            channels_last=_channels_last(config, cuda))
     if config.model.init_from and not resume:
         for message in init_from_run(module, config.model.init_from):
@@ -86,21 +75,21 @@ def train(config: RunConfig, run_dir: Path | None = None, resume: bool = False,
     if config.trainer.select == "best":  # with "last" no best.ckpt is written: a run dir holds one model
         checkpoints.append(ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=MONITOR,
                                            mode="max", enable_version_counter=False))
-    trainer = _build_trainer(config, run_dir, cuda, [*checkpoints, *callbacks], validate=loaders["val"] is not None)
+    trainer = _build_trainer(config, run_dir, cuda, [*checkpoints, *callbacks], validate=loaders.val is not None)
     last = run_dir / "checkpoints" / "last.ckpt"
-    trainer.fit(module, loaders["train"], loaders["val"], ckpt_path=str(last) if resume else None,
+    trainer.fit(module, loaders.train, loaders.val, ckpt_path=str(resume_from) if resume_from else None,
                 weights_only=True)  # the run's own file, yet still only tensors and plain values
     if trainer.interrupted:  # Ctrl-C: checkpoints are saved; `--resume RUN_DIR` continues
         return RunResult(run_dir, {}, last)
-    chosen = run_checkpoint(run_dir)
-    metrics, test_probs = evaluate_run(chosen, data, loaders, run_dir, cuda, config.trainer.tta)
+    chosen = locate_run(run_dir).checkpoint
+    metrics, test_probs = evaluate_run(chosen, data, loaders, run_dir, cuda, config.trainer.tta, config.export.tta)
     mark_held_out_estimability(metrics, split_counts)
-    metrics["run"] = {"seconds": round(time.perf_counter() - started, 1), "skipped_images": skipped,
+    metrics["run"] = {"seconds": round(time.perf_counter() - started, 1), "skipped_images": loaders.skipped,
                       "epochs": trainer.current_epoch, "checkpoint": chosen.name,
                       "config_hash": config.hash(), "device": "cuda" if cuda else "cpu",
-                      "data_manifest": manifest_record(data)}
+                      "data_manifest": manifest_record(data.source, len(data.manifest))}
     write_json_atomic(run_dir / "metrics.json", metrics)
-    return RunResult(run_dir, metrics, chosen, loaders["test_rows"], test_probs["test"], test_probs.get("test_tta"))
+    return RunResult(run_dir, metrics, chosen, loaders.test_rows, test_probs["test"], test_probs.get("test_tta"))
 
 
 def show_split(data: PreparedData, usable: np.ndarray, run_dir: Path) -> SplitCounts:
@@ -125,30 +114,6 @@ def mark_held_out_estimability(metrics: dict, counts: SplitCounts) -> None:
             if block["not_estimable"] and name == side:  # once per side: its TTA pass has the same classes
                 print(f"note: {name} figures of {task!r} not estimable for "
                       + ", ".join(f"{c!r} ({why})" for c, why in block["not_estimable"].items()), flush=True)
-
-
-def build_loaders(config: RunConfig, data: PreparedData) -> tuple[dict, list[str]]:
-    spec, workers = config.preprocess, config.data.num_workers
-    scan = scan_images(data.manifest.paths, spec, config.data.cache_images, config.data.skip_unreadable)
-    for message in scan.skipped:
-        print(f"warning: skipped {message}", flush=True)
-    loaders: dict = {}
-    for side in ("train", "val", "test"):
-        rows = np.intersect1d(data.indices(side), scan.keep)
-        loaders[f"{side}_rows"] = rows
-        if side == "val" and not len(rows):  # data.val_fraction 0: a fixed schedule, nothing to monitor
-            loaders[side] = None
-            continue
-        augment = build_train_augment(config.augment) if side == "train" else None
-        dataset = ImageSet([data.manifest.paths[i] for i in rows], {k: v[rows] for k, v in data.targets.items()},
-                           spec, augment, [scan.images[i] for i in rows] if config.data.cache_images else None,
-                           seed=config.seed)
-        weights = (sample_weights(data.targets, data.tasks[0], rows)
-                   if side == "train" and config.data.balanced_sampling else None)
-        loaders[side] = make_loader(dataset, config.trainer.batch_size, side == "train", workers, config.seed,
-                                    pin_memory=torch.cuda.is_available(), weights=weights)
-    loaders["scan"] = scan
-    return loaders, scan.skipped
 
 
 def warn_near_duplicates(data: PreparedData, scan: ScanResult, spec) -> None:
@@ -204,70 +169,3 @@ def _build_trainer(config: RunConfig, run_dir: Path, cuda: bool, callbacks: list
         log_every_n_steps=t.log_every_n_steps, enable_progress_bar=t.progress_bar,
         enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=run_dir,
     )
-
-
-def evaluate_run(checkpoint: Path, data: PreparedData, loaders: dict, run_dir: Path, cuda: bool,
-                 tta: bool = False) -> tuple[dict, dict[str, dict[str, np.ndarray]]]:
-    """Metrics of the selected checkpoint (EMA weights when kept) on val and the held-out test groups.
-
-    Plain single-pass figures sit under "val"/"test"; with ``tta`` the dihedral test-time
-    augmentation figures are added under "val_tta"/"test_tta". Per-image test predictions are
-    written to ``predictions_test.csv`` (error analysis, pooled cross-validation). Also returns the
-    test probabilities per setup ("test", and "test_tta" with ``tta``).
-    """
-    model = load_classifier(checkpoint)
-    device = "cuda" if cuda else "cpu"
-    sides = [side for side in ("val", "test") if loaders[side] is not None]  # no val with val_fraction 0
-    metrics: dict = {"schema": METRICS_SCHEMA,
-                     "setup": {**{name: "dihedral x8 TTA" if use_tta else "plain single pass"
-                                  for side in sides for name, use_tta in _setups(side, tta)},
-                               "weights": "EMA" if model.ema_net is not None else "trained"}}
-    test_probs: dict[str, dict[str, np.ndarray]] = {}
-    for side in sides:
-        rows = loaders[f"{side}_rows"]
-        targets = {k: v[rows] for k, v in data.targets.items()}
-        for name, use_tta in _setups(side, tta):
-            probs = predict_probabilities(model, loaders[side], device, tta=use_tta)
-            metrics[name] = metrics_for_split(probs, targets, data.tasks)
-            if side == "test":
-                test_probs[name] = probs
-            if name == "test":
-                write_predictions(run_dir / "predictions_test.csv", data, rows, probs)
-        for task in data.tasks:
-            plot_confusion(metrics[side][task.name], task, f"{task.name} ({side})",
-                           run_dir / f"confusion_{side}_{task.name}.png")
-    return metrics, test_probs
-
-
-def _setups(side: str, tta: bool) -> list[tuple[str, bool]]:
-    """The metrics blocks of one side: the plain pass, and with ``tta`` the TTA pass ("test", "test_tta")."""
-    return [(side, False), *([(f"{side}_tta", True)] if tta else [])]
-
-
-def manifest_record(data: PreparedData) -> dict | None:
-    """Which data the run saw: the manifest file and its SHA-256 (None for a folder tree)."""
-    from mscvision.core.fileio import sha256_file
-
-    path = data.manifest.root / "manifest.csv"
-    if not path.is_file():
-        return None
-    return {"path": str(path.resolve()), "sha256": sha256_file(path), "rows": len(data.manifest)}
-
-
-def write_predictions(path: Path, data: PreparedData, rows: np.ndarray, probs: dict[str, np.ndarray]) -> None:
-    import csv
-    import io
-
-    header = ["path", "group"]
-    for task in data.tasks:
-        header += [f"{task.name}.true", f"{task.name}.label", *(f"{task.name}.p.{c}" for c in task.classes)]
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(header)
-    for j, i in enumerate(rows):
-        cells = [str(Path(data.manifest.paths[i]).resolve()), data.manifest.groups[i]]
-        for task in data.tasks:
-            cells += [data.manifest.labels[task.column][i], task.classes[int(probs[task.name][j].argmax())],
-                      *(f"{p:.6f}" for p in probs[task.name][j])]
-        writer.writerow(cells)
-    write_text_atomic(path, buf.getvalue())

@@ -50,7 +50,7 @@ class PooledFeatures(nn.Module):
         return torch.flatten(self.post_pool(self.pool(self.features(x))), 1)
 
 
-def create_backbone(name: str, in_channels: int, stem_stride: int = 4, pretrained: str | None = None) -> nn.Module:
+def build_backbone(name: str, in_channels: int, stem_stride: int = 4, pretrained: str | None = None) -> nn.Module:
     """A feature extractor returning (N, num_features); ``num_features`` is set on the module."""
     if name == "tiny":
         return TinyBackbone(in_channels)

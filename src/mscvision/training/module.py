@@ -13,22 +13,27 @@ import torch.nn.functional as F
 from mscvision.core.metrics import classification_metrics
 from mscvision.core.tasks import IGNORE_INDEX, Task
 from mscvision.training.config import RunConfig, from_dict
-from mscvision.training.models import MultiTaskNet, create_backbone
+from mscvision.training.models import MultiTaskNet, build_backbone
 
 MONITOR = "val/balanced_accuracy"  # mean over tasks: what early stopping and "best" follow
 
 
 class MscClassifier(L.LightningModule):
-    """Holds its whole config (``hparams``), so a checkpoint rebuilds the model and its preprocessing."""
+    """Holds its whole config (``hparams``), so a checkpoint rebuilds the model and its preprocessing.
 
-    def __init__(self, config: dict, tasks: list[dict], class_weights: dict[str, list[float]] | None = None,
-                 channels_last: bool = False):
+    Takes a ``RunConfig`` and ``Task``s; the checkpoint keeps their plain-dict forms (what the
+    weights-only loader accepts, see ``run_files``), which ``load_from_checkpoint`` passes back in.
+    """
+
+    def __init__(self, config: RunConfig | dict, tasks: list[Task] | list[dict],
+                 class_weights: dict[str, list[float]] | None = None, channels_last: bool = False):
         super().__init__()
-        self.save_hyperparameters()
-        self.config: RunConfig = from_dict(RunConfig, config, "")
-        self.tasks = [Task.from_dict(t) for t in tasks]
+        self.config: RunConfig = config if isinstance(config, RunConfig) else from_dict(RunConfig, config, "")
+        self.tasks = [t if isinstance(t, Task) else Task.from_dict(t) for t in tasks]
+        self.save_hyperparameters({"config": self.config.to_dict(), "tasks": [t.to_dict() for t in self.tasks],
+                                   "class_weights": class_weights, "channels_last": channels_last})
         model_cfg = self.config.model
-        backbone = create_backbone(model_cfg.backbone, self.config.preprocess.in_channels,
+        backbone = build_backbone(model_cfg.backbone, self.config.preprocess.in_channels,
                                    model_cfg.stem_stride, model_cfg.pretrained)
         self.net = MultiTaskNet(backbone, {t.name: t.num_classes for t in self.tasks}, model_cfg.dropout)
         for task in self.tasks:
