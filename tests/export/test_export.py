@@ -148,14 +148,48 @@ def test_fp16_export_follows_its_gate(trained, tmp_path):
         assert load_model(out.with_name("half.fp16.onnx")).metadata.precision == "fp16"
 
 
-def _int8_proto(exported: Path):
+def _int8_proto(exported: Path, recipe=None):
     """The int8 graph as export builds it, whether or not this tiny model met its gate."""
-    from mscvision.export.quantize import to_int8
+    from mscvision.export.quantize import INT8_RECIPES, to_int8
 
     vectors = json.loads(exported.with_name("tiny.vectors").joinpath("vectors.json").read_text())
     calibration = np.stack([np.fromfile(exported.with_name("tiny.vectors") / c["tensor"], "<f4").reshape(c["shape"])
                             for c in vectors["cases"]])
-    return to_int8(exported, calibration)
+    return to_int8(exported, calibration, recipe or INT8_RECIPES[0])
+
+
+def test_uint8_recipe_stores_uint8_weights_and_no_full_range_int8(exported):
+    """The fallback recipe is saturation-free too: unsigned weights, no int8 initializer at all."""
+    from mscvision.export.quantize import INT8_RECIPES
+
+    proto, settings = _int8_proto(exported, INT8_RECIPES[1])
+    types = {t.data_type for t in proto.graph.initializer}
+    assert onnx.TensorProto.UINT8 in types and onnx.TensorProto.INT8 not in types
+    assert settings["recipe"] == "uint8 weights" and settings["reduce_range"] is False
+
+
+def test_int8_recipes_are_tried_in_order_until_one_meets_the_gate(trained, tmp_path, monkeypatch):
+    """The 7-bit recipe forced to miss: export tries the uint8 one, records both, keeps what passed."""
+    from mscvision.export import parity, pipeline
+
+    real, calls = parity.gate_failures, []
+
+    def first_int8_misses(figures, precision):
+        calls.append(precision)
+        if precision == "int8" and calls.count("int8") == 1:
+            return ["shape: forced miss"]
+        return real(figures, precision)
+
+    monkeypatch.setattr(pipeline.parity, "gate_failures", first_int8_misses)
+    out = tmp_path / "fallback.onnx"
+    from mscvision.export import export_run
+
+    export_run(trained.run_dir, out, "int8", threads=1)
+    tried = json.loads(out.with_name("fallback.parity.json").read_text())["gates"]["int8"]["tried"]
+    assert [t["recipe"] for t in tried] == ["7-bit int8 weights", "uint8 weights"]
+    assert "shape: forced miss" in tried[0]["failures"]
+    if assert_variant_follows_its_gate(out, "int8"):
+        assert load_model(out.with_name("fallback.int8.onnx")).metadata.raw["quantization"]["recipe"] == "uint8 weights"
 
 
 def test_int8_variant_is_qdq_with_a_float_tail_and_7_bit_weights(exported):

@@ -29,7 +29,9 @@ def run_train(args: argparse.Namespace) -> int:
     from mscvision.training.fit import train
 
     if args.resume:
-        run_dir = _resumable(Path(args.resume))
+        from mscvision.training.run_files import locate_run
+
+        run_dir = locate_run(Path(args.resume), resume=True).run_dir  # refused, naming the fix, without last.ckpt
         config = load_config([run_dir / "config.yaml"], args.overrides)
         result = train(config, run_dir=run_dir, resume=True)
     else:
@@ -43,25 +45,7 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _resumable(run_dir: Path) -> Path:
-    from mscvision.core.errors import DataError
-
-    if not (run_dir / "checkpoints" / "last.ckpt").is_file():
-        raise DataError(f"{run_dir}: no checkpoints/last.ckpt to resume from. Fix: pass a run directory "
-                        "made by `python scripts/train.py`.")
-    return run_dir
-
-
 def print_summary(result: RunResult) -> None:
-    print(f"\nrun directory: {result.run_dir}")
-    if not result.metrics:
-        print(f"stopped early; resume with: python scripts/train.py --resume {result.run_dir}")
-        return
-    print(f"evaluated checkpoint: {result.checkpoint}")
-    print(f"{'split':6} {'task':18} {'bal.acc':>8} {'macroF1':>8} {'wF1':>8} {'n':>6}")
-    for side in ("val", "test"):
-        for task, m in result.metrics.get(side, {}).items():
-            print(f"{side:6} {task:18} {m['balanced_accuracy']:8.3f} {m['macro_f1']:8.3f} "
-                  f"{m['weighted_f1']:8.3f} {m['n']:6d}")
-    print(f"wall time: {result.metrics['run']['seconds'] / 60:.1f} min "
-          f"(metrics: {result.run_dir / 'metrics.json'})")
+    from mscvision.training.evaluate import summary_lines
+
+    print("\n".join(summary_lines(result)))

@@ -7,6 +7,7 @@ for and within their gate, ``NAME.fp16.onnx`` / ``NAME.int8.onnx`` with their ow
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from mscvision.core.tasks import Task
 from mscvision.export import parity
 from mscvision.export.graph import OPSET, DeployNet, embed_metadata, export_proto, save_single_file
 from mscvision.export.metadata import build_metadata, conformance, gate_measured_on, model_card, provenance
-from mscvision.export.quantize import to_fp16, to_int8
+from mscvision.export.quantize import INT8_RECIPES, to_fp16, to_int8
 from mscvision.export.samples import Samples, load_samples, read_split
 from mscvision.export.vectors import write_vectors
 from mscvision.core.machine import cpu_flags
@@ -112,15 +113,30 @@ def _export_fp32(job: _Export, out: Path, report: dict) -> None:
 
 
 def _export_variant(job: _Export, out: Path, precision: str, report: dict, n_calibration: int) -> None:
-    """fp16 / int8 beside the fp32 model, kept only if it meets its gate."""
-    path = out.with_name(f"{out.stem}.{precision}.onnx")
+    """fp16 / int8 beside the fp32 model, kept only if it meets its gate. int8 tries each of its
+    portable recipes in turn (quantize.INT8_RECIPES) and keeps the first that meets the gate."""
     if precision == "fp16":
-        proto, settings = to_fp16(onnx.load(str(out))), {"method": "float16 weights and activations; float32 "
-                                                                    "inputs/outputs, heads and softmax"}
+        candidates = [lambda: (to_fp16(onnx.load(str(out))), {"method": "float16 weights and activations; "
+                                                                        "float32 inputs/outputs, heads and softmax"})]
     else:
         calibration = load_samples(job.rows, ("train",), job.tasks, job.module.config.preprocess,
                                    n_calibration, n_calibration, seed=1)
-        proto, settings = to_int8(out, calibration.tensors)
+        candidates = [functools.partial(to_int8, out, calibration.tensors, recipe) for recipe in INT8_RECIPES]
+    tried = []
+    for build in candidates:
+        failures = _try_variant(job, out, precision, *build(), report)
+        tried.append({"recipe": report["gates"][precision]["variant"].get("recipe", precision), "failures": failures})
+        if not failures:
+            break
+    report["gates"][precision]["tried"] = tried
+    if failures:
+        job.log(f"{precision} variant rejected by its gate; {out.name} (fp32) stays the default model")
+    write_json_atomic(out.with_name(out.stem + ".parity.json"), report)
+
+
+def _try_variant(job: _Export, out: Path, precision: str, proto, settings: dict, report: dict) -> list[str]:
+    """Write one candidate variant, measure it against its gate; keep it, or remove it and say why."""
+    path = out.with_name(f"{out.stem}.{precision}.onnx")
     settings["gate_measured_on"] = gate_measured_on()
     metadata = {**job.metadata, "precision": precision, "quantization": settings,
                 "conformance": conformance(precision)}
@@ -131,10 +147,9 @@ def _export_variant(job: _Export, out: Path, precision: str, report: dict, n_cal
     if failures:
         gate = report["gates"][precision]
         gate["passed"], gate["failures"] = False, list(dict.fromkeys([*gate["failures"], *failures]))
-        job.log(f"{precision} variant rejected by its gate ({'; '.join(failures)}); {out.name} (fp32) stays "
-                "the default model")
+        job.log(f"{precision} ({settings.get('recipe', precision)}) missed its gate: {'; '.join(failures)}")
         _remove_variants(out, only=precision)
-    write_json_atomic(out.with_name(out.stem + ".parity.json"), report)
+    return failures
 
 
 def _load_evaluated_model(checkpoint: Path):
