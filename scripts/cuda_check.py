@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
 
     if not torch.cuda.is_available():
         raise ConfigError("no CUDA GPU is visible to torch: run this on a GPU machine (CPU figures: scripts/benchmark.py)")
-    from mscvision.benchmarks.machine import cpu_info, gpu_info, library_versions
+    from mscvision.benchmarks.machine import cpu_info, gpu_info, installed_package_versions
     from mscvision.benchmarks.training_speed import training_throughput
     from mscvision.core.fileio import write_json_atomic
     from mscvision.training.config import load_config
@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     for name, value in ratios.items():
         print(f"{name:44s} {value:.2f}")
     report = {"settings": rows,
-              "ratios": {k: round(v, 3) for k, v in ratios.items()}, "gpu_info": gpu_info(), "cpu": cpu_info(), "versions": library_versions()}
+              "ratios": {k: round(v, 3) for k, v in ratios.items()}, "gpu_info": gpu_info(), "cpu": cpu_info(), "versions": installed_package_versions()}
     if args.out:
         write_json_atomic(args.out, report)
     return 0

@@ -33,7 +33,7 @@ def theoretical_fp32_peak(cpu: dict) -> dict:
             "assumption": f"{cpu['cores']} cores x {cpu['mhz']:.0f} MHz (reported, not boost) x {per_cycle} fp32 FLOP/cycle"}
 
 
-def library_versions() -> dict:
+def installed_package_versions() -> dict:
     out = {"python": platform.python_version()}
     for name in ("numpy", "torch", "torchvision", "lightning", "onnxruntime", "onnx", "albumentations", "mscvision"):
         try:

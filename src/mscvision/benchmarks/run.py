@@ -70,7 +70,7 @@ def source_images(run_dir: Path, n: int = 64) -> list[Path]:
 def run_benchmark(run_dirs: list[Path], threads: int, quick: bool, out: Path | None, log=print) -> dict:
     cpu = machine.cpu_info()
     report = {"schema": SCHEMA, "quick": quick,
-              "machine": {"cpu": cpu, "gpu": machine.gpu_info(), "versions": machine.library_versions(),
+              "machine": {"cpu": cpu, "gpu": machine.gpu_info(), "versions": machine.installed_package_versions(),
                           "threads": threads, "torch_threads_default": torch.get_num_threads()}}
     log("GEMM limit (fp32)")
     report["machine_limit"] = {"gemm": machine.gemm_gflops(1024 if quick else 2048, threads),
