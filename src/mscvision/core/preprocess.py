@@ -183,6 +183,11 @@ def percentile_normalize(x: np.ndarray, low: float, high: float) -> np.ndarray:
 FLATNESS_PERCENTILES = (1.0, 99.0)  # what may be artefact on a blank frame: up to 1% of its pixels at each end
 
 
+def flatness_percentiles(spec: PreprocessSpec) -> tuple[float, float]:
+    """Where ``flat_channels`` measures: the 1st..99th percentiles, or the spec's when narrower."""
+    return max(spec.percentile_low, FLATNESS_PERCENTILES[0]), min(spec.percentile_high, FLATNESS_PERCENTILES[1])
+
+
 def flat_channels(image: np.ndarray, spec: PreprocessSpec) -> list[int]:
     """Channels (of the selected ones) with no content to read: constant or near-constant.
 
@@ -198,8 +203,7 @@ def flat_channels(image: np.ndarray, spec: PreprocessSpec) -> list[int]:
     """
     values = image.reshape(-1, image.shape[2])
     values = values[::max(1, len(values) // _FLATNESS_SAMPLE)]  # evenly strided: the cost stays per image, not per pixel
-    low, high = max(spec.percentile_low, FLATNESS_PERCENTILES[0]), min(spec.percentile_high, FLATNESS_PERCENTILES[1])
-    lo, hi = np.percentile(values, [low, high], axis=0)
+    lo, hi = np.percentile(values, list(flatness_percentiles(spec)), axis=0)
     if np.issubdtype(image.dtype, np.integer):
         tolerance = np.full_like(lo, 2.0)
     else:

@@ -24,7 +24,7 @@ import numpy as np
 
 from mscvision.core.errors import ImageError
 from mscvision.core.imageio import DEFAULT_MAX_PIXELS, DecodedImage, ImageHeader, is_image_file, open_image
-from mscvision.core.preprocess import flat_channels, preprocess, rescaled_size, select_channels
+from mscvision.core.preprocess import flat_channels, flatness_percentiles, preprocess, rescaled_size, select_channels
 from mscvision.runtime.metadata import ModelMetadata
 
 __all__ = ["DEFAULT_MAX_PIXELS", "DEFAULT_DECODE_BUDGET_BYTES", "MIN_INPUT_SIDE", "CollectedInputs",
@@ -189,8 +189,8 @@ def _doubts(decoded: DecodedImage, metadata: ModelMetadata) -> tuple[str, ...]:
     if not flat:
         return ()
     which = "the image is" if len(flat) == selected.shape[2] else f"channel(s) {flat} of the model's input are"
-    spec = metadata.spec
-    return (f"{which} constant or nearly so (between the {spec.percentile_low:g} and {spec.percentile_high:g} "
+    low, high = flatness_percentiles(metadata.spec)
+    return (f"{which} constant or nearly so (between the {low:g} and {high:g} "
             "percentiles it varies by at most 2 grey levels, or 2/65535 of its level if float): a blank or "
             "saturated frame, not a cell to classify",)
 
