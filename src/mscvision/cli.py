@@ -6,10 +6,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 
 from mscvision import __version__
-from mscvision.core.errors import EXIT_INTERNAL, MscvisionError
+from mscvision.core.errors import EXIT_INPUTS_FAILED, EXIT_INTERNAL, MscvisionError
 
 
 def _run_synth(args: argparse.Namespace) -> int:
@@ -110,9 +111,8 @@ def guarded(handler, args: argparse.Namespace, command: str) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # `mscvision info MODEL | head`: the reader left; not an error
-        sys.stderr.close()
-        return 0
+    except BrokenPipeError:
+        return _reader_left(args)
     except ModuleNotFoundError as exc:
         if exc.name in ("torch", "torchvision", "lightning", "albumentations", "onnx", "onnxscript", "yaml"):
             print(f"error: `{command}` needs {exc.name}: pip install 'mscvision[train]'",
@@ -124,6 +124,23 @@ def guarded(handler, args: argparse.Namespace, command: str) -> int:
 
         traceback.print_exc()
         return EXIT_INTERNAL
+
+
+def _reader_left(args: argparse.Namespace) -> int:
+    """stdout's reader closed the pipe. ``info | head`` read what it wanted: 0. ``predict | head``
+    lost rows, so the run did not deliver them: EXIT_INPUTS_FAILED, said on stderr. stdout is pointed
+    at /dev/null so that the interpreter's final flush does not fail again at exit."""
+    import os
+
+    with contextlib.suppress(OSError, ValueError):  # stdout may already be closed or not a real file
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    if args.command == "predict" and getattr(args, "out", None) is None:
+        print("error: stdout was closed before every row was written (broken pipe); the rows are incomplete",
+              file=sys.stderr)
+        return EXIT_INPUTS_FAILED
+    return 0
 
 
 if __name__ == "__main__":

@@ -222,11 +222,12 @@ def test_every_model_carries_its_conformance_tolerances(exported):
         if not path.exists():  # int8 missed its gate (asserted above): its tolerance is checked below
             continue
         meta = load_model(path).metadata.raw
-        assert meta["conformance"] == {"tensor_max_abs": 1e-5, "top1": "must match", "labels": "must match",
-                                       "probability_max_abs": CONFORMANCE_PROBABILITY_MAX_ABS[meta["precision"]]}
         vectors = json.loads(path.with_name(f"{stem}.vectors").joinpath("vectors.json").read_text())
+        assert meta["conformance"] == {"tensor_max_abs": 1e-5, "top1": "must match", "labels": "must match",
+                                       "probability_max_abs": CONFORMANCE_PROBABILITY_MAX_ABS[meta["precision"]],
+                                       "min_cases": len(vectors["cases"])}
         assert {k: v for k, v in vectors["tolerances"].items() if k != "note"} == meta["conformance"]
-        assert vectors["self_check"]["passed"]
+        assert vectors["self_check"]["passed"] and vectors["self_check"]["n_cases"] == len(vectors["cases"])
     assert CONFORMANCE_PROBABILITY_MAX_ABS["fp32"] < CONFORMANCE_PROBABILITY_MAX_ABS["int8"] <= 1e-2
     report = json.loads(exported.with_name("tiny.parity.json").read_text())
     measured_on = report["gates"]["int8"]["variant"]["gate_measured_on"]

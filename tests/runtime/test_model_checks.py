@@ -151,7 +151,13 @@ BAD_METADATA = {
     "max side huge": ({"input.max_image_side": 10**6}, "max_image_side=1000000 must be"),
     "max side text": ({"input.max_image_side": "64"}, "max_image_side='64' must be"),
     "max side below input": ({"input.max_image_side": 16}, "from the model's input side (32)"),
-    "conformance zero": ({"conformance": {"tensor_max_abs": 1e-5, "probability_max_abs": 0}}, "conformance="),
+    "conformance zero": ({"conformance": {"tensor_max_abs": 1e-5, "probability_max_abs": 0}},
+                         "conformance.probability_max_abs=0 must be a finite number in (0, 0.05]"),
+    "conformance tensor loose": ({"conformance.tensor_max_abs": 0.01}, "conformance.tensor_max_abs=0.01 must be"),
+    "conformance probability loose": ({"conformance.probability_max_abs": 0.5}, "probability_max_abs=0.5 must be"),
+    "conformance min_cases 0": ({"conformance.min_cases": 0}, "conformance.min_cases=0 must be an integer >= 1"),
+    "classes a string": ({"tasks.0.classes": "bd"}, "classes is str 'bd', not a list"),
+    "tasks an object": ({"tasks": {"shape": {}}}, "tasks is dict"),
 }
 
 

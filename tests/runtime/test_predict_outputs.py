@@ -192,7 +192,9 @@ def test_out_that_would_destroy_something_is_refused_before_any_work(images, tmp
     os.mkfifo(fifo)  # a non-regular file (like /dev/null, which a test run as root must never risk)
     shared.write_text("someone else's file\n")
     link.symlink_to(shared)  # like /dev/stdout -> /proc/self/fd/1
-    cases = [(tmp_path, "is a folder"), (model_copy, "is the model file"), (Path(image), "is also an input"),
+    same_as_input = tmp_path / "input.csv"
+    os.link(image, same_as_input)  # the input under an output's name (a .png --out is refused by its suffix)
+    cases = [(tmp_path, "is a folder"), (model_copy, "is the model file"), (same_as_input, "is also an input"),
              (fifo, "not a regular file"), (link, "is a symbolic link"),
              (tmp_path / "missing" / "p.csv", "does not exist")]
     for out, message in cases:

@@ -45,7 +45,6 @@ def build_metadata(*, name: str, tasks: list[Task], settings: dict[str, dict], s
                     "logits": {t.name: logits_output(t.name) for t in tasks}, "features": FEATURES_OUTPUT,
                     "notes": "probabilities = softmax(logits / temperature); logits and features are reserved"},
         "preprocess": spec.to_dict(),
-        "conformance": conformance("fp32"),
         "decision": "per task: the top class when its probability >= threshold, else 'review'",
         "provenance": provenance,
         "versions": export_toolchain_versions(),
@@ -53,10 +52,14 @@ def build_metadata(*, name: str, tasks: list[Task], settings: dict[str, dict], s
     }
 
 
-def conformance(precision: str) -> dict:
-    """The model's own verify tolerances (vectors.json keeps a copy for reading, not for checking)."""
+def conformance(precision: str, n_candidates: int) -> dict:
+    """The model's own verify rule (vectors.json keeps a copy for reading, not for checking): the
+    tolerances, and ``min_cases``, the distinct vectors export writes from ``n_candidates`` held-out
+    images, so that a thinned vectors folder (one case, or copies of one) cannot PASS."""
+    from mscvision.export.vectors import vector_count  # imports the runtime's model loader
+
     return {"tensor_max_abs": TENSOR_TOLERANCE, "probability_max_abs": CONFORMANCE_PROBABILITY_MAX_ABS[precision],
-            "top1": "must match", "labels": "must match"}
+            "min_cases": vector_count(precision, n_candidates), "top1": "must match", "labels": "must match"}
 
 
 def gate_measured_on() -> dict:

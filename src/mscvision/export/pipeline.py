@@ -139,7 +139,7 @@ def _try_variant(job: _Export, out: Path, precision: str, proto, settings: dict,
     path = out.with_name(f"{out.stem}.{precision}.onnx")
     settings["gate_measured_on"] = gate_measured_on()
     metadata = {**job.metadata, "precision": precision, "quantization": settings,
-                "conformance": conformance(precision)}
+                "conformance": conformance(precision, len(job.heldout))}
     embed_metadata(proto, metadata)
     save_single_file(proto, path)
     report["gates"][precision] = {"variant": settings}
@@ -176,6 +176,7 @@ def _metadata(name: str, module, run: RunFiles, rows: list[dict], heldout: Sampl
                           max_side=heldout.max_side, bit_depths=heldout.bit_depths,
                           provenance=provenance(config, run.run_dir, run.checkpoint, metrics, manifest),
                           card=model_card(config, module.tasks, metrics, n_split, manifest), tta=config.export.tta)
+    meta["conformance"] = conformance("fp32", len(heldout))  # the held-out images are the vector candidates
     meta["graph"] = {"opset": OPSET, "exporter": "torch.onnx.export (dynamo)", "export_batch": "dynamic"}
     return meta
 
@@ -219,5 +220,5 @@ def _finish(path: Path, metadata: dict, candidates: list[str], log) -> list[str]
     check = write_vectors(path, vectors, candidates)
     log(f"wrote {path} ({file_info['bytes'] / 1e6:.2f} MB, sha256 {file_info['sha256'][:12]}…), "
         f"{path.with_suffix('.json').name}, {vectors.name}/ ({check['n_cases']} vectors, this machine "
-        f"max|Δp| {check['probability_max_abs']:.1e})")
+        f"max|Δp| {check['probability_max_abs']:.1e}, verify {'PASS' if check['passed'] else 'FAIL'})")
     return [f"conformance on this machine: {f}" for f in check["failures"]]

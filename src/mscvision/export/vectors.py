@@ -17,7 +17,7 @@ from mscvision.core.fileio import write_json_atomic
 from mscvision.runtime.inputs import load_input
 from mscvision.runtime.model import Model, load_model
 from mscvision.runtime.station import station_info
-from mscvision.runtime.verify import VECTORS_FORMAT, VECTORS_VERSION
+from mscvision.runtime.verify import VECTORS_FORMAT, VECTORS_VERSION, verify_model
 
 # int8 gets many vectors: a kernel that saturates changes a few images in a hundred, and each vector
 # is one more chance to catch it. fp32 / fp16 kernels differ only by rounding: a few per class do.
@@ -26,9 +26,15 @@ MIN_MARGIN = 0.1  # top-1 minus top-2: images near a tie would flip on harmless 
 UNFUSED = "onnxruntime with graph optimisations disabled: the QDQ graph as written, no fused int8 kernels"
 
 
+def vector_count(precision: str, n_candidates: int) -> int:
+    """How many vectors export writes for ``precision``: also the model's ``conformance.min_cases``,
+    so that verify refuses a thinned vectors folder (fewer held-out images than N_VECTORS: all of them)."""
+    return min(N_VECTORS[precision], n_candidates)
+
+
 def write_vectors(model_path: Path, folder: Path, candidates: list[str], n: int | None = None) -> dict:
-    """Write ``folder``; returns vectors.json's ``self_check``: this machine's runtime (fused
-    kernels, as ``verify`` runs it) against the expected values, with the model's own tolerances."""
+    """Write ``folder``; returns vectors.json's ``self_check``: ``runtime.verify.verify_model`` run
+    here on the written folder (this machine's fused kernels, exactly as ``verify`` runs them)."""
     model = load_model(model_path, threads=1, device="cpu")
     precision = model.metadata.precision
     reference = _unfused(model) if precision == "int8" else model
@@ -36,10 +42,9 @@ def write_vectors(model_path: Path, folder: Path, candidates: list[str], n: int 
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
     cases = [_write_case(reference, folder, Path(path), i)
-             for i, path in enumerate(_pick(reference, candidates, n or N_VECTORS[precision]))]
+             for i, path in enumerate(_pick(reference, candidates, n or vector_count(precision, len(candidates))))]
     conformance = model.metadata.raw["conformance"]
-    check = self_check(model, folder, cases, conformance)
-    write_json_atomic(folder / "vectors.json", {
+    doc = {
         "format": VECTORS_FORMAT, "version": VECTORS_VERSION,
         "model_file": model_path.name, "model_sha256": model.sha256, "precision": precision,
         "tensor_format": "raw little-endian float32, C-order, shape (C, h, w)",
@@ -47,20 +52,30 @@ def write_vectors(model_path: Path, folder: Path, candidates: list[str], n: int 
         # a copy for people: verify takes the tolerances from the model's metadata, not from this file
         "tolerances": {**conformance, "note": "copy of the model metadata's 'conformance' (authoritative)"},
         "written_on": station_info(1, model.providers),
-        "self_check": check,
         "cases": cases,
-    })
+    }
+    write_json_atomic(folder / "vectors.json", doc)
+    report = verify_model(model, folder)  # the one pass rule: what `mscvision verify` says here
+    check = {"n_cases": report.cases, "probability_max_abs": report.probability_max_abs,
+             "passed": report.passed, "failures": report.failures,
+             "checked_by": "runtime.verify.verify_model on this folder, on the machine that wrote it"}
+    write_json_atomic(folder / "vectors.json", {**doc, "self_check": check})
     return check
 
 
 def _unfused(model: Model) -> Model:
-    """The same file in a session that runs every node as written (ORT_DISABLE_ALL)."""
+    """The same hashed bytes in a session that runs every node as written (ORT_DISABLE_ALL)."""
+    import hashlib
+
     import onnxruntime as ort
 
+    data = model.path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != model.sha256:  # replaced since load: the vectors would lie
+        raise RuntimeError(f"{model.path} changed while its vectors were being written")
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.intra_op_num_threads = options.inter_op_num_threads = 1
-    session = ort.InferenceSession(str(model.path), sess_options=options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(data, sess_options=options, providers=["CPUExecutionProvider"])
     return Model(model.path, model.sha256, model.metadata, session, 1)
 
 
@@ -109,20 +124,3 @@ def _write_case(model: Model, folder: Path, source: Path, i: int) -> dict:
     return {"image": image, "tensor": tensor_file, "shape": list(tensor.shape),
             "probabilities": {t: [float(v) for v in p[0]] for t, p in probs.items()},
             "labels": {t.name: t.classes[int(probs[t.name][0].argmax())] for t in model.metadata.tasks}}
-
-
-def self_check(model: Model, folder: Path, cases: list[dict], conformance: dict) -> dict:
-    """What ``verify`` would find here: worst |Δp| and top-1 mismatches of ``model`` on the vectors."""
-    worst, mismatches = 0.0, []
-    for case in cases:
-        tensor = np.fromfile(folder / case["tensor"], dtype="<f4").reshape(case["shape"])
-        got = model.predict(tensor[None])
-        for task, want in case["probabilities"].items():
-            worst = max(worst, float(np.abs(got[task][0] - np.asarray(want, np.float32)).max()))
-            if int(got[task][0].argmax()) != int(np.argmax(want)):
-                mismatches.append(f"{case['image']} {task}")
-    failures = ([f"fused kernels differ from the expected values by {worst:.2e} > "
-                 f"{conformance['probability_max_abs']:g}"] if worst > conformance["probability_max_abs"] else [])
-    failures += [f"top class differs: {m}" for m in mismatches]
-    return {"n_cases": len(cases), "probability_max_abs": worst, "top1_mismatches": len(mismatches),
-            "passed": not failures, "failures": failures}

@@ -19,21 +19,23 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=0, help="intra-op threads (0 = all cores)")
     parser.add_argument("--recursive", action="store_true", help="descend into sub-folders")
-    parser.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto",
-                        help="auto: CUDA/TensorRT where onnxruntime-gpu offers them, else CPU")
-    parser.add_argument("--expect-sha256", type=_sha256_hex, metavar="HEX",
-                        help="refuse to run unless the model file has this SHA-256 (the approved file)")
+    _add_device(parser)
+    _add_expect_sha256(parser)
     # the default lives in runtime.inputs, which imports numpy: resolved when the command runs
     parser.add_argument("--max-pixels", type=int, default=None, metavar="N",
                         help="decode cap, checked from each file's header before decoding and held in total "
                              "across decode threads (default: the runtime's DEFAULT_MAX_PIXELS, printed at start)")
 
 
-def _sha256_hex(text: str) -> str:
-    value = text.strip().lower()
-    if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a SHA-256 (64 hex digits)")
-    return value
+def _sha256_argument(text: str) -> str:
+    """argparse ``type=``: the one SHA-256 rule (``runtime.model.normalise_sha256``), as a usage error."""
+    from mscvision.core.errors import ConfigError
+    from mscvision.runtime.model import normalise_sha256  # numpy: imported only when the option is given
+
+    try:
+        return normalise_sha256(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_info_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,11 +48,17 @@ def add_verify_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="an exported .onnx model")
     parser.add_argument("vectors", nargs="?", type=Path, help="its vectors folder (default: MODEL's NAME.vectors)")
     parser.add_argument("--threads", type=int, default=0, help="intra-op threads (0 = all cores)")
+    _add_device(parser)
     _add_expect_sha256(parser)
 
 
+def _add_device(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto",
+                        help="auto: CUDA/TensorRT where onnxruntime-gpu offers them, else CPU")
+
+
 def _add_expect_sha256(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--expect-sha256", metavar="HEX",
+    parser.add_argument("--expect-sha256", type=_sha256_argument, metavar="HEX",
                         help="refuse the model unless the SHA-256 of its file is HEX (the approved model's)")
 
 
@@ -147,7 +155,8 @@ def run_verify(args: argparse.Namespace) -> int:
     from mscvision.runtime.model import load_model
     from mscvision.runtime.verify import default_vectors_dir, model_tolerances, verify_model
 
-    model = load_model(args.model, args.threads, device="cpu", expect_sha256=args.expect_sha256)
+    # the providers predict would use (same --device default): verify checks what will run
+    model = load_model(args.model, args.threads, args.device, expect_sha256=args.expect_sha256)
     folder = args.vectors or default_vectors_dir(Path(args.model))
     tolerances = model_tolerances(model)
     report = verify_model(model, folder)
@@ -162,7 +171,7 @@ def run_verify(args: argparse.Namespace) -> int:
     for line in report.lines:
         print(line)
     if report.passed:
-        print(f"verify: PASS ({len(report.lines)} vectors, {folder})")
+        print(f"verify: PASS ({len(report.lines)} vectors, {folder}, on {', '.join(model.providers)})")
         return EXIT_OK
     for failure in report.failures:
         print(f"error: {failure}", file=sys.stderr)

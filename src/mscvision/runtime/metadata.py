@@ -18,6 +18,7 @@ METADATA_KEY = "mscvision"
 FORMAT = "mscvision.model"
 FORMAT_VERSION = 1
 INPUT_NAME = "input"
+CONFORMANCE_CAPS = {"tensor_max_abs": 1e-3, "probability_max_abs": 0.05}  # loosest tolerances a model may state
 MAX_IMAGE_SIDE_CAP = 16384  # px: one float32 channel of that square is 1 GiB; beyond it is a typo, not a field
 
 
@@ -83,8 +84,9 @@ def parse_metadata(text: str | None, source: str = "model") -> ModelMetadata:
 
 
 def _from_raw(raw: dict) -> ModelMetadata:
-    tasks = tuple(TaskInfo(t["name"], tuple(t["classes"]), float(t["temperature"]), float(t["threshold"]))
-                  for t in raw["tasks"])
+    # lists only: tuple("ab") would read a string as the classes ('a', 'b')
+    tasks = tuple(TaskInfo(t["name"], tuple(_list(t["classes"], "classes")), float(t["temperature"]),
+                           float(t["threshold"])) for t in _list(raw["tasks"], "tasks"))
     if not tasks:
         raise ValueError("no tasks")
     if raw.get("temperature_applied_in_graph") is not True:
@@ -151,13 +153,25 @@ def _side_problems(side: object, size: tuple[int, ...]) -> list[str]:
 
 
 def _conformance_problems(conformance: object) -> list[str]:
-    """Export records the verify tolerances in the model (not only in the editable vectors file)."""
+    """Export records the verify rule in the model (not only in the editable vectors file). Bounds:
+    a tensor is pure float32 numpy (export states 1e-5) and int8 kernels stay within 1e-2; looser
+    than these, a verify PASS would no longer mean "reproduces the export"."""
     if conformance is None:
         return []
-    keys = ("tensor_max_abs", "probability_max_abs")
-    if not isinstance(conformance, dict) or not all(_finite(conformance.get(k)) and conformance[k] > 0 for k in keys):
-        return [f"conformance={conformance!r} must give {' and '.join(keys)} as finite numbers > 0"]
-    return []
+    if not isinstance(conformance, dict):
+        return [f"conformance={conformance!r} must be an object"]
+    problems = [f"conformance.{key}={conformance.get(key)!r} must be a finite number in (0, {cap:g}]"
+                for key, cap in CONFORMANCE_CAPS.items()
+                if not (_finite(conformance.get(key)) and 0 < conformance[key] <= cap)]
+    if "min_cases" in conformance and not _positive_int(conformance["min_cases"]):
+        problems.append(f"conformance.min_cases={conformance['min_cases']!r} must be an integer >= 1")
+    return problems
+
+
+def _list(value: object, key: str) -> list:
+    if not isinstance(value, list):
+        raise ModelInconsistent(f"{key} is {type(value).__name__} {value!r}, not a list")
+    return value
 
 
 def _int(value: object) -> bool:

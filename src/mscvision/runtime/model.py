@@ -148,7 +148,8 @@ def graph_ports(session) -> tuple[dict[str, GraphPort], dict[str, GraphPort]]:
 
 
 def graph_problems(metadata: ModelMetadata, inputs: dict[str, GraphPort], outputs: dict[str, GraphPort]) -> list[str]:
-    """How the graph disagrees with the metadata: the input's static (C, h, w) and each task's output width."""
+    """How the graph disagrees with the metadata: the input's dynamic batch and static (C, h, w), and
+    each task's output width."""
     problems = []
     port = inputs.get(INPUT_NAME)
     if port is None or port.type != "tensor(float)":
@@ -156,6 +157,9 @@ def graph_problems(metadata: ModelMetadata, inputs: dict[str, GraphPort], output
     elif len(port.shape) != 4 or tuple(port.shape[1:]) != metadata.input_shape:
         problems.append(f"input {INPUT_NAME!r} has dims {list(port.shape)}, the metadata says "
                         f"(N, {', '.join(map(str, metadata.input_shape))})")
+    elif not isinstance(port.shape[0], (str, type(None))):  # a fixed batch fails on any other batch size
+        problems.append(f"input {INPUT_NAME!r} has dims {list(port.shape)}: the input's batch dimension must be "
+                        "dynamic; re-export")
     for task in metadata.tasks:
         name = probability_output(task.name)
         port = outputs.get(name)

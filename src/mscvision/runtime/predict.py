@@ -2,8 +2,9 @@
 
 Rows: ``path``, ``status`` (ok | review | error), ``reason``, then per task ``TASK.label`` and
 ``TASK.p.CLASS``, then ``notes`` (what decoding did: alpha dropped, z-projected, ...; last, so that
-readers by position keep working). An unreadable or mismatched file, non-finite model outputs, or a
-batch the model fails on becomes error rows and the run goes on.
+readers by position keep working). An unreadable or mismatched file, model outputs that are not
+finite probabilities (NaN, logits, rows not summing to 1), or a batch the model fails on becomes
+error rows and the run goes on.
 
 What the output file goes through (``write_rows``):
 - ``--out`` is checked before any work (``check_output_path``, ``check_not_an_input``) and held
@@ -14,7 +15,8 @@ What the output file goes through (``write_rows``):
   under that name. A partial file is never renamed into place: under the real name it would pass
   for a complete run.
 - CSV text cells that begin with ``= + - @``, a tab or a carriage return get a leading ``'``, so a
-  spreadsheet shows them as text instead of running them as formulas; numbers are never altered.
+  spreadsheet shows them as text instead of running them as formulas; so do cells that begin with
+  ``'`` itself, so a leading ``'`` is always ours (strip exactly one); numbers are never altered.
   Text that cannot be UTF-8 (a file name's undecodable bytes) is written with ``\\xNN`` escapes,
   so both formats are valid UTF-8; JSONL is strict JSON (no NaN: non-finite outputs are error rows).
 """
@@ -47,6 +49,12 @@ from mscvision.runtime.inputs import (DEFAULT_MAX_PIXELS, DecodeBudget, Prepared
 
 NOTES = "notes"
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # OWASP's list for CSV injection
+# ...and our own prefix: a text that already begins with ' gets one more, so that "a leading ' is
+# always ours: strip exactly one" gives back every text, '=a.png included
+PREFIXED_STARTS = (*FORMULA_STARTS, "'")
+PROBABILITY_SLACK = 1e-4  # float32 softmax rounding, per value
+SUM_SLACK = 1e-3  # and over a row
+OUTPUT_SUFFIXES = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 
 
 @dataclass
@@ -127,6 +135,12 @@ def result_row(path: str, probs: dict[str, np.ndarray], metadata: ModelMetadata,
         return error_row(path, f"the model's output is not finite (NaN or Inf) for {', '.join(broken)}: no label "
                                "can be given; the image is likely outside what the model handles (check it)",
                          metadata, notes)
+    for task in metadata.tasks:  # logits, or a graph whose softmax was lost, must never give a label
+        problem = distribution_problem(probs[task.name])
+        if problem:
+            return error_row(path, f"the model's {task.name} output is not a probability distribution ({problem}): "
+                                   "no label can be given. Fix: re-export the model with `mscvision export`",
+                             metadata, notes)
     row: dict = {"path": path, "status": "ok", "reason": "", NOTES: "; ".join(notes)}
     reasons = list(doubts)
     for task in metadata.tasks:
@@ -140,6 +154,17 @@ def result_row(path: str, probs: dict[str, np.ndarray], metadata: ModelMetadata,
     return row
 
 
+def distribution_problem(p: np.ndarray) -> str:
+    """Why one image's output for one task is not probabilities ("" when it is): values in [0, 1]
+    and a sum of 1, within float32 rounding of a softmax (PROBABILITY_SLACK, SUM_SLACK)."""
+    low, high, total = float(p.min()), float(p.max()), float(p.sum(dtype=np.float64))
+    if low < -PROBABILITY_SLACK or high > 1 + PROBABILITY_SLACK:
+        return f"values from {low:.4g} to {high:.4g}, outside [0, 1]"
+    if abs(total - 1) > SUM_SLACK:
+        return f"they sum to {total:.4g}, not 1"
+    return ""
+
+
 def error_row(path: str, reason: str, metadata: ModelMetadata, notes: Sequence[str] = ()) -> dict:
     row = dict.fromkeys(prediction_columns(metadata), "")
     row.update(path=path, status="error", reason=reason)
@@ -148,7 +173,8 @@ def error_row(path: str, reason: str, metadata: ModelMetadata, notes: Sequence[s
 
 
 def output_format(out: Path) -> str:
-    return "jsonl" if out.suffix.lower() in (".jsonl", ".ndjson") else "csv"
+    """CSV or JSONL by ``--out``'s suffix; any other suffix was refused by ``check_output_path``."""
+    return OUTPUT_SUFFIXES[out.suffix.lower()]
 
 
 def check_output_path(out: Path, model: str | Path) -> None:
@@ -169,6 +195,9 @@ def check_output_path(out: Path, model: str | Path) -> None:
         raise ConfigError(f"--out {out}: its folder {folder} is not writable by this user. {fix}")
     if _same_file(out, model):
         raise ConfigError(f"--out {out}: is the model file; writing there would destroy it. {fix}")
+    if out.suffix.lower() not in OUTPUT_SUFFIXES:  # preds.json or run.png would silently get CSV
+        raise ConfigError(f"--out {out}: the suffix {out.suffix or '(none)'!r} names no format this command "
+                          f"writes; use {', '.join(OUTPUT_SUFFIXES)} (CSV or JSON lines).")
 
 
 def check_not_an_input(out: Path, inputs: Iterable[str]) -> None:
@@ -259,7 +288,7 @@ def csv_cell(value):
     if not isinstance(value, str):
         return value  # numbers are written as they are
     text = utf8_text(value)
-    return "'" + text if text.startswith(FORMULA_STARTS) else text
+    return "'" + text if text.startswith(PREFIXED_STARTS) else text
 
 
 def json_line(row: dict, columns: list[str]) -> str:

@@ -12,6 +12,7 @@ truncated tensor, a missing image, a malformed entry) is a FAIL, never a silent 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -51,6 +52,7 @@ class VerifyReport:
     failures: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     cases: int = 0
+    probability_max_abs: float = 0.0  # the worst |Δp| over the cases checked
 
     @property
     def passed(self) -> bool:
@@ -113,6 +115,11 @@ def verify_model(model: Model, folder: Path) -> VerifyReport:
     report.notes += _ignored_tolerances(doc.get("tolerances"), tol)
     if not doc["cases"]:
         report.failures.append(f"{folder}: vectors.json lists no cases, so nothing was checked")
+    distinct, wanted = _distinct_cases(folder, doc["cases"]), _min_cases(model)
+    if doc["cases"] and distinct < wanted:
+        report.failures.append(f"{folder}: {distinct} distinct case(s) (by image and tensor contents), the model "
+                               f"asks for at least {wanted} (conformance.min_cases): the folder was thinned or "
+                               "is not the one export wrote")
     for i, case in enumerate(doc["cases"]):
         report.cases += 1
         try:
@@ -122,6 +129,30 @@ def verify_model(model: Model, folder: Path) -> VerifyReport:
             report.lines.append(f"FAIL {name}: cannot be checked — {exc}")
             report.failures.append(f"{name}: cannot be checked — {exc}")
     return report
+
+
+def _min_cases(model: Model) -> int:
+    """The vectors export wrote (``conformance.min_cases``, validated at load); 1 for older models."""
+    return int((model.metadata.raw.get("conformance") or {}).get("min_cases", 1))
+
+
+def _distinct_cases(folder: Path, cases: list) -> int:
+    """Cases whose image and tensor both differ from every other case's: by file contents, so that
+    copies of one image under new names count once; by name where a file cannot be read (that case
+    fails on its own, and is not counted twice)."""
+    images, tensors = set(), set()
+    for case in cases:
+        if isinstance(case, dict):
+            images.add(_identity(folder, case.get("image")))
+            tensors.add(_identity(folder, case.get("tensor")))
+    return min(len(images), len(tensors))
+
+
+def _identity(folder: Path, name: object) -> str:
+    try:
+        return "sha256:" + hashlib.sha256(inside(folder, name).read_bytes()).hexdigest()
+    except (OSError, TypeError, VectorError):
+        return "name:" + repr(name)
 
 
 def _ignored_tolerances(stated: object, tol: Tolerances) -> list[str]:
@@ -154,6 +185,7 @@ def _check_case(model: Model, folder: Path, case: object, tol: Tolerances, repor
         task_worst, task_problems = _compare_task(task, probs[task.name][0], case)
         worst = max(worst, task_worst)
         problems += task_problems
+    report.probability_max_abs = max(report.probability_max_abs, worst)
     if not worst <= tol.probability_max_abs:
         problems.append(f"probabilities differ by {worst:.2e} > {tol.probability_max_abs:.0e}")
     status = "FAIL" if problems else "ok"
