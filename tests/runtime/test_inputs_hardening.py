@@ -410,3 +410,12 @@ def test_a_tree_deeper_than_the_recursion_limit_is_searched(tmp_path):
     finally:
         sys.setrecursionlimit(limit)
     assert got.paths == [leaf] and got.problems == []
+
+
+def test_a_float64_image_at_a_raised_pixel_cap_fits_the_decode_budget():
+    from mscvision.core.imageio import ImageHeader
+    from mscvision.runtime.inputs import decode_budget, working_bytes
+
+    cap = 400_000_000  # raised well past the default budget's reach
+    header = ImageHeader("TIFF", 20_000, 20_000, cap, 8, None)  # float64, exactly at the cap
+    assert working_bytes(header) <= decode_budget(cap).max_bytes  # used to be 4 bytes a value short

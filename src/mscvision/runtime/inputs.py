@@ -41,6 +41,7 @@ MAX_UPSCALE = 8
 # preprocessing makes (conversion, percentile partition, scaling, clipping).
 DEFAULT_DECODE_BUDGET_BYTES = 2 * 1024**3
 _WORKING_BYTES_PER_VALUE = 16
+_WIDEST_ITEMSIZE = 8  # float64 TIFF: the most bytes a stored value can take
 _APPLEDOUBLE = "AppleDouble ._* files (macOS metadata, not images)"
 
 
@@ -84,7 +85,8 @@ class DecodeBudget:
 def decode_budget(max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodeBudget:
     """One budget per run, shared by every decode thread, so that the cap holds in total: the
     default, or more when ``max_pixels`` is raised, so that one image at the cap still fits alone."""
-    return DecodeBudget(max(DEFAULT_DECODE_BUDGET_BYTES, max_pixels * (4 + _WORKING_BYTES_PER_VALUE)))
+    # counted as working_bytes counts it, with the widest value: a float64 image at the cap still fits
+    return DecodeBudget(max(DEFAULT_DECODE_BUDGET_BYTES, max_pixels * (_WIDEST_ITEMSIZE + _WORKING_BYTES_PER_VALUE)))
 
 
 def working_bytes(header: ImageHeader) -> int:
