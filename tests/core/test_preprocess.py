@@ -117,3 +117,36 @@ def test_percentile_scope_image_measures_the_array_it_is_given():
     alone = preprocess(crop, spec)[0]
     assert alone.min() == 0.0 and alone.max() == 1.0
     assert preprocess(whole, PreprocessSpec(percentile_low=0, percentile_high=100, size=(20, 20)))[0][:10, :10].max() < 0.5
+
+
+def test_fixed_intensity_refuses_float_pixels_outside_0_1_by_name():
+    # 0..4095 floats would be clipped to an all-white input and still get a label
+    image = np.linspace(0, 4095, 64, dtype=np.float32).reshape(8, 8, 1)
+    with pytest.raises(ImageError, match=r"cells\.tif: has float pixel values from 0 to 4095.*rescale the image "
+                                         r"to 0\.\.1, or train with preprocess\.intensity=percentile"):
+        preprocess(image, PreprocessSpec(intensity="fixed", size=(8, 8)), source="cells.tif")
+    preprocess(image / 4095, PreprocessSpec(intensity="fixed", size=(8, 8)))  # in range: accepted
+
+
+def test_fixed_intensity_floor_measures_what_the_model_sees():
+    from mscvision.core.preprocess import flat_channels
+
+    # a dark 16-bit frame with 20 levels of noise: raw spread 20, but ~0 of the 0..1 input
+    dark = np.random.default_rng(0).integers(100, 121, (32, 32, 1)).astype(np.uint16)
+    assert flat_channels(dark, PreprocessSpec(intensity="fixed", size=(32, 32))) == [0]
+    assert flat_channels(dark, PreprocessSpec(size=(32, 32))) == []  # percentile mode stretches it: content
+    cell = dark.copy()
+    cell[8:24, 8:24] += 3000  # a dim object: 4.6% of the range
+    assert flat_channels(cell, PreprocessSpec(intensity="fixed", size=(32, 32))) == []
+
+
+def test_crop_or_pad_floor_measures_the_centre_crop_the_model_sees():
+    from mscvision.core.preprocess import flat_channels
+
+    image = np.full((64, 64, 1), 50, np.uint8)
+    image[:, :8] = image[:, -8:] = 200  # content only at the edges, cropped away for a 32x32 input
+    assert flat_channels(image, PreprocessSpec(size=(32, 32), fit="crop_or_pad")) == [0]
+    assert flat_channels(image, PreprocessSpec(size=(32, 32), fit="resize")) == []
+    # rescaled to the model's pixel size first: at 0.5 µm/px for a 1 µm/px model, 64 px become 32: all seen
+    spec = PreprocessSpec(size=(32, 32), fit="crop_or_pad", pixel_size_um=1.0)
+    assert flat_channels(image, spec, pixel_size_um=0.5) == []

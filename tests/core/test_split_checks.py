@@ -263,3 +263,19 @@ def test_a_held_out_class_dominated_by_one_group_rests_on_it():
     assert any("class 'disc' one group holds 10 of 11 in test" in w for w in warnings)
     assert not any("'bar'" in w or "'blob'" in w for w in warnings)  # 2 test groups of 1 image: estimable
     assert "class 'disc' trains on few of its 12 images (1)" in warnings[-1]  # 1 of 12: under a third
+
+
+def test_a_side_whose_every_image_was_skipped_keeps_empty_cells():
+    # Every test image unreadable (rows 1 and 3 left out): the test side is absent, not a KeyError.
+    shape, groups = ["disc", "disc", "bar", "bar"], ["a", "b", "c", "d"]
+    task = Task("shape", ("disc", "bar"), "shape")
+    counts = count_split([task], {"shape": np.array([0, 0, 1, 1])}, np.array(groups),
+                         np.array(["train", "test", "train", "test"]), rows=np.array([0, 2]))
+    assert counts.sides == ("train", "test") and counts.cells["shape"]["disc"]["test"].images == 0
+    warnings = check_splits([counts], computed=False)
+    assert any("class 'disc' absent from test" in w for w in warnings)
+    # and every training image lost: the refusal, not a KeyError
+    lost_train = count_split([task], {"shape": np.array([0, 0, 1, 1])}, np.array(groups),
+                             np.array(["train", "test", "train", "test"]), rows=np.array([1, 3]))
+    with pytest.raises(DataError, match="class 'disc' has no training images"):
+        check_splits([lost_train], computed=False)

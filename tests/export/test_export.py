@@ -309,7 +309,7 @@ def test_full_range_weights_saturate_on_x86_without_vnni(tmp_path):
     """Why reduce_range: on AVX2 without VNNI the fused kernel loses half the sum; verify sees it."""
     import platform
 
-    from mscvision.runtime.station import cpu_flags
+    from mscvision.core.machine import cpu_flags
 
     flags = set(cpu_flags())
     if platform.machine().lower() not in ("x86_64", "amd64") or "avx2" not in flags:
@@ -317,3 +317,14 @@ def test_full_range_weights_saturate_on_x86_without_vnni(tmp_path):
     if flags & {"avx512_vnni", "avx_vnni", "amx_int8"}:
         pytest.skip("this CPU has VNNI: its int8 dot products cannot saturate, nothing to demonstrate")
     assert _fused_minus_unfused(_qdq_conv(127, 127, tmp_path / "full.onnx")) > 10.0
+
+
+def test_the_gate_machine_is_read_through_core_machine(monkeypatch):
+    """One /proc/cpuinfo reader: export's record of the gate's machine comes from core.machine."""
+    from mscvision.core import machine
+    from mscvision.export.metadata import gate_measured_on
+
+    monkeypatch.setattr(machine, "_cpuinfo", lambda: [("model name", "Example CPU 9000"), ("flags", "sse4_2 avx2")])
+    measured = gate_measured_on()
+    assert measured["processor"] == "Example CPU 9000"  # a second reader saw the real /proc/cpuinfo
+    assert measured["cpu_flags"] == machine.cpu_flags()

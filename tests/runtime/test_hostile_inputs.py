@@ -42,6 +42,7 @@ from mscvision.cli import main
 from mscvision.core.errors import ImageError
 from mscvision.runtime.inputs import prepare_input
 from mscvision.runtime.model import read_metadata
+from runtime_fixtures import protobuf_field
 
 FIXTURE = REPO / "models" / "fixtures" / "shapes-tiny.onnx"
 P_COLUMNS = ("shape.p.bar", "shape.p.disc", "count.p.one", "count.p.two")
@@ -440,19 +441,6 @@ def test_a_tiff_holding_several_images_says_only_the_first_was_read(tmp_path):
     assert any("holds 2 images (TIFF series); only the first, 32x32, was read" in n for n in prepared.notes)
 
 
-def _field(number: int, payload: bytes) -> bytes:
-    """A length-delimited protobuf field (wire type 2)."""
-    def varint(n: int) -> bytes:
-        out = bytearray()
-        while True:
-            out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
-            n >>= 7
-            if not n:
-                return bytes(out)
-
-    return varint(number << 3 | 2) + varint(len(payload)) + payload
-
-
 def test_external_data_is_refused_in_the_bare_station(tmp_path):
     """Issue 13 item 5 without the onnx package (tests/test_model_checks.py's version needs it, so the
     station venv skipped it): the fixture plus one initializer whose data lives in a side file.
@@ -460,9 +448,9 @@ def test_external_data_is_refused_in_the_bare_station(tmp_path):
     from mscvision.core.errors import ModelError
     from mscvision.runtime.model import load_model
 
-    location = _field(13, _field(1, b"location") + _field(2, b"split.onnx.data"))  # TensorProto.external_data
-    tensor = b"\x08\x01" + b"\x10\x01" + _field(8, b"w.external") + location + b"\x70\x01"  # dims, FLOAT, name, EXTERNAL
-    (tmp_path / "split.onnx").write_bytes(FIXTURE.read_bytes() + _field(7, _field(5, tensor)))
+    location = protobuf_field(13, protobuf_field(1, b"location") + protobuf_field(2, b"split.onnx.data"))  # TensorProto.external_data
+    tensor = b"\x08\x01" + b"\x10\x01" + protobuf_field(8, b"w.external") + location + b"\x70\x01"  # dims, FLOAT, name, EXTERNAL
+    (tmp_path / "split.onnx").write_bytes(FIXTURE.read_bytes() + protobuf_field(7, protobuf_field(5, tensor)))
     (tmp_path / "split.onnx.data").write_bytes(bytes(4))  # the side file is there: still refused
     with pytest.raises(ModelError, match=r"1 tensor\(s\) keep their data in an external side file \(w\.external\)"):
         load_model(tmp_path / "split.onnx", threads=1)

@@ -410,3 +410,43 @@ def test_a_tree_deeper_than_the_recursion_limit_is_searched(tmp_path):
     finally:
         sys.setrecursionlimit(limit)
     assert got.paths == [leaf] and got.problems == []
+
+
+def test_a_float64_image_at_a_raised_pixel_cap_fits_the_decode_budget():
+    from mscvision.core.imageio import ImageHeader
+    from mscvision.runtime.inputs import decode_budget, working_bytes
+
+    cap = 400_000_000  # raised well past the default budget's reach
+    header = ImageHeader("TIFF", 20_000, 20_000, cap, 8, None)  # float64, exactly at the cap
+    assert working_bytes(header) <= decode_budget(cap).max_bytes  # used to be 4 bytes a value short
+
+
+def test_crop_or_pad_refuses_an_input_that_would_be_mostly_padding(metadata, tmp_path):
+    from mscvision.runtime.inputs import prepare_input
+
+    spec = dataclasses.replace(metadata.spec, fit="crop_or_pad")  # a 32x32 input
+    padded = dataclasses.replace(metadata, spec=spec)
+    small, enough = tmp_path / "small.png", tmp_path / "enough.png"
+    _png_write(small, _shape_image(20))  # 400 of 1,024 px: 61% padding
+    _png_write(enough, _shape_image(24))  # 576 of 1,024: 44% padding
+    with pytest.raises(ImageError, match=r"small\.png: 20x20 px would fill only 39% of this model's 32x32 input"
+                                         r".*at most half of the input may be padding"):
+        prepare_input(small, padded)
+    assert prepare_input(enough, padded).tensor.shape == (1, 32, 32)
+    assert prepare_input(small, metadata).tensor.shape == (1, 32, 32)  # fit=resize: stretched, no padding
+
+
+def test_a_blank_centre_crop_is_reviewed_though_its_edges_have_content(metadata, tmp_path):
+    from mscvision.runtime.inputs import prepare_input
+
+    image = np.full((64, 64), 50, np.uint8)
+    image[:, :8] = image[:, -8:] = 200  # what crop_or_pad cuts away for a 32x32 input
+    _png_write(tmp_path / "edges.png", image)
+    cropping = dataclasses.replace(metadata, spec=dataclasses.replace(metadata.spec, fit="crop_or_pad"))
+    assert any("constant or nearly so (between the 1 and 99 percentiles in the centre crop" in d
+               for d in prepare_input(tmp_path / "edges.png", cropping).doubts)
+    assert prepare_input(tmp_path / "edges.png", metadata).doubts == ()  # resized: the edges are seen
+
+
+def _png_write(path, array):
+    Image.fromarray(array).save(path)

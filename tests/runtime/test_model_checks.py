@@ -24,21 +24,13 @@ from mscvision.core.fileio import sha256_file
 from mscvision.runtime.metadata import METADATA_KEY, parse_metadata
 from mscvision.runtime.model import GraphPort, graph_problems, load_model, read_metadata
 from mscvision.runtime.verify import default_vectors_dir, inside, verify_model
+from runtime_fixtures import protobuf_field as _delimited
 
 FIXTURE = REPO / "models" / "fixtures" / "shapes-tiny.onnx"
 RAW = json.loads(ort.InferenceSession(str(FIXTURE)).get_modelmeta().custom_metadata_map[METADATA_KEY])
 
 
 # --- a minimal protobuf writer: the fixture with its metadata_props (ModelProto field 14) replaced ---
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
-        n >>= 7
-        if not n:
-            return bytes(out)
-
 
 def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
     result = shift = 0
@@ -49,10 +41,6 @@ def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
         if not byte & 0x80:
             return result, pos
         shift += 7
-
-
-def _delimited(number: int, payload: bytes) -> bytes:
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
 
 
 def _without_field(data: bytes, drop: int) -> bytes:

@@ -23,25 +23,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from conftest import REPO, make_shapes_dataset
 from mscvision.cli import main
 from mscvision.core.decisions import decide
 from mscvision.runtime import predict
-from mscvision.runtime.model import load_model
-
-FIXTURE = REPO / "models" / "fixtures" / "shapes-tiny.onnx"
-
-
-@pytest.fixture(scope="module")
-def model():
-    return load_model(FIXTURE, threads=1)
-
-
-@pytest.fixture(scope="module")
-def images(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("images")
-    make_shapes_dataset(root, n=6, size=32)
-    return root / "images"
+from runtime_fixtures import FIXTURE, images, model  # noqa: F401 (fixtures)
 
 
 def _paths(images: Path) -> list[str]:

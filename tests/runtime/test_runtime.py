@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO, make_shapes_dataset
+from conftest import make_shapes_dataset
 from mscvision.cli import main
 from mscvision.core.decisions import REVIEW, decide
 from mscvision.core.errors import ModelError
@@ -24,23 +24,8 @@ from mscvision.core.fileio import sha256_file
 from mscvision.core.imageio import write_image
 from mscvision.runtime.inputs import collect_inputs, load_input
 from mscvision.runtime.metadata import FORMAT_VERSION, parse_metadata
-from mscvision.runtime.model import load_model
 from mscvision.runtime.verify import default_vectors_dir
-
-FIXTURE = REPO / "models" / "fixtures" / "shapes-tiny.onnx"
-
-
-@pytest.fixture(scope="module")
-def model():
-    return load_model(FIXTURE, threads=1)
-
-
-@pytest.fixture(scope="module")
-def images(tmp_path_factory) -> Path:
-    """Six good 32-px images like the fixture's training data, in a folder."""
-    root = tmp_path_factory.mktemp("images")
-    make_shapes_dataset(root, n=6, size=32)
-    return root / "images"
+from runtime_fixtures import FIXTURE, images, model  # noqa: F401 (fixtures)
 
 
 def _rows(path: Path) -> list[dict]:

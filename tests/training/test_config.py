@@ -116,3 +116,15 @@ def test_defaults_load_from_an_installed_copy_run_elsewhere(tmp_path):
                             env={"PYTHONPATH": str(site), "PATH": ""}, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["22", "(112,", "112)"]
+
+
+def test_resume_refuses_a_config_file_it_would_ignore(tmp_path):
+    import argparse
+
+    from mscvision.commands.train import add_train_arguments, run_train
+
+    parser = argparse.ArgumentParser()
+    add_train_arguments(parser)
+    args = parser.parse_args(["--resume", str(tmp_path), "--config", str(CONFIG_DIR / "default.yaml")])
+    with pytest.raises(ConfigError, match=r"--resume uses the run's saved config\.yaml; pass overrides only"):
+        run_train(args)  # used to resume (or fail on the missing checkpoint) with --config dropped

@@ -312,3 +312,16 @@ def test_auto_precision_uses_bf16_only_where_the_hardware_has_it(monkeypatch, ca
     monkeypatch.setattr(fit, "cpu_flags", lambda: ["avx2", "avx512f", "avx512_bf16"])
     assert fit._precision("auto", cuda=False) == "bf16-mixed"
     assert fit._precision("32-true", cuda=False) == "32-true" and not capsys.readouterr().out
+
+
+def test_a_held_out_side_whose_every_image_was_skipped_is_refused_by_name(tmp_path, shapes_dataset):
+    """Every test image unreadable: a DataError before the first epoch, not a KeyError in the
+    split table (sides were taken from the counted rows) or in evaluation (an empty test side)."""
+    from mscvision.core.errors import DataError
+    from mscvision.training.dataset_setup import prepare_data
+    from mscvision.training.fit import show_split
+
+    data = prepare_data(load_config(None, tiny_overrides(shapes_dataset, tmp_path / "runs")))
+    usable = np.flatnonzero(data.split != "test")  # as if the scan had skipped every test image
+    with pytest.raises(DataError, match=r"every test image was skipped as unreadable: the run would have no test"):
+        show_split(data, usable, tmp_path)

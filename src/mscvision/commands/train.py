@@ -31,6 +31,12 @@ def run_train(args: argparse.Namespace) -> int:
     if args.resume:
         from mscvision.training.run_files import locate_run
 
+        if args.config:  # it would be silently ignored: a resumed run keeps the config it started with
+            from mscvision.core.errors import ConfigError
+
+            raise ConfigError("--resume uses the run's saved config.yaml; pass overrides only (KEY=VALUE), "
+                              "not --config")
+
         run_dir = locate_run(Path(args.resume), resume=True).run_dir  # refused, naming the fix, without last.ckpt
         config = load_config([run_dir / "config.yaml"], args.overrides)
         result = train(config, run_dir=run_dir, resume=True)

@@ -163,10 +163,23 @@ def scale_intensity(image: np.ndarray, spec: PreprocessSpec, source: str = "imag
                                  f"{spec.bit_depth}-bit images. Fix: supply {spec.bit_depth}-bit images.")
     x = image.astype(np.float32, copy=False)
     if spec.intensity == "fixed":
+        _check_fixed_range(image, source)
         return np.clip(x / np.float32(_dtype_max(image)), 0.0, 1.0)
     if spec.percentile_scope == "image":  # measured over x itself; "field" will pass the field's bounds
         return percentile_normalize(x, spec.percentile_low, spec.percentile_high)
     raise ConfigError(f"preprocess.percentile_scope={spec.percentile_scope!r} is not implemented")
+
+
+def _check_fixed_range(image: np.ndarray, source: str) -> None:
+    """Fixed intensity takes float pixels as already in [0, 1]: one outside would be clipped (0..4095
+    floats become an all-white input that still gets a label), so it is refused by name."""
+    if np.issubdtype(image.dtype, np.integer) or image.size == 0:
+        return
+    lo, hi = float(np.nanmin(image)), float(np.nanmax(image))
+    if lo < 0.0 or hi > 1.0:
+        raise ImageError(source, f"has float pixel values from {lo:g} to {hi:g}, but this model's fixed "
+                                 "intensity scaling reads float pixels as 0..1 (anything outside is clipped). "
+                                 "Fix: rescale the image to 0..1, or train with preprocess.intensity=percentile.")
 
 
 def percentile_normalize(x: np.ndarray, low: float, high: float) -> np.ndarray:
@@ -188,27 +201,63 @@ def flatness_percentiles(spec: PreprocessSpec) -> tuple[float, float]:
     return max(spec.percentile_low, FLATNESS_PERCENTILES[0]), min(spec.percentile_high, FLATNESS_PERCENTILES[1])
 
 
-def flat_channels(image: np.ndarray, spec: PreprocessSpec) -> list[int]:
-    """Channels (of the selected ones) with no content to read: constant or near-constant.
+FIXED_FLATNESS_SPREAD = 2.0 / 255.0  # fixed mode: the floor on what the model sees, 2 levels at 8 bits
+
+
+def flat_channels(image: np.ndarray, spec: PreprocessSpec, pixel_size_um: float | None = None) -> list[int]:
+    """Channels (of the selected ones) with no content to read: constant or near-constant, in the
+    region the model sees (``seen_region``: with crop_or_pad, the centre crop, not the cropped-off edges).
 
     Measured between the 1st and 99th percentiles, or the spec's own when they are narrower (so hot
     pixels, dust or a scratch covering up to 1% of a blank frame do not count as content: with the
-    spec's 99.8th alone, 3 hot pixels in a 32 x 32 blank frame passed as an image), on the raw values: a spread of at most
-    2 grey levels for integer images (what is left is quantisation, not structure), or of at most
-    2/65535 of the level for float images (the same, at 16 bits of the image's own scale). Percentile
-    scaling would stretch such a channel's noise to the full range and hand the model garbage with
-    a confident look; this is a floor, far below the contrast of real (even dim) microscopy.
-    Measured on at most ~2 x 2**14 evenly strided values per channel: plenty to tell two grey levels
-    from content, at a cost that does not grow with the image.
+    spec's 99.8th alone, 3 hot pixels in a 32 x 32 blank frame passed as an image). With percentile
+    intensity, on the raw values (percentile scaling would stretch a flat channel's noise to the full
+    range and hand the model garbage with a confident look): a spread of at most 2 grey levels for
+    integer images (what is left is quantisation, not structure), or of at most 2/65535 of the level
+    for float images (the same, at 16 bits of the image's own scale). With fixed intensity, on the
+    0..1 values the model gets: a spread of at most 2/255 (a dark 16-bit frame with 20 levels of
+    noise is an all-black input, whatever its raw spread). A floor, far below the contrast of real
+    (even dim) microscopy. Measured on at most ~2 x 2**14 evenly strided values per channel: plenty
+    to tell two grey levels from content, at a cost that does not grow with the image.
     """
-    values = image.reshape(-1, image.shape[2])
+    seen = seen_region(image, spec, pixel_size_um)
+    values = seen.reshape(-1, seen.shape[2])
     values = values[::max(1, len(values) // _FLATNESS_SAMPLE)]  # evenly strided: the cost stays per image, not per pixel
+    if spec.intensity == "fixed":
+        values = np.clip(values.astype(np.float64) / _dtype_max(image), 0.0, 1.0)
     lo, hi = np.percentile(values, list(flatness_percentiles(spec)), axis=0)
-    if np.issubdtype(image.dtype, np.integer):
+    if spec.intensity == "fixed":
+        tolerance = np.full_like(lo, FIXED_FLATNESS_SPREAD)
+    elif np.issubdtype(image.dtype, np.integer):
         tolerance = np.full_like(lo, 2.0)
     else:
         tolerance = 2.0 / 65535.0 * np.maximum(1.0, np.maximum(np.abs(lo), np.abs(hi)))
     return [int(c) for c in np.flatnonzero(hi - lo <= tolerance)]
+
+
+def flatness_rule(spec: PreprocessSpec) -> str:
+    """``flat_channels``' rule in words, for the review reason."""
+    low, high = flatness_percentiles(spec)
+    spread = ("by at most 2/255 of the 0..1 range the model sees" if spec.intensity == "fixed"
+              else "by at most 2 grey levels, or 2/65535 of its level if float")
+    where = " in the centre crop the model sees" if spec.fit == "crop_or_pad" else ""
+    return f"between the {low:g} and {high:g} percentiles{where} it varies {spread}"
+
+
+def seen_region(image: np.ndarray, spec: PreprocessSpec, pixel_size_um: float | None = None) -> np.ndarray:
+    """The part of a (H, W, C) image, before rescaling, that reaches the model: all of it with
+    fit=resize; with crop_or_pad the centre crop (an axis longer than the input, once rescaled to the
+    model's pixel size, loses its ends)."""
+    if spec.fit != "crop_or_pad":
+        return image
+    shape = image.shape[:2]
+    rescaled = rescaled_size(*shape, spec, pixel_size_um)
+    cuts = []
+    for have, scaled, want in zip(shape, rescaled, spec.size):
+        keep = have if scaled <= want else max(1, round(have * want / scaled))
+        start = (have - keep) // 2
+        cuts.append(slice(start, start + keep))
+    return image[cuts[0], cuts[1]]
 
 
 def _dtype_max(image: np.ndarray) -> float:

@@ -64,8 +64,10 @@ def count_split(tasks: list[Task], targets: dict[str, np.ndarray], groups: np.nd
                 rows: np.ndarray | None = None, fold: str = "") -> SplitCounts:
     """Images and groups per task, class and side over ``rows`` (default: all rows)."""
     rows = np.arange(len(split)) if rows is None else np.asarray(rows, np.int64)
+    # The sides come from the whole split, not the counted rows: a side whose every image was skipped
+    # as unreadable keeps its (empty) cells, so the refusal and the "absent from" notes see it lost.
+    sides = tuple(s for s in SIDES if (np.asarray(split).astype(str) == s).any())
     groups, split = np.asarray(groups).astype(str)[rows], np.asarray(split).astype(str)[rows]
-    sides = tuple(s for s in SIDES if (split == s).any())
     cells: dict[str, dict[str, dict[str, Cell]]] = {}
     for task in tasks:
         y = np.asarray(targets[task.name])[rows]

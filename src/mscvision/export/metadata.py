@@ -9,10 +9,10 @@ from pathlib import Path
 
 from mscvision import __version__
 from mscvision.core.fileio import sha256_file
+from mscvision.core.machine import cpu_flags, cpu_model
 from mscvision.core.preprocess import PreprocessSpec
 from mscvision.core.tasks import Task
 from mscvision.runtime.metadata import FEATURES_OUTPUT, FORMAT, FORMAT_VERSION, INPUT_NAME, logits_output, probability_output
-from mscvision.runtime.station import cpu_flags
 from mscvision.runtime.verify import PROBABILITY_TOLERANCE, TENSOR_TOLERANCE
 
 TOO_LARGE_FACTOR = 2  # inputs with a side over twice the largest training image are refused
@@ -66,16 +66,8 @@ def gate_measured_on() -> dict:
     """The machine whose kernels the parity gate measured: an int8 figure holds for this ISA."""
     import onnxruntime
 
-    return {"cpu_flags": cpu_flags(), "machine": platform.machine(), "processor": _cpu_model(),
-            "onnxruntime": onnxruntime.__version__}
-
-
-def _cpu_model() -> str | None:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
-    except OSError:
-        return platform.processor() or None
+    return {"cpu_flags": cpu_flags(), "machine": platform.machine(),
+            "processor": cpu_model()[0] or platform.processor() or None, "onnxruntime": onnxruntime.__version__}
 
 
 def provenance(config, run_dir: Path | None, checkpoint: Path, metrics: dict, manifest: dict | None) -> dict:

@@ -24,7 +24,7 @@ import numpy as np
 
 from mscvision.core.errors import ImageError
 from mscvision.core.imageio import DEFAULT_MAX_PIXELS, DecodedImage, ImageHeader, is_image_file, open_image
-from mscvision.core.preprocess import flat_channels, flatness_percentiles, preprocess, rescaled_size, select_channels
+from mscvision.core.preprocess import flat_channels, flatness_rule, preprocess, rescaled_size, select_channels
 from mscvision.runtime.metadata import ModelMetadata
 
 __all__ = ["DEFAULT_MAX_PIXELS", "DEFAULT_DECODE_BUDGET_BYTES", "MIN_INPUT_SIDE", "CollectedInputs",
@@ -41,6 +41,7 @@ MAX_UPSCALE = 8
 # preprocessing makes (conversion, percentile partition, scaling, clipping).
 DEFAULT_DECODE_BUDGET_BYTES = 2 * 1024**3
 _WORKING_BYTES_PER_VALUE = 16
+_WIDEST_ITEMSIZE = 8  # float64 TIFF: the most bytes a stored value can take
 _APPLEDOUBLE = "AppleDouble ._* files (macOS metadata, not images)"
 
 
@@ -84,7 +85,8 @@ class DecodeBudget:
 def decode_budget(max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodeBudget:
     """One budget per run, shared by every decode thread, so that the cap holds in total: the
     default, or more when ``max_pixels`` is raised, so that one image at the cap still fits alone."""
-    return DecodeBudget(max(DEFAULT_DECODE_BUDGET_BYTES, max_pixels * (4 + _WORKING_BYTES_PER_VALUE)))
+    # counted as working_bytes counts it, with the widest value: a float64 image at the cap still fits
+    return DecodeBudget(max(DEFAULT_DECODE_BUDGET_BYTES, max_pixels * (_WIDEST_ITEMSIZE + _WORKING_BYTES_PER_VALUE)))
 
 
 def working_bytes(header: ImageHeader) -> int:
@@ -181,17 +183,30 @@ def check_size(height: int, width: int, pixel_size_um: float | None, metadata: M
                                  f"{min_w}x{min_h} px (its input is {spec.size[1]}x{spec.size[0]}; nothing is "
                                  f"magnified more than {MAX_UPSCALE}x, nor read from under {MIN_INPUT_SIDE} px a "
                                  "side). Fix: supply the whole field or crop, not a thumbnail.")
+    _check_padding(h, w, spec, f"{width}x{height} px{rescaled}", source)
+
+
+def _check_padding(h: int, w: int, spec, size: str, source: str) -> None:
+    """fit=crop_or_pad zero-pads a short axis: an input that is mostly padding is mostly not the image
+    (a 16x16 crop would be 98% of a 128x128 input), so at most half of the input area may be padding."""
+    if spec.fit != "crop_or_pad":
+        return
+    area = spec.size[0] * spec.size[1]
+    content = min(h, spec.size[0]) * min(w, spec.size[1])
+    if 2 * content < area:
+        raise ImageError(source, f"{size} would fill only {content / area:.0%} of this model's "
+                                 f"{spec.size[1]}x{spec.size[0]} input: fit=crop_or_pad pads the rest with zeros, "
+                                 "and at most half of the input may be padding. Fix: supply the whole field or a "
+                                 "larger crop.")
 
 
 def _doubts(decoded: DecodedImage, metadata: ModelMetadata) -> tuple[str, ...]:
     selected = select_channels(decoded.array, metadata.spec)
-    flat = flat_channels(selected, metadata.spec)
+    flat = flat_channels(selected, metadata.spec, decoded.pixel_size_um)
     if not flat:
         return ()
     which = "the image is" if len(flat) == selected.shape[2] else f"channel(s) {flat} of the model's input are"
-    low, high = flatness_percentiles(metadata.spec)
-    return (f"{which} constant or nearly so (between the {low:g} and {high:g} "
-            "percentiles it varies by at most 2 grey levels, or 2/65535 of its level if float): a blank or "
+    return (f"{which} constant or nearly so ({flatness_rule(metadata.spec)}): a blank or "
             "saturated frame, not a cell to classify",)
 
 

@@ -12,8 +12,9 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
+from mscvision.core.errors import DataError
 from mscvision.core.fileio import write_json_atomic, write_text_atomic
-from mscvision.core.split_check import HELD_OUT, SplitCounts, mark_estimable
+from mscvision.core.split_check import ALL, HELD_OUT, SplitCounts, mark_estimable
 from mscvision.core.machine import cpu_flags
 from mscvision.training.config import RunConfig, save_config
 from mscvision.training.data import ScanResult, load_unit_image
@@ -98,6 +99,11 @@ def show_split(data: PreparedData, usable: np.ndarray, run_dir: Path) -> SplitCo
     table, and write ``split.csv`` and ``split_table.csv`` (the same rows, counted)."""
     counts, warnings = check_split(data, usable)
     report_split([counts], warnings, run_dir)
+    lost = [side for side in counts.sides if counts.cells[ALL][ALL][side].images == 0]
+    if lost:  # a held-out side with no image left has no figures to measure: refused before the first epoch
+        raise DataError(f"every {' and every '.join(lost)} image was skipped as unreadable: the run would have "
+                        f"no {'/'.join(lost)} figures. Fix: repair or replace those images (the warnings above "
+                        "name them), or put readable images on that side.")
     write_text_atomic(run_dir / "split.csv", split_table(data, usable))
     return counts
 

@@ -43,7 +43,7 @@ def locate_run(target: str | Path, *, resume: bool = False, setting: str = "") -
         found = next((path / "checkpoints" / n for n in names if (path / "checkpoints" / n).is_file()), None)
         if found is not None:
             return RunFiles(path, found)
-    elif path.is_file() and not resume:
+    elif path.is_file() and path.suffix == ".ckpt" and not resume:  # config.yaml is no checkpoint
         return RunFiles(path.parent.parent, path)  # RUN_DIR/checkpoints/NAME.ckpt
     raise NoCheckpointError(no_checkpoint_message(path, names, resume, setting))
 
