@@ -4,7 +4,6 @@ and the unfused int8 reference session is built from the hashed bytes. On the co
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 

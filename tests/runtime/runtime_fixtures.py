@@ -5,12 +5,14 @@ reads. Import the fixtures by name into a test module to use them there."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 
 from conftest import REPO, make_shapes_dataset
 from mscvision.runtime.model import load_model
+from mscvision.runtime.verify import default_vectors_dir
 
 FIXTURE = REPO / "models" / "fixtures" / "shapes-tiny.onnx"
 
@@ -26,6 +28,14 @@ def images(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("images")
     make_shapes_dataset(root, n=6, size=32)
     return root / "images"
+
+
+@pytest.fixture
+def vectors(tmp_path) -> Path:
+    """A copy of the fixture's conformance vectors, to edit."""
+    folder = tmp_path / "vectors"
+    shutil.copytree(default_vectors_dir(FIXTURE), folder)
+    return folder
 
 
 def protobuf_varint(n: int) -> bytes:

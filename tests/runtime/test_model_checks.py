@@ -23,8 +23,8 @@ from mscvision.core.errors import ConfigError, ModelError
 from mscvision.core.fileio import sha256_file
 from mscvision.runtime.metadata import METADATA_KEY, parse_metadata
 from mscvision.runtime.model import GraphPort, graph_problems, load_model, read_metadata
-from mscvision.runtime.verify import default_vectors_dir, inside, verify_model
-from runtime_fixtures import protobuf_field as _delimited
+from mscvision.runtime.verify import inside, verify_model
+from runtime_fixtures import protobuf_field as _delimited, vectors  # noqa: F401 (vectors: a pytest fixture)
 
 FIXTURE = REPO / "models" / "fixtures" / "shapes-tiny.onnx"
 RAW = json.loads(ort.InferenceSession(str(FIXTURE)).get_modelmeta().custom_metadata_map[METADATA_KEY])
@@ -221,13 +221,6 @@ def test_external_data_is_refused(tmp_path):
 @pytest.fixture(scope="module")
 def model():
     return load_model(FIXTURE, threads=1)
-
-
-@pytest.fixture
-def vectors(tmp_path) -> Path:
-    folder = tmp_path / "vectors"
-    shutil.copytree(default_vectors_dir(FIXTURE), folder)
-    return folder
 
 
 def _edit_doc(folder: Path, edit) -> None:

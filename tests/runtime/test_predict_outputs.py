@@ -25,7 +25,7 @@ import pytest
 
 from mscvision.cli import main
 from mscvision.core.decisions import decide
-from mscvision.runtime import predict
+from mscvision.runtime import inputs, predict
 from runtime_fixtures import FIXTURE, images, model  # noqa: F401 (fixtures)
 
 
@@ -279,7 +279,7 @@ def test_collect_problems_become_error_rows_and_ignored_files_a_warning(images, 
     good = _paths(images)[0]
     collected = SimpleNamespace(paths=[good], problems=[(str(tmp_path / "locked"), "folder cannot be listed")],
                                 ignored={"AppleDouble ._* file(s)": 2})
-    monkeypatch.setattr(predict, "collect_inputs", lambda items, recursive=False: collected)
+    monkeypatch.setattr(inputs, "collect_inputs", lambda items, recursive=False: collected)
     out = tmp_path / "pred.csv"
     assert _predict(good, "--out", str(out)) == 3
     rows = {r["path"]: r for r in _rows(out)}

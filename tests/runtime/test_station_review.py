@@ -17,26 +17,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO, make_shapes_dataset
+from conftest import REPO
 from mscvision.cli import build_parser, main
 from mscvision.runtime import predict
 from mscvision.runtime.metadata import parse_metadata
 from mscvision.runtime.model import GraphPort, graph_problems, load_model
-from mscvision.runtime.verify import default_vectors_dir, verify_model
+from mscvision.runtime.verify import verify_model
 
-FIXTURE = REPO / "models" / "fixtures" / "shapes-tiny.onnx"
-
-
-@pytest.fixture(scope="module")
-def model():
-    return load_model(FIXTURE, threads=1)
-
-
-@pytest.fixture(scope="module")
-def images(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("images")
-    make_shapes_dataset(root, n=4, size=32)
-    return root / "images"
+from runtime_fixtures import FIXTURE, images, model, vectors  # noqa: F401 (pytest fixtures)
 
 
 def _paths(images: Path) -> list[str]:
@@ -74,13 +62,6 @@ def test_real_softmax_rounding_is_still_ok(model, images):
 
 
 # ---- verify: a thinned vectors folder, the device, the PASS line ------------------------------------
-
-@pytest.fixture
-def vectors(tmp_path) -> Path:
-    folder = tmp_path / "vectors"
-    shutil.copytree(default_vectors_dir(FIXTURE), folder)
-    return folder
-
 
 def _edit_cases(folder: Path, edit) -> None:
     doc = json.loads((folder / "vectors.json").read_text())

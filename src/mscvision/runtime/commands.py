@@ -67,10 +67,9 @@ def run_predict(args: argparse.Namespace) -> int:
     import itertools
 
     from mscvision.runtime.model import load_model
-    from mscvision.runtime.predict import (DEFAULT_MAX_PIXELS, Tally, check_not_an_input, check_output_path,
-                                           collect_inputs, decode_budget, error_row,
-                                           output_lock, predict_files, prediction_columns, sigterm_cleans_up,
-                                           write_rows)
+    from mscvision.runtime.inputs import DEFAULT_MAX_PIXELS, collect_inputs, decode_budget
+    from mscvision.runtime.predict import (Tally, check_not_an_input, check_output_path, error_row, output_lock,
+                                           predict_files, prediction_columns, sigterm_cleans_up, write_rows)
 
     max_pixels = DEFAULT_MAX_PIXELS if args.max_pixels is None else args.max_pixels
     if args.batch_size < 1 or args.threads < 0 or max_pixels < 1:

@@ -44,8 +44,7 @@ from mscvision.core.fileio import LockedError, atomic_path, exclusive_lock
 from mscvision.runtime.metadata import ModelMetadata
 from mscvision.runtime.model import Model
 
-from mscvision.runtime.inputs import (DEFAULT_MAX_PIXELS, DecodeBudget, PreparedInput, collect_inputs,
-                                      decode_budget, prepare_input)
+from mscvision.runtime.inputs import DEFAULT_MAX_PIXELS, DecodeBudget, PreparedInput, prepare_input
 
 NOTES = "notes"
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # OWASP's list for CSV injection

@@ -15,7 +15,7 @@ import torchvision
 from torch import nn
 
 from mscvision.core.errors import ConfigError
-from mscvision.training.config import BACKBONES, FEATURE_NETS, RESNETS  # there, the config checks names on load
+from mscvision.training.config import BACKBONES, RESNETS  # there, the config checks names on load
 
 
 class TinyBackbone(nn.Module):
