@@ -6,6 +6,8 @@ reads. Import the fixtures by name into a test module to use them there."""
 from __future__ import annotations
 
 import shutil
+import struct
+import zlib
 from pathlib import Path
 
 import pytest
@@ -36,6 +38,16 @@ def vectors(tmp_path) -> Path:
     folder = tmp_path / "vectors"
     shutil.copytree(default_vectors_dir(FIXTURE), folder)
     return folder
+
+
+def png_declaring(path: Path, width: int, height: int) -> None:
+    """A PNG whose IHDR declares width x height 8-bit grey, with a token IDAT: a bomb's header."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                     + chunk(b"IEND", b""))
 
 
 def protobuf_varint(n: int) -> bytes:

@@ -42,7 +42,7 @@ from mscvision.cli import main
 from mscvision.core.errors import ImageError
 from mscvision.runtime.inputs import prepare_input
 from mscvision.runtime.model import read_metadata
-from runtime_fixtures import protobuf_field
+from runtime_fixtures import png_declaring, protobuf_field
 
 FIXTURE = REPO / "models" / "fixtures" / "shapes-tiny.onnx"
 P_COLUMNS = ("shape.p.bar", "shape.p.disc", "count.p.one", "count.p.two")
@@ -67,16 +67,6 @@ def _shape(seed: int, shape: str = "disc", count: int = 1, size: int = 32) -> np
 
 def _png(path: Path, array: np.ndarray, mode: str | None = None) -> None:
     Image.fromarray(array, mode).save(path, format="PNG")
-
-
-def _png_declaring(path: Path, width: int, height: int) -> None:
-    """A PNG whose IHDR declares width x height 8-bit grey, with a token IDAT: a bomb's header."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-                     + chunk(b"IEND", b""))
 
 
 def _deflate_tiff_bomb(path: Path, side: int = 20000) -> None:
@@ -224,8 +214,8 @@ def build_zoo(run_dir: Path) -> tuple[list[Case], list[str], int]:
     tifffile.imwrite(case("int32-negative.tif", "error", r"pixel type int32 is not supported"),
                      _shape(31).astype(np.int32) - 100)
     _deflate_tiff_bomb(case("bomb-20000.tif", "error", r"declares 20000x20000 px .* it was not decoded"))
-    _png_declaring(case("declares-9000.png", "error", r"declares 9000x9000 px .* it was not decoded"), 9000, 9000)
-    _png_declaring(case("declares-20000.png", "error", r"decompression-bomb guard"), 20000, 20000)
+    png_declaring(case("declares-9000.png", "error", r"declares 9000x9000 px .* it was not decoded"), 9000, 9000)
+    png_declaring(case("declares-20000.png", "error", r"decompression-bomb guard"), 20000, 20000)
 
     # --- what the folder search meets ---------------------------------------------------------------
     os.symlink("nowhere.png", case("broken-link.png", "error", r"a broken symbolic link"))

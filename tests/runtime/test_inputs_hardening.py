@@ -8,11 +8,9 @@ from __future__ import annotations
 import dataclasses
 import os
 import pickle
-import struct
 import threading
 import time
 import tracemalloc
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +24,7 @@ from mscvision.core.imageio import decode_image, write_image
 from mscvision.core.preprocess import PreprocessSpec, preprocess
 from mscvision.runtime.inputs import collect_inputs, load_input
 from mscvision.runtime.model import read_metadata
+from runtime_fixtures import png_declaring
 
 FIXTURE = REPO / "models" / "fixtures" / "shapes-tiny.onnx"  # 1 channel, 32x32 input, at most 64 px a side
 
@@ -250,21 +249,11 @@ def test_declared_giant_tiff_costs_no_memory(declared_giant):
     assert peak < 16 * 2**20  # the decoded image would be 400 MiB
 
 
-def _png_header_only(path: Path, width: int, height: int) -> None:
-    """A PNG whose IHDR declares width x height (8-bit grey) followed by a token IDAT: a bomb's header."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-                     + chunk(b"IEND", b""))
-
-
 def test_declared_giant_png_is_refused_from_its_header(tmp_path):
-    _png_header_only(tmp_path / "big.png", 9000, 9000)  # 81 MP: above the cap, below Pillow's own guard
+    png_declaring(tmp_path / "big.png", 9000, 9000)  # 81 MP: above the cap, below Pillow's own guard
     with pytest.raises(ImageError, match=r"declares 9000x9000 px .* it was not decoded"):
         decode_image(tmp_path / "big.png")
-    _png_header_only(tmp_path / "bomb.png", 20000, 20000)  # Pillow's guard answers first: still a clear refusal
+    png_declaring(tmp_path / "bomb.png", 20000, 20000)  # Pillow's guard answers first: still a clear refusal
     with pytest.raises(ImageError, match="decompression-bomb guard|declares"):
         decode_image(tmp_path / "bomb.png", max_pixels=10**9)
 
