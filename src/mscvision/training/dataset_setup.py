@@ -128,7 +128,7 @@ def _split(manifest: Manifest, targets: dict[str, np.ndarray], data: DataConfig)
     return split
 
 
-def split_table(data: PreparedData, usable: np.ndarray | None = None) -> str:
+def split_csv(data: PreparedData, usable: np.ndarray | None = None) -> str:
     """CSV of every row's split with absolute image paths (export and audits read it from anywhere).
 
     Rows outside ``usable`` (images skipped as unreadable) are marked ``excluded``.

@@ -19,7 +19,7 @@ from mscvision.core.machine import cpu_flags
 from mscvision.training.config import RunConfig, save_config
 from mscvision.training.data import ScanResult, load_unit_image
 from mscvision.training.dataset_setup import (PreparedData, check_split, loss_class_weights, prepare_data, report_split,
-                                              split_table)
+                                              split_csv)
 from mscvision.training.evaluate import evaluate_run
 from mscvision.training.finetune import init_from_run
 from mscvision.training.loaders import build_loaders
@@ -104,7 +104,7 @@ def show_split(data: PreparedData, usable: np.ndarray, run_dir: Path) -> SplitCo
         raise DataError(f"every {' and every '.join(lost)} image was skipped as unreadable: the run would have "
                         f"no {'/'.join(lost)} figures. Fix: repair or replace those images (the warnings above "
                         "name them), or put readable images on that side.")
-    write_text_atomic(run_dir / "split.csv", split_table(data, usable))
+    write_text_atomic(run_dir / "split.csv", split_csv(data, usable))
     return counts
 
 
