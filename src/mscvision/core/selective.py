@@ -72,10 +72,16 @@ def clopper_pearson_upper(errors: int, n: int, delta: float) -> float:
     return high
 
 
-def _log_choose(n: int, k: int) -> np.ndarray:
-    """log C(n, i) for i = 0..k."""
+def _log_factorials(n: int) -> np.ndarray:
+    """log(i!) for i = 0..n."""
+    return np.r_[0.0, np.cumsum(np.log(np.arange(1, n + 1, dtype=np.float64)))]
+
+
+def _log_choose(n: int, k: int, log_factorial: np.ndarray | None = None) -> np.ndarray:
+    """log C(n, i) for i = 0..k (``log_factorial``: ``_log_factorials(N)`` for some N >= n, reused)."""
+    f = _log_factorials(n) if log_factorial is None else log_factorial
     i = np.arange(k + 1)
-    return np.array([math.lgamma(n + 1) - math.lgamma(j + 1) - math.lgamma(n - j + 1) for j in i])
+    return f[n] - f[i] - f[n - i]
 
 
 def _binomial_cdf(log_choose: np.ndarray, n: int, p: float) -> float:
@@ -108,6 +114,7 @@ def certify_threshold(confidence: np.ndarray, correct: np.ndarray, target_accura
     n_min, allowed = first_tested_count(target_accuracy, delta), 1.0 - target_accuracy
     ranked = np.sort(confidence)[::-1]
     errors_within = np.cumsum(~correct[np.argsort(-confidence, kind="stable")])
+    log_factorial = _log_factorials(len(confidence))
     best: tuple[float, int, int] | None = None
     stopped = ""
     for threshold in THRESHOLD_GRID:
@@ -116,7 +123,7 @@ def certify_threshold(confidence: np.ndarray, correct: np.ndarray, target_accura
             continue
         errors = int(errors_within[n - 1])
         # bound <= allowed  ⇔  P(Binomial(n, allowed) <= errors) <= delta: one CDF, no bisection
-        if _binomial_cdf(_log_choose(n, errors), n, allowed) > delta:
+        if _binomial_cdf(_log_choose(n, errors, log_factorial), n, allowed) > delta:
             stopped = (f"at threshold {threshold:.4f}: {errors} errors among {n} labelled calibration images, "
                        f"error bound {clopper_pearson_upper(errors, n, delta):.4f} > {allowed:.4f}")
             break
