@@ -24,8 +24,9 @@ SUMMARY_FIGURES = ("balanced_accuracy", "macro_f1", "weighted_f1", "accuracy")
 CLASS_FIGURES = ("precision", "recall", "f1")
 
 
-def group_bootstrap(y_true: np.ndarray, y_pred: np.ndarray, groups: np.ndarray | list, classes: tuple[str, ...] | list[str],
-                    n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
+def group_bootstrap(y_true: np.ndarray, y_pred: np.ndarray, groups: np.ndarray | list,
+                    classes: tuple[str, ...] | list[str], n_boot: int = 1000, seed: int = 0,
+                    level: float = 0.95) -> dict:
     """Percentile intervals (``level``, two-sided) over ``n_boot`` draws of the groups with replacement.
 
     Images with an unknown label (``IGNORE_INDEX``) are left out, as ``classification_metrics`` does.
