@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import math
 import os
 import signal
 import sys
@@ -143,9 +144,14 @@ def result_row(path: str, probs: dict[str, np.ndarray], metadata: ModelMetadata,
     row: dict = {"path": path, "status": "ok", "reason": "", NOTES: "; ".join(notes)}
     reasons = list(doubts)
     for task in metadata.tasks:
-        decision = decide(probs[task.name], task.classes, task.threshold)
-        if decision.abstained:
-            reasons.append(f"{task.name}: top probability {decision.probability:.3f} < threshold {task.threshold:.3f}")
+        decision = decide(probs[task.name], task.classes, math.inf if task.abstains_on_all else task.threshold)
+        if task.abstains_on_all:
+            reasons.append(f"no certified threshold for {task.name}: the model's calibration could not show "
+                           f"accuracy >= {task.abstention.get('target_accuracy')}, so every image is reviewed")
+        elif decision.abstained:
+            # p rounded down and the threshold up, so the printed figures never contradict the decision
+            reasons.append(f"p={math.floor(decision.probability * 1000) / 1000:.3f} < "
+                           f"{math.ceil(task.threshold * 1000) / 1000:.3f} for {task.name}")
         row[f"{task.name}.label"] = REVIEW if doubts else decision.label
         row.update({f"{task.name}.p.{c}": round(float(p), 6) for c, p in zip(task.classes, probs[task.name])})
     if reasons:
