@@ -219,3 +219,63 @@ def test_help_documents_the_exit_codes(capsys):
         main(["evaluate", "--help"])
     text = capsys.readouterr().out
     assert "exit codes:" in text and "  3  evaluated, but some images" in text
+
+
+def with_metadata(model, edit):
+    """The fixture model with its metadata edited (``edit(raw)``): the graph is unchanged."""
+    import copy
+    import dataclasses
+
+    from mscvision.runtime.metadata import parse_metadata
+
+    raw = copy.deepcopy(model.metadata.raw)
+    edit(raw)
+    return dataclasses.replace(model, metadata=parse_metadata(json.dumps(raw)))
+
+
+def evaluate_directly(model, manifest: Path) -> dict:
+    from mscvision.runtime.evaluate import evaluate_model, load_labelled_data
+
+    return evaluate_model(model, load_labelled_data(manifest, model.metadata.tasks), n_boot=50).metrics
+
+
+def test_abstention_is_measured_at_the_deployed_threshold_as_the_station_decides(shapes, model):
+    certificate = {"certified": True, "target_accuracy": 0.9, "delta": 0.1, "n_calibration": 40, "coverage": 0.5,
+                   "selective_accuracy": 0.95, "risk_bound": 0.09, "reason": "hand-made"}
+
+    def certify(raw):
+        raw["tasks"][1].update(threshold=0.6, abstention=certificate)
+        raw["tasks"][0].update(threshold=1.0, abstention={**certificate, "certified": False})
+
+    metrics = evaluate_directly(with_metadata(model, certify), shapes)
+    count, shape = metrics["tasks"]["count"]["abstention"], metrics["tasks"]["shape"]["abstention"]
+    assert count["certificate"] == certificate and count["target_accuracy"] == 0.9
+    assert 0 < count["measured"]["n_labelled"] < 16  # the fixture's count probabilities straddle 0.6
+    assert count["station"]["labelled"] == count["measured"]["n_labelled"]  # the rows decide the same
+    assert shape["measured"]["n_labelled"] == 0 and shape["station"]["labelled"] == 0  # uncertified: all review
+    assert metrics["rows"] == {"review": 16}
+    assert count["oracle"]["coverage"] >= 0 and len(count["risk_coverage"]["coverage"]) > 1
+    from mscvision.runtime.report import render_report
+
+    html = render_report(metrics)
+    assert "certified: hand-made" in html and "NOT certified: hand-made" in html
+
+
+def test_a_tta_model_shows_only_the_before_figures_its_provenance_records(shapes, model):
+    recorded = {"before": {"ece": 0.2, "nll": 0.9, "brier": 0.5, "n": 24}, "after": {"ece": 0.05, "nll": 0.6,
+                                                                                       "brier": 0.4, "n": 24}}
+
+    def tta(raw, record=True):
+        raw["test_time_augmentation"] = "dihedral x8 inside the graph"
+        if record:
+            raw["provenance"]["calibration"] = {"shape": {"temperature": 1.0, "fitted_on": "val", "test": recorded}}
+
+    metrics = evaluate_directly(with_metadata(model, tta), shapes)
+    shape, count = metrics["tasks"]["shape"]["calibration"], metrics["tasks"]["count"]["calibration"]
+    assert shape["before"] == recorded["before"] and shape["reliability"]["before"] is None
+    assert shape["before_source"].startswith("recorded in the model's provenance")
+    assert count["before"] is None and count["before_source"].startswith("none: the graph runs test-time")
+    assert shape["after"]["n"] == 16  # what the model outputs is always measured on this data
+    from mscvision.runtime.report import render_report
+
+    assert "recorded at training (its test split)" in render_report(metrics)

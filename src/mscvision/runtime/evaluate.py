@@ -156,13 +156,12 @@ def evaluate_model(model: Model, data: LabelledData, *, batch_size: int = 32, wo
                "errors": [{"path": row["path"], "reason": row["reason"]} for row in rows if row["status"] == "error"],
                "tasks": {}}
     metrics["data"]["relation_to_model"] = relation_to_model(data, metrics["provenance"] or {})
-    raw_tasks = {t["name"]: t for t in model.metadata.raw["tasks"]}
     problems = len(metrics["errors"])
     for task in model.metadata.tasks:
         if task.name not in data.labels:
             continue
         inputs = TaskInputs.gather(task, data, rows, scored, outputs)
-        metrics["tasks"][task.name] = task_figures(task, raw_tasks[task.name], inputs, model.metadata.raw,
+        metrics["tasks"][task.name] = task_figures(task, inputs, model.metadata.raw,
                                                    n_boot, seed, n_errors)
         problems += metrics["tasks"][task.name]["unknown_labels"]["n"]
     columns, out_rows = prediction_rows(model, data, rows)
@@ -229,7 +228,7 @@ class TaskInputs:
                    sum(1 for i, label in enumerate(labels) if label in lookup and i not in position))
 
 
-def task_figures(task: TaskInfo, raw_task: dict, inputs: TaskInputs, raw: dict, n_boot: int, seed: int,
+def task_figures(task: TaskInfo, inputs: TaskInputs, raw: dict, n_boot: int, seed: int,
                  n_errors: int) -> dict:
     """The metrics.json block of one task."""
     y_pred = inputs.probs.argmax(axis=1) if len(inputs.probs) else np.zeros(0, np.int64)
@@ -242,24 +241,27 @@ def task_figures(task: TaskInfo, raw_task: dict, inputs: TaskInputs, raw: dict, 
         "not_scored_error_rows": inputs.not_scored,
         "metrics": classification_metrics(inputs.y_true, y_pred, task.classes),
         "intervals": group_bootstrap(inputs.y_true, y_pred, inputs.groups, task.classes, n_boot, seed),
-        "calibration": calibration_block(task, raw_task, inputs, raw),
-        "abstention": abstention_block(task, raw_task, inputs, y_pred),
+        "calibration": calibration_block(task, inputs, raw),
+        "abstention": abstention_block(task, inputs, y_pred, raw),
         "groups": group_results(inputs.groups, inputs.y_true == y_pred),
         "confident_errors": confident_errors(task, inputs, y_pred, n_errors),
     }
 
 
-def calibration_block(task: TaskInfo, raw_task: dict, inputs: TaskInputs, raw: dict) -> dict:
+def calibration_block(task: TaskInfo, inputs: TaskInputs, raw: dict) -> dict:
     """Calibration of what the model outputs ("after") and before the temperature ("before").
 
     Without TTA, softmax(logits) is exactly the uncalibrated probability. With TTA the graph's logits
     are the mean over views, and softmax of a mean is not the mean of the views' softmax: only a
-    "before" recorded in the model's provenance can be shown then.
+    "before" recorded in the model's provenance can be shown then. ``recorded``: the training run's
+    own before/after on its test split, from the provenance (None for older models), for comparison.
     """
     from mscvision.core.calibration import calibration_figures, reliability_bins
 
-    block: dict = {"temperature": task.temperature, "after": None, "before": None, "before_source": None,
-                   "reliability": {"after": None, "before": None}}
+    recorded = (((raw.get("provenance") or {}).get("calibration") or {}).get(task.name) or {})
+    block: dict = {"temperature": task.temperature, "fitted_on": recorded.get("fitted_on"), "after": None,
+                   "before": None, "before_source": None, "reliability": {"after": None, "before": None},
+                   "recorded": recorded.get("test")}
     if not len(inputs.y_true):
         return block
     block["after"] = calibration_figures(inputs.probs, inputs.y_true)
@@ -270,21 +272,14 @@ def calibration_block(task: TaskInfo, raw_task: dict, inputs: TaskInputs, raw: d
         block["reliability"]["before"] = reliability_bins(before, inputs.y_true)
         block["before_source"] = "softmax of the graph's logits output (the probabilities before the temperature)"
         return block
-    recorded = _recorded_before(task.name, raw_task, raw)
-    block["before"] = recorded
+    before = (recorded.get("test") or {}).get("before")
+    block["before"] = before
     block["before_source"] = ("recorded in the model's provenance (the training run's test split, not this data): "
                               "with test-time augmentation inside the graph the uncalibrated probabilities cannot be "
-                              "recomputed from its outputs" if recorded else
+                              "recomputed from its outputs" if before else
                               "none: the graph runs test-time augmentation (its logits are a mean over views) and the "
                               "model records no figures before calibration")
     return block
-
-
-def _recorded_before(task: str, raw_task: dict, raw: dict) -> dict | None:
-    for source in (raw_task.get("calibration"), ((raw.get("provenance") or {}).get("calibration") or {}).get(task)):
-        if isinstance(source, dict) and isinstance(source.get("before"), dict):
-            return source["before"]
-    return None
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -293,12 +288,13 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def abstention_block(task: TaskInfo, raw_task: dict, inputs: TaskInputs, y_pred: np.ndarray) -> dict:
+def abstention_block(task: TaskInfo, inputs: TaskInputs, y_pred: np.ndarray, raw: dict) -> dict:
     """Coverage and selective accuracy at the deployed threshold, the model's certificate (absent in
-    older models), the oracle coverage and the risk-coverage curve."""
+    older models: the threshold as is, no guarantee), the oracle coverage, the risk-coverage curve,
+    and what the training run recorded on its own test split (provenance)."""
     from mscvision.core.selective import oracle_coverage, risk_coverage_curve, selective_figures
 
-    certificate = raw_task.get("abstention")
+    certificate = task.abstention
     target = float(certificate["target_accuracy"]) if certificate else DEFAULT_TARGET_ACCURACY
     confidence = inputs.probs.max(axis=1) if len(inputs.probs) else np.zeros(0)
     correct = y_pred == inputs.y_true
@@ -315,6 +311,7 @@ def abstention_block(task: TaskInfo, raw_task: dict, inputs: TaskInputs, y_pred:
                     "selective_accuracy": float(correct[labelled].mean()) if any(labelled) else None},
         "oracle": oracle_coverage(confidence, correct, target),
         "risk_coverage": risk_coverage_curve(confidence, correct),
+        "recorded": (((raw.get("provenance") or {}).get("abstention") or {}).get(task.name) or {}).get("test"),
     }
 
 

@@ -243,13 +243,24 @@ def reliability_block(task: dict) -> str:
                 "before calibration (temperature 1)", markers=True)
     ax.line([b["confidence"] for b in after], [b["accuracy"] for b in after], BLUE,
             f"as deployed (temperature {cal['temperature']:g})", markers=True)
-    rows = [("as deployed", cal["after"])] + ([("before calibration", cal["before"])] if cal["before"] else [])
+    recomputed = bool(before)  # else the "before" figures are the training run's, from the provenance
+    rows = [("as deployed, this data", cal["after"])]
+    if cal["before"]:
+        rows.append(("before calibration, " + ("this data" if recomputed else "recorded at training (its test split)"),
+                     cal["before"]))
+    recorded = cal.get("recorded") or {}
+    if recorded.get("after"):
+        rows.append(("as deployed, recorded at training (its test split)", recorded["after"]))
+    if recorded.get("before") and recomputed:
+        rows.append(("before calibration, recorded at training (its test split)", recorded["before"]))
     table = ("<table><tr><th></th><th>ECE (15 bins)</th><th>NLL</th><th>Brier</th><th>n</th></tr>"
              + "".join(f"<tr><td>{label}</td><td>{number(f.get('ece'))}</td><td>{number(f.get('nll'))}</td>"
                        f"<td>{number(f.get('brier'))}</td><td>{esc(f.get('n'))}</td></tr>" for label, f in rows)
              + "</table>")
     same = (" The temperature is 1, so the model is not calibrated: before and after are the same."
             if cal["temperature"] == 1 and cal["before"] else "")
+    if cal.get("fitted_on"):
+        same += f" The temperature was fitted on {esc(cal['fitted_on'])}."
     return (f"<div class='figs'>{ax.svg()}</div>{table}<p class='explain'>Images are binned by the probability the "
             "model gives its top class; each point is a bin's mean confidence against the share of its images that "
             f"are right. On the dashed diagonal a probability of 0.8 is right 80% of the time; below it the model is "
@@ -288,7 +299,8 @@ def abstention_block(task: dict) -> str:
                                            f"(selective accuracy {number(station['selective_accuracy'])})"),
         (f"oracle coverage at {ab['target_accuracy']:g}", f"{percent(oracle['coverage'])} (threshold "
                                                            f"{number(oracle['threshold'])}, selective accuracy "
-                                                           f"{number(oracle['selective_accuracy'])})")])
+                                                           f"{number(oracle['selective_accuracy'])})"),
+        *recorded_abstention(ab.get("recorded"))])
     return (f"<div class='figs'>{ax.svg()}</div>{table}<p class='explain'>Below the review threshold the model gives "
             "no label and hands the image to a person. The curve shows, for every possible threshold on this data, "
             "the share of images that would get a label (coverage) against the accuracy of those labels; the red "
@@ -296,6 +308,14 @@ def abstention_block(task: dict) -> str:
             f"reaches the target ({esc(ab['target_source'])}); no deployment can know it, so the gap between it and "
             "the deployed coverage is what the guarantee costs. The station's rows also send images to review for "
             "input doubts (e.g. a near-constant image), counted in the station line.</p>")
+
+
+def recorded_abstention(recorded: dict | None) -> list[tuple[str, str]]:
+    """The training run's own figures on its test split (the model's provenance), to compare with."""
+    if not recorded:
+        return []
+    return [("recorded at training (its test split)", f"coverage {percent(recorded.get('coverage'))}, selective "
+                                                      f"accuracy {number(recorded.get('selective_accuracy'))}")]
 
 
 def groups_block(task: dict) -> str:
