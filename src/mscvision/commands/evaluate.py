@@ -62,9 +62,9 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from mscvision.core.errors import ConfigError
-    from mscvision.core.fileio import exclusive_lock
     from mscvision.runtime.evaluate import evaluate_model, load_labelled_data
     from mscvision.runtime.model import load_model
+    from mscvision.runtime.predict import output_lock
 
     if args.batch_size < 1 or args.threads < 0 or args.bootstrap < 1 or args.errors < 0 or args.gradcam < 0:
         raise ConfigError("--batch-size and --bootstrap must be >= 1; --threads, --errors and --gradcam >= 0")
@@ -77,7 +77,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     print(f"evaluating {onnx_path} (sha256 {model.sha256[:16]}…) on {len(data.paths)} images of {data.source} "
           f"({', '.join(data.labels)}) on {', '.join(model.providers)}", file=sys.stderr)
     out.mkdir(parents=True, exist_ok=True)
-    with exclusive_lock(out / "metrics.json"):
+    with output_lock(out / "metrics.json"):  # a second evaluation into the same folder is refused
         evaluation = evaluate_model(model, data, batch_size=args.batch_size, workers=min(4, max(1, args.threads or 2)),
                                     n_boot=args.bootstrap, seed=args.seed, n_errors=args.errors)
         extra = [gradcam(run, model, evaluation, args.gradcam, args.seed)] if want_gradcam(run, args.gradcam) else []

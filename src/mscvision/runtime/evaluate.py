@@ -305,7 +305,7 @@ def abstention_block(task: TaskInfo, inputs: TaskInputs, y_pred: np.ndarray, raw
         "certificate": certificate,
         "target_accuracy": target,
         "target_source": "the model's certificate" if certificate else
-                         f"default {DEFAULT_TARGET_ACCURACY} (the model states no abstention certificate)",
+                         f"default {DEFAULT_TARGET_ACCURACY}: the model states no abstention certificate",
         "measured": selective_figures(confidence, correct, task.threshold, certified=certified),
         "station": {"labelled": int(sum(labelled)), "n": len(labelled),
                     "selective_accuracy": float(correct[labelled].mean()) if any(labelled) else None},
