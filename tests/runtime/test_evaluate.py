@@ -18,8 +18,6 @@ from mscvision.core.metrics import classification_metrics
 from mscvision.runtime.inputs import load_input
 from runtime_fixtures import FIXTURE, model  # noqa: F401,F811 (a fixture, used by name)
 
-pytest.importorskip("mscvision.core.selective")  # the lead's calibration / abstention API (issue 15 items 1-2)
-
 TASKS = ("shape", "count")
 SUBSECTIONS = ("summary", "confusion", "per-class", "reliability", "risk-coverage", "groups", "errors")
 

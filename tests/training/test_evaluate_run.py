@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-pytest.importorskip("mscvision.core.selective")
 
 from conftest import train_tiny_ema_run  # noqa: E402
 from mscvision.cli import main  # noqa: E402
