@@ -37,6 +37,14 @@ def test_evaluate_reproduces_the_runs_test_figures_and_adds_grad_cam(run, capsys
         assert got["n"] == figures["n"]
         for key in ("balanced_accuracy", "macro_f1"):
             assert f"{got[key]:.3f}" == f"{figures[key]:.3f}", (task, key)
+    assert run.metrics.get("calibration"), "the tiny run is calibrated on its val split (the default)"
+    for task, block in run.metrics["calibration"].items():
+        got = metrics["tasks"][task]
+        assert got["calibration"]["temperature"] == pytest.approx(block["temperature"], rel=1e-6)
+        for key in ("ece", "nll", "brier"):
+            for when in ("before", "after"):
+                assert f"{got['calibration'][when][key]:.3f}" == f"{block['test'][when][key]:.3f}", (task, when, key)
+        assert got["abstention"]["measured"]["coverage"] == run.metrics["abstention"][task]["test"]["coverage"]
     html = (out / "report.html").read_text()
     assert "id='gradcam'" in html and "Grad-CAM: where the model looks" in html
     assert "It is the checkpoint this model was exported from" in html

@@ -277,8 +277,10 @@ def abstention_block(task: dict) -> str:
               x_label="coverage (share of images given a label)", y_label="accuracy of the labelled images")
     ax.line(curve["coverage"], curve["selective_accuracy"], BLUE, "all thresholds on this data")
     ax.hline(ab["target_accuracy"], GREEN, f"target accuracy {ab['target_accuracy']:g}")
-    if measured["coverage"] and measured["selective_accuracy"] is not None:
-        ax.vline(measured["coverage"], RED, f"deployed threshold {ab['threshold']:.3g}")
+    deployed = (f"deployed threshold {ab['threshold']:.3g}" if measured["certified"] else
+                "deployed: no certified threshold, every image to review")
+    ax.vline(measured["coverage"], RED, f"{deployed} (coverage {percent(measured['coverage'])})")
+    if measured["selective_accuracy"] is not None:
         ax.point(measured["coverage"], measured["selective_accuracy"], RED)
     if oracle["coverage"] and oracle["selective_accuracy"] is not None:
         ax.point(oracle["coverage"], oracle["selective_accuracy"], ORANGE, "oracle (chosen on this data)")
