@@ -347,3 +347,20 @@ def test_a_held_out_side_whose_every_image_was_skipped_is_refused_by_name(tmp_pa
     usable = np.flatnonzero(data.split != "test")  # as if the scan had skipped every test image
     with pytest.raises(DataError, match=r"every test image was skipped as unreadable: the run would have no test"):
         show_split(data, usable, tmp_path)
+
+
+def test_recalibrate_an_existing_run_from_its_checkpoint_and_split(tmp_path, shapes_dataset):
+    """A run trained without calibration is calibrated afterwards on its own val groups: the same test
+    figures (same checkpoint, same split), plus calibration.json and the metrics blocks."""
+    from mscvision.training.recalibrate import recalibrate
+
+    result = train(load_config(None, [*tiny_overrides(shapes_dataset, tmp_path / "runs", epochs=1),
+                                      "calibration.enabled=false"]))
+    assert "calibration" not in result.metrics and not (result.run_dir / "calibration.json").exists()
+    metrics = recalibrate(result.run_dir, ["calibration.enabled=true", "decide.target_accuracy=0.9"])
+    saved = json.loads((result.run_dir / "metrics.json").read_text())
+    assert saved["calibration"].keys() == {"shape", "count"} and saved["run"] == result.metrics["run"]
+    assert saved["abstention"]["shape"]["certificate"]["target_accuracy"] == 0.9
+    assert json.loads((result.run_dir / "calibration.json").read_text())["decide"]["target_accuracy"] == 0.9
+    for task in ("shape", "count"):  # argmax of a single pass is unchanged by a temperature
+        assert metrics["test"][task]["confusion_matrix"] == result.metrics["test"][task]["confusion_matrix"]
