@@ -58,6 +58,12 @@ class Model:
                                  f"not ({len(batch)}, {len(task.classes)}) for classes {list(task.classes)}.")
         return {t.name: out for t, out in zip(self.metadata.tasks, outputs)}
 
+    def outputs(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Every graph output by name (``probabilities.TASK``, ``logits.TASK``, ``features``) for the
+        same preprocessed batch ``predict`` takes: evaluation needs the logits the station ignores."""
+        names = [port.name for port in self.session.get_outputs()]
+        return dict(zip(names, self.session.run(names, {INPUT_NAME: batch})))
+
 
 def read_metadata(path: str | Path) -> ModelMetadata:
     """Metadata alone, read from the file's protobuf without building a session (for `info`)."""
