@@ -1,0 +1,243 @@
+"""Image checks: measures of how unlike the training images one image is (issue 16 item 1).
+
+The same numpy code runs at training-time evaluation, at export (calibration) and at the station.
+Every check is a score oriented so that HIGHER = MORE UNUSUAL; it becomes a conformal p-value
+against the scores of held-out in-distribution images (``core/conformal.py``), so no threshold is
+tuned by hand and each check's in-distribution false-alarm rate is its share of alpha.
+
+Measured on what the station has:
+- ``raw``: the decoded image with the model's channels selected (``preprocess.select_channels``),
+  its own dtype, (H, W, C). Exposure, clipping and emptiness are judged here, on values normalised
+  by the bit depth's full scale: percentile scaling would stretch a dim or an over-exposed frame
+  back to 0..1 and hide the change.
+- ``unit``: what the model sees before standardisation (``preprocess.to_unit_range``: float32
+  (h, w, C) in [0, 1]). Part of the signature so that a check of the model's own view needs no new
+  plumbing; no check reads it now (see focus for why focus does not).
+
+The checks (``CHECKS``):
+- ``focus_low`` / ``focus_high``: focus = var(Laplacian) / var(gradient) of the raw image at its
+  native resolution (the central FOCUS_WINDOW px): the finest scale's energy against the next,
+  free of contrast and exposure, and less dependent on how many cells are in view than
+  var(Laplacian) / var(image). On the raw image, not the unit image: resizing to the model's input
+  (64 -> 48 px for MitoCheck, antialiased) already removes the scale at which defocus shows. On
+  MitoCheck crops (scripts/measure_image_checks.py) this measure flagged 87% / 100% of sigma 1 / 2 px
+  blurs against 21% / 51% for var(Laplacian(unit)) / var(unit), at an in-distribution rate near its
+  share of alpha (0.7% at 0.42%, against 5.7%: that one varied more between wells than calibration
+  covered). The cost: an image at another stated pixel size that the station rescales has another
+  native focus, so it may be flagged (review, never a false ok).
+  Both ends are unusual: defocus or blur lowers focus, noise raises it. Two one-sided checks rather
+  than one |log(focus / median)|: each tail is calibrated on its own (log-focus is not symmetric
+  between blur and noise), and each names its cause; the price is one more share of alpha.
+- ``saturated``: fraction of raw values at or above the full scale (the dtype's maximum, or for
+  16-bit storage the smallest standard camera depth, 10/12/14/16-bit, holding every training value).
+- ``zero_clipped``: fraction of raw values at or below 0.
+- ``empty``: -log of the raw spread (1st..99th percentile, as a fraction of full scale): an empty or
+  near-constant field has almost none.
+- ``histogram``: Jensen-Shannon divergence (bits) between the image's raw-intensity histogram and
+  the training images' mean, over equal-mass bins of the pooled training values (linear bins over
+  a 16-bit range would put a dim camera's every pixel in two bins).
+
+Deterministic rules (``rule_reasons``): a bit depth, or a stated pixel size, other than trained.
+They never fire on an in-distribution image, so they spend no alpha; they give a reason.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+
+from mscvision.core.preprocess import PreprocessSpec, _bit_depth, select_channels, to_unit_range
+
+REFERENCE_VERSION = 1
+CHECKS = ("focus_low", "focus_high", "saturated", "zero_clipped", "empty", "histogram")
+HISTOGRAM_BINS = 32
+SPREAD_PERCENTILES = (1.0, 99.0)
+CAMERA_DEPTHS_16 = (10, 12, 14, 16)  # depths a camera stores in uint16; full scale 2**k - 1
+PIXEL_SIZE_RTOL = 0.02  # as preprocess.rescaled_size: closer than this is the same pixel size
+FOCUS_WINDOW = 512  # px a side: focus of the central window, so the cost does not grow with the field
+_SAMPLE = 2**16  # raw values measured per channel, evenly strided: the cost stays per image
+_TINY = 1e-12
+
+
+def fit_reference(raw_images: Sequence[np.ndarray], bit_depths: Sequence[int],
+                  pixel_sizes_um: Sequence[float | None] | None = None) -> dict:
+    """The reference (JSON-able) that ``measure`` and ``rule_reasons`` compare with, from training
+    images (raw, the model's channels selected). ``bit_depths``: the training bit depths (the
+    depths of ``raw_images`` are added); ``pixel_sizes_um``: what the training files stated, if known."""
+    if not raw_images:
+        raise ValueError("fit_reference needs at least one training image")
+    images = [_hwc(x) for x in raw_images]
+    channels = {x.shape[2] for x in images}
+    if len(channels) != 1:
+        raise ValueError(f"training images have {sorted(channels)} channels; select the model's channels first")
+    depths = sorted({int(d) for d in bit_depths} | {_bit_depth(x) for x in images})
+    full_scale = {str(d): _fitted_full_scale(d, [x for x in images if _bit_depth(x) == d]) for d in depths}
+    reference = {"version": REFERENCE_VERSION, "channels": channels.pop(), "bit_depths": depths,
+                 "full_scale": full_scale, "n_images": len(images),
+                 "pixel_sizes_um": sorted({round(float(s), 6) for s in pixel_sizes_um or ()
+                                           if s is not None and math.isfinite(s)})}
+    samples = [_normalised_sample(x, reference) for x in images]  # (values, C) each
+    pooled = np.concatenate(samples)
+    edges = [_equal_mass_edges(pooled[:, c]) for c in range(pooled.shape[1])]
+    reference["histogram_edges"] = [e.tolist() for e in edges]
+    reference["histogram_mean"] = [np.mean([_histogram(s[:, c], e) for s in samples], axis=0).tolist()
+                                   for c, e in enumerate(edges)]
+    return reference
+
+
+def measure(raw: np.ndarray, unit: np.ndarray, reference: dict) -> dict[str, float]:
+    """Every check's score for one image (``CHECKS`` order; higher = more unusual)."""
+    raw = _hwc(raw)
+    if raw.shape[2] != reference["channels"] or unit.ndim != 3 or unit.shape[2] != raw.shape[2]:
+        raise ValueError(f"raw {raw.shape} / unit {unit.shape}: both need the model's {reference['channels']} "
+                         "channel(s), channels last (select the model's channels before measuring)")
+    scale = full_scale(raw, reference)
+    values = _sample(raw).astype(np.float64)
+    focus = np.array([_focus(_central(raw[:, :, c], FOCUS_WINDOW)) for c in range(raw.shape[2])])
+    low, high = np.percentile(values, SPREAD_PERCENTILES, axis=0)
+    spread = (high - low) / scale
+    normalised = np.clip(values / scale, 0.0, 1.0)
+    divergence = [_jensen_shannon(_histogram(normalised[:, c], np.asarray(e)), np.asarray(m))
+                  for c, (e, m) in enumerate(zip(reference["histogram_edges"], reference["histogram_mean"]))]
+    return {"focus_low": float(np.max(-np.log(focus + _TINY))),
+            "focus_high": float(np.max(np.log(focus + _TINY))),
+            "saturated": float(np.max(np.mean(values >= scale, axis=0))),
+            "zero_clipped": float(np.max(np.mean(values <= 0, axis=0))),
+            "empty": float(np.max(-np.log(spread + _spread_floor(raw, scale)))),
+            "histogram": float(np.max(divergence))}
+
+
+def measure_image(array: np.ndarray, spec: PreprocessSpec, pixel_size_um: float | None, reference: dict,
+                  source: str = "image") -> dict[str, float]:
+    """``measure`` from a decoded (H, W, C) array: the model's channels selected and ``to_unit_range``
+    run here, exactly as the station does (for export's calibration and training-time evaluation)."""
+    raw = select_channels(array, spec, source)
+    with np.errstate(over="ignore", invalid="ignore"):
+        unit = to_unit_range(array, spec, pixel_size_um, source)
+    return measure(raw, unit, reference)
+
+
+def rule_reasons(bit_depth: int, pixel_size_um: float | None, reference: dict, rescaled: bool = False) -> list[str]:
+    """Reasons from the deterministic rules: another bit depth, or a stated pixel size other than the
+    training images' (unless the station rescales it to the model's, ``rescaled``)."""
+    reasons = []
+    depths = reference.get("bit_depths") or []
+    if depths and bit_depth not in depths:
+        reasons.append(f"it is {bit_depth}-bit; the model was trained on {'/'.join(map(str, depths))}-bit images")
+    trained = reference.get("pixel_sizes_um") or []
+    if (trained and not rescaled and pixel_size_um is not None and math.isfinite(pixel_size_um)
+            and not any(math.isclose(pixel_size_um, s, rel_tol=PIXEL_SIZE_RTOL) for s in trained)):
+        reasons.append(f"its pixel size {pixel_size_um:g} µm differs from the training images' "
+                       f"{'/'.join(f'{s:g}' for s in trained)} µm (objects appear at another scale)")
+    return reasons
+
+
+def check_reason(name: str, score: float, p: float, typical: float) -> str:
+    """One check's reason in words: the measured value against the training images' typical one
+    (``typical``: the median calibration score), and the p-value."""
+    tail = f"p={p:.2g}"
+    if name == "focus_low":
+        return (f"focus {math.exp(-score):.3g} far below the training images' (typical {math.exp(-typical):.3g}; "
+                f"{tail}): defocused or blurred")
+    if name == "focus_high":
+        return (f"focus {math.exp(score):.3g} far above the training images' (typical {math.exp(typical):.3g}; "
+                f"{tail}): noise, or a texture the model was not trained on")
+    if name == "saturated":
+        return f"{score:.1%} of pixels saturated (training images: typically {typical:.1%}; {tail})"
+    if name == "zero_clipped":
+        return f"{score:.1%} of pixels clipped at 0 (training images: typically {typical:.1%}; {tail})"
+    if name == "empty":
+        return (f"intensity spread {math.exp(-score):.3g} of full scale, far below the training images' "
+                f"(typical {math.exp(-typical):.3g}; {tail}): an empty or near-constant field")
+    if name == "histogram":
+        return (f"intensity histogram far from the training images' (Jensen-Shannon {score:.3f} bits, typical "
+                f"{typical:.3f}; {tail}): another exposure, gain, camera or stain")
+    return f"{name} score {score:.4g} (typical {typical:.4g}; {tail})"
+
+
+def full_scale(raw: np.ndarray, reference: dict) -> float:
+    """The value that means "saturated" for this image: the reference's for its bit depth, else the
+    dtype's maximum (1.0 for float images, which the model takes as 0..1)."""
+    depth = _bit_depth(raw)
+    fitted = reference.get("full_scale", {}).get(str(depth))
+    return float(fitted) if fitted else _dtype_full_scale(depth)
+
+
+def _fitted_full_scale(depth: int, images: list[np.ndarray]) -> float:
+    """For uint16: the smallest camera depth holding every training value (a 12-bit camera saturates
+    at 4095, not 65535); for float: the largest training value (at least 1); else the dtype's."""
+    if not images:
+        return _dtype_full_scale(depth)
+    top = max(float(x.max()) for x in images)
+    if depth == 16:
+        return float(next(2**k - 1 for k in CAMERA_DEPTHS_16 if top <= 2**k - 1))
+    if depth == 32:
+        return max(1.0, top)
+    return _dtype_full_scale(depth)
+
+
+def _dtype_full_scale(depth: int) -> float:
+    return {8: 255.0, 16: 65535.0}.get(depth, 1.0)
+
+
+def _spread_floor(raw: np.ndarray, scale: float) -> float:
+    """Half a grey level for integer images (a constant frame's spread is 0, and log(0) is not a
+    score); a float image's 2**-17 of full scale."""
+    return 0.5 / scale if np.issubdtype(raw.dtype, np.integer) else 2.0**-17
+
+
+def _hwc(x: np.ndarray) -> np.ndarray:
+    return x[:, :, None] if x.ndim == 2 else x
+
+
+def _sample(raw: np.ndarray) -> np.ndarray:
+    flat = raw.reshape(-1, raw.shape[2])
+    return flat[::max(1, len(flat) // _SAMPLE)]
+
+
+def _normalised_sample(raw: np.ndarray, reference: dict) -> np.ndarray:
+    return np.clip(_sample(raw).astype(np.float64) / full_scale(raw, reference), 0.0, 1.0)
+
+
+def _central(x: np.ndarray, side: int) -> np.ndarray:
+    top, left = max(0, (x.shape[0] - side) // 2), max(0, (x.shape[1] - side) // 2)
+    return x[top:top + side, left:left + side]
+
+
+def _focus(x: np.ndarray) -> float:
+    """var(4-neighbour Laplacian) / var(forward differences, both axes): 0 for a constant image or
+    one too small (under 3 px a side) to have an interior."""
+    u = x.astype(np.float64)
+    if min(u.shape) < 3:
+        return 0.0
+    lap = u[1:-1, :-2] + u[1:-1, 2:] + u[:-2, 1:-1] + u[2:, 1:-1] - 4.0 * u[1:-1, 1:-1]
+    gradient = np.concatenate([np.diff(u, axis=0).ravel(), np.diff(u, axis=1).ravel()])
+    variance = float(gradient.var())
+    return float(lap.var()) / variance if variance > _TINY else 0.0
+
+
+def _equal_mass_edges(values: np.ndarray) -> np.ndarray:
+    """HISTOGRAM_BINS bins holding equal shares of the pooled training values (fewer where values
+    repeat: 8-bit data has few levels); the outer edges are 0 and 1."""
+    inner = np.unique(np.quantile(values, np.linspace(0, 1, HISTOGRAM_BINS + 1)[1:-1]))
+    inner = inner[(inner > 0.0) & (inner < 1.0)]
+    return np.concatenate([[0.0], inner, [1.0]])
+
+
+def _histogram(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Share of values per bin; a value on an inner edge belongs to the bin above it."""
+    counts = np.bincount(np.searchsorted(edges[1:-1], values, side="right"), minlength=len(edges) - 1)
+    return counts / max(1, counts.sum())
+
+
+def _jensen_shannon(p: np.ndarray, q: np.ndarray) -> float:
+    """Jensen-Shannon divergence in bits: 0 for equal histograms, 1 for disjoint ones."""
+    m = 0.5 * (p + q)
+
+    def kl(a: np.ndarray) -> float:
+        nz = a > 0
+        return float(np.sum(a[nz] * np.log2(a[nz] / m[nz])))
+
+    return 0.5 * kl(p) + 0.5 * kl(q)
