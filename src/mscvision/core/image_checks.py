@@ -134,16 +134,16 @@ def rule_reasons(bit_depth: int, pixel_size_um: float | None, reference: dict, r
     return reasons
 
 
-def check_reason(name: str, score: float, p: float, typical: float) -> str:
+def check_reason(name: str, score: float, p: float, typical: float, level: float | None = None) -> str:
     """One check's reason in words: the measured value against the training images' typical one
-    (``typical``: the median calibration score), and the p-value."""
-    tail = f"p={p:.2g}"
+    (``typical``: the median calibration score), the p-value and the level it fell below."""
+    tail = f"p={p:.2g}" + (f" <= {level:.2g}" if level is not None else "")
     if name == "focus_low":
-        return (f"focus {math.exp(-score):.3g} far below the training images' (typical {math.exp(-typical):.3g}; "
-                f"{tail}): defocused or blurred")
+        return (f"focus {_focus_value(-score):.3g} far below the training images' (typical "
+                f"{_focus_value(-typical):.3g}; {tail}): defocused or blurred")
     if name == "focus_high":
-        return (f"focus {math.exp(score):.3g} far above the training images' (typical {math.exp(typical):.3g}; "
-                f"{tail}): noise, or a texture the model was not trained on")
+        return (f"focus {_focus_value(score):.3g} far above the training images' (typical "
+                f"{_focus_value(typical):.3g}; {tail}): noise, or a texture the model was not trained on")
     if name == "saturated":
         return f"{score:.1%} of pixels saturated (training images: typically {typical:.1%}; {tail})"
     if name == "zero_clipped":
@@ -155,6 +155,11 @@ def check_reason(name: str, score: float, p: float, typical: float) -> str:
         return (f"intensity histogram far from the training images' (Jensen-Shannon {score:.3f} bits, typical "
                 f"{typical:.3f}; {tail}): another exposure, gain, camera or stain")
     return f"{name} score {score:.4g} (typical {typical:.4g}; {tail})"
+
+
+def _focus_value(log_focus: float) -> float:
+    """focus from its score's log(focus + _TINY): 0 for a constant image, not 1e-12."""
+    return max(0.0, math.exp(log_focus) - _TINY)
 
 
 def full_scale(raw: np.ndarray, reference: dict) -> float:
