@@ -219,3 +219,16 @@ def test_an_unusable_gate_refuses_the_model(ood_block, tmp_path, edit, says):
     with pytest.raises(ModelError, match="OOD gate") as caught:
         load_model(with_metadata(_with_ood(block), tmp_path / "bad.onnx"), threads=1)
     assert says in str(caught.value)
+
+
+def test_the_station_measures_what_export_calibrates_with(gated, images):
+    """prepare_input (one decode, at the station) and measure_image (export's calibration) agree exactly."""
+    from mscvision.core.imageio import decode_image
+    from mscvision.runtime.inputs import prepare_input
+
+    metadata = load_model(gated, threads=1).metadata
+    reference = metadata.raw["ood"]["image_checks"]["reference"]
+    for path in _paths(images)[:3]:
+        decoded = decode_image(path)
+        assert prepare_input(path, metadata).checks == measure_image(decoded.array, metadata.spec,
+                                                                     decoded.pixel_size_um, reference)

@@ -22,6 +22,7 @@ so they spend none of alpha.
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
@@ -53,12 +54,19 @@ def p_value(score: float | np.ndarray, calibration_scores: Sequence[float] | np.
     A NaN score counts as more unusual than every calibration score (the smallest p-value): a
     measure that could not be taken is no evidence that the image is normal. With no calibration
     scores the p-value is 1: nothing can be flagged without calibration."""
-    calibration = np.sort(np.asarray(calibration_scores, dtype=np.float64).ravel())
+    return p_value_sorted(score, np.sort(np.asarray(calibration_scores, dtype=np.float64).ravel()))
+
+
+def p_value_sorted(score: float | np.ndarray, sorted_calibration: np.ndarray) -> float | np.ndarray:
+    """``p_value`` against calibration scores already sorted ascending: a station sorts them once
+    per model, not once per image."""
+    n = len(sorted_calibration)
+    if np.ndim(score) == 0:  # one image: bisect, without numpy's per-call overhead
+        s = math.inf if math.isnan(score) else float(score)
+        return (1.0 + n - bisect.bisect_left(sorted_calibration, s)) / (n + 1.0)
     scores = np.asarray(score, dtype=np.float64)
     worst = np.where(np.isnan(scores), np.inf, scores)
-    at_least = len(calibration) - np.searchsorted(calibration, worst, side="left")
-    p = (1.0 + at_least) / (len(calibration) + 1.0)
-    return float(p) if p.ndim == 0 else p
+    return (1.0 + n - np.searchsorted(sorted_calibration, worst, side="left")) / (n + 1.0)
 
 
 def smallest_p(n_calibration: int) -> float:

@@ -29,7 +29,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from mscvision.core.conformal import (ALPHA_SHARING, GateDecision, bonferroni_shares, calibration_needed, combine,
-                                      p_value)
+                                      p_value_sorted)
 from mscvision.core.image_checks import CHECKS, REFERENCE_VERSION, check_reason
 from mscvision.runtime.metadata import ModelMetadata
 
@@ -49,10 +49,10 @@ class GateMalformed(ValueError):
 class Gate:
     alpha: float
     reference: dict | None  # core.image_checks reference; None when the gate has no image checks
-    check_calibration: dict[str, np.ndarray]  # check name -> its calibration scores
+    check_calibration: dict[str, np.ndarray]  # check name -> its calibration scores, sorted
     learned_output: str | None  # graph output holding the learned score; None when there is none
     learned_method: str | None
-    learned_calibration: np.ndarray | None
+    learned_calibration: np.ndarray | None  # sorted
     shares: dict[str, float]  # of alpha, per score (conformal.bonferroni_shares)
 
     def level(self, name: str) -> float:
@@ -66,10 +66,10 @@ class Gate:
         A score the gate expects but did not get counts as the most unusual (NaN): no measure is no
         evidence that the image is normal."""
         scores = {name: _number((checks or {}).get(name)) for name in self.check_calibration}
-        p_values = {name: p_value(s, self.check_calibration[name]) for name, s in scores.items()}
+        p_values = {name: p_value_sorted(s, self.check_calibration[name]) for name, s in scores.items()}
         if self.learned_output:
             scores[LEARNED] = _number(learned_score)
-            p_values[LEARNED] = p_value(scores[LEARNED], self.learned_calibration)
+            p_values[LEARNED] = p_value_sorted(scores[LEARNED], self.learned_calibration)
 
         def describe(name: str, p: float, level: float) -> str:
             return self._reason(name, scores[name], p, level)

@@ -45,7 +45,7 @@ from mscvision.core.conformal import GateDecision
 from mscvision.core.decisions import REVIEW, decide
 from mscvision.core.errors import ConfigError, ImageError
 from mscvision.core.fileio import LockedError, atomic_path, exclusive_lock
-from mscvision.runtime.gate import NOT_TO_BE_USED, has_gate, load_gate
+from mscvision.runtime.gate import NOT_TO_BE_USED, Gate, has_gate, load_gate
 from mscvision.runtime.metadata import ModelMetadata
 from mscvision.runtime.model import Model
 
@@ -87,11 +87,12 @@ def prediction_columns(metadata: ModelMetadata) -> list[str]:
 def predict_files(model: Model, paths: list[str], batch_size: int = 32, workers: int = 2,
                   budget: DecodeBudget | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[dict]:
     """Rows in input order; decoding runs in a small thread pool (numpy and the decoders release the GIL)."""
+    gate = load_gate(model.metadata)  # sound: load_model refused a model whose gate is not
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         for start in range(0, len(paths), max(1, batch_size)):
             chunk = paths[start:start + batch_size]
             loaded = list(pool.map(lambda p: _try_prepare(p, model.metadata, budget, max_pixels), chunk))
-            yield from _batch_rows(model, chunk, loaded)
+            yield from _batch_rows(model, chunk, loaded, gate)
 
 
 def _try_prepare(path: str, metadata: ModelMetadata, budget: DecodeBudget | None,
@@ -104,19 +105,20 @@ def _try_prepare(path: str, metadata: ModelMetadata, budget: DecodeBudget | None
         return None, f"unexpected {type(exc).__name__} while reading it: {exc}"
 
 
-def _batch_rows(model: Model, chunk: list[str], loaded: list[tuple[PreparedInput | None, str]]) -> list[dict]:
+def _batch_rows(model: Model, chunk: list[str], loaded: list[tuple[PreparedInput | None, str]],
+                gate: Gate | None) -> list[dict]:
     """The rows of one batch; if the model (or anything after it) fails, that batch's rows say so and
     the run goes on: a provider error or out-of-memory late in a run costs one batch, not the run."""
     try:
-        return _predicted_rows(model, chunk, loaded)
+        return _predicted_rows(model, chunk, loaded, gate)
     except Exception as exc:
         failure = f"the model failed on this batch of {len(chunk)} image(s): {type(exc).__name__}: {exc}"
         return [error_row(path, reason or failure, model.metadata, prepared.notes if prepared else ())
                 for path, (prepared, reason) in zip(chunk, loaded)]
 
 
-def _predicted_rows(model: Model, chunk: list[str], loaded: list[tuple[PreparedInput | None, str]]) -> list[dict]:
-    gate = load_gate(model.metadata)  # sound: load_model refused a model whose gate is not
+def _predicted_rows(model: Model, chunk: list[str], loaded: list[tuple[PreparedInput | None, str]],
+                    gate: Gate | None) -> list[dict]:
     good = [x.tensor for x, _ in loaded if x is not None]
     probs, ood = {}, None
     if good and gate is not None and gate.learned_output:
