@@ -155,14 +155,14 @@ def result_row(path: str, probs: dict[str, np.ndarray], metadata: ModelMetadata,
             return error_row(path, f"the model's {task.name} output is not a probability distribution ({problem}): "
                                    "no label can be given. Fix: re-export the model with `mscvision export`",
                              metadata, notes)
+    doubts = (*doubts, *gate_reasons(metadata, gate))  # a flagged image, like a doubted one, gets no label
     row: dict = {"path": path, "status": "ok", "reason": "", NOTES: "; ".join(notes), **gate_cells(metadata, gate)}
-    reasons = [*doubts, *gate_reasons(metadata, gate)]
-    no_label = bool(reasons)  # doubts and the gate withhold every label; a low top probability only its task's
+    reasons = list(doubts)
     for task in metadata.tasks:
         decision = decide(probs[task.name], task.classes, task.threshold)
         if decision.abstained:
             reasons.append(f"{task.name}: top probability {decision.probability:.3f} < threshold {task.threshold:.3f}")
-        row[f"{task.name}.label"] = REVIEW if no_label else decision.label
+        row[f"{task.name}.label"] = REVIEW if doubts else decision.label
         row.update({f"{task.name}.p.{c}": round(float(p), 6) for c, p in zip(task.classes, probs[task.name])})
     if reasons:
         row.update(status="review", reason="; ".join(reasons))
