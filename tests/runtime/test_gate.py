@@ -212,6 +212,8 @@ def test_a_learned_gate_on_a_graph_without_its_output_is_refused(ood_block, tmp_
     (lambda b: b["image_checks"]["calibration_scores"].update(sharpness=[1.0]), "sharpness"),
     (lambda b: b["image_checks"]["calibration_scores"].update(focus_low=[]), "non-empty list"),
     (lambda b: b.pop("image_checks"), "neither a learned score nor image checks"),
+    (lambda b: b["image_checks"]["reference"].update(channels=3), "the model reads 1"),
+    (lambda b: b["image_checks"]["reference"].pop("histogram_mean"), "needs histogram_mean"),
 ])
 def test_an_unusable_gate_refuses_the_model(ood_block, tmp_path, edit, says):
     block = copy.deepcopy(ood_block)

@@ -132,7 +132,13 @@ def gate_problems(metadata: ModelMetadata, outputs: Mapping[str, object]) -> lis
         gate = load_gate(metadata)
     except GateMalformed as exc:
         return [f"its OOD gate (metadata 'ood') is unusable: {exc}"]
-    if gate is None or gate.learned_output is None:
+    if gate is None:
+        return []
+    if gate.reference is not None:
+        problem = _reference_problem(gate.reference, metadata.spec.in_channels)
+        if problem:
+            return [f"its OOD gate (metadata 'ood') is unusable: image_checks.reference {problem}"]
+    if gate.learned_output is None:
         return []
     port = outputs.get(gate.learned_output)
     if port is None:
@@ -140,6 +146,19 @@ def gate_problems(metadata: ModelMetadata, outputs: Mapping[str, object]) -> lis
     if port.type != "tensor(float)" or len(port.shape) != 1:
         return [f"output {gate.learned_output!r} is {port.type}{list(port.shape)}, not a float score per image (N,)"]
     return []
+
+
+def _reference_problem(reference: dict, channels: int) -> str:
+    """What makes the image-check reference unusable for a model with ``channels`` input channels."""
+    if reference.get("channels") != channels:
+        return f"is for {reference.get('channels')!r} channel(s); the model reads {channels}"
+    for key in ("histogram_edges", "histogram_mean"):
+        value = reference.get(key)
+        if not isinstance(value, list) or len(value) != channels or not all(isinstance(v, list) and v for v in value):
+            return f"needs {key} as {channels} non-empty list(s)"
+    if not isinstance(reference.get("full_scale"), dict):
+        return "needs full_scale as an object (bit depth -> value)"
+    return ""
 
 
 def gate_from_block(block: object) -> Gate | None:
