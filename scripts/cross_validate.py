@@ -23,14 +23,15 @@ def run(args: argparse.Namespace) -> int:
     if args.check_only:
         print_checked_folds(check_folds(config, args.folds))
         return 0
-    after_fold = None
-    if config.export.enabled:  # each fold model exported and judged on its own test wells, as a station would
-        from mscvision.commands.deliver import export_and_report
-
-        def after_fold(fold_dir):
-            export_and_report(fold_dir, config.export.precision)
-    print_report(cross_validate(config, args.folds, after_fold=after_fold))
+    print_report(cross_validate(config, args.folds, after_fold=_deliver(config) if config.export.enabled else None))
     return 0
+
+
+def _deliver(config):
+    """Each fold model exported and judged on its own test wells, as a station would (commands/deliver.py)."""
+    from mscvision.commands.deliver import export_and_report
+
+    return lambda fold_dir: export_and_report(fold_dir, config.export.precision)
 
 
 if __name__ == "__main__":
