@@ -25,6 +25,7 @@ from mscvision.training.finetune import init_from_run
 from mscvision.training.loaders import build_loaders
 from mscvision.training.module import MONITOR, MscClassifier
 from mscvision.training.normalization import freeze_auto_normalization
+from mscvision.training.quiet import quiet_lightning
 from mscvision.training.run_files import locate_run, manifest_record, new_run_dir
 
 NATIVE_BF16_CPU_FLAGS = {"avx512_bf16", "amx_bf16"}  # without them a CPU emulates bf16: far slower than fp32
@@ -167,6 +168,7 @@ def _build_trainer(config: RunConfig, run_dir: Path, cuda: bool, callbacks: list
         callbacks = [*callbacks, EarlyStopping(MONITOR, mode="max", patience=t.early_stopping_patience)]
     if t.progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=10))
+    quiet_lightning()
     return L.Trainer(
         accelerator="gpu" if cuda else "cpu", devices=t.devices, precision=precision,
         max_epochs=t.max_epochs, deterministic=t.deterministic, callbacks=callbacks,
