@@ -13,6 +13,7 @@ from mscvision.core.fileio import write_text_atomic
 from mscvision.core.metrics import classification_metrics
 from mscvision.core.tasks import Task
 from mscvision.training.dataset_setup import PreparedData
+from mscvision.training.distributed import in_shards, is_primary
 from mscvision.training.loaders import Loaders
 from mscvision.training.run_files import load_classifier
 
@@ -47,13 +48,15 @@ def evaluate_run(checkpoint: Path, data: PreparedData, loaders: Loaders, run_dir
         rows = loaders.rows(side)
         targets = {k: v[rows] for k, v in data.targets.items()}
         for name, use_tta in setups(side, tta):
-            probs = predict_probabilities(model, loaders.loader(side), device, tta=use_tta)
+            # on W processes each scores its share; every rank gets all images, in loader order
+            probs = in_shards(predict_probabilities, model, loaders.loader(side), device, tta=use_tta)
             metrics[name] = metrics_for_split(probs, targets, data.tasks)
             if side == "test":
                 test_probs[name] = probs
-                write_predictions(run_dir / predictions_file(use_tta, deployed_tta), data, rows, probs,
-                                  PASS_COLUMN[use_tta])
-        for task in data.tasks:
+                if is_primary():
+                    write_predictions(run_dir / predictions_file(use_tta, deployed_tta), data, rows, probs,
+                                      PASS_COLUMN[use_tta])
+        for task in data.tasks if is_primary() else ():
             plot_confusion(metrics[side][task.name], task, f"{task.name} ({side})",
                            run_dir / f"confusion_{side}_{task.name}.png")
     return metrics, test_probs
