@@ -151,6 +151,9 @@ def test_shards_hold_each_item_once_and_reassemble_in_order():
     parts = [{"p": np.array(s, dtype=float)[:, None], "k": (np.array(s),)} for s in shares]
     back = _interleave(parts)
     assert back["p"][:, 0].tolist() == list(range(11)) and back["k"][0].tolist() == list(range(11))
+    views = [np.stack([np.array(s), -np.array(s)])[:, :, None] for s in shares]  # (views, items, classes)
+    back = _interleave(views, item_axis=1)
+    assert back.shape == (2, 11, 1) and back[1, :, 0].tolist() == [-i for i in range(11)]
 
 
 def test_training_shares_are_disjoint_equal_and_the_one_process_batches_together():

@@ -138,33 +138,33 @@ def fit_loaders(train: DataLoader, val: DataLoader | None, world: int) -> tuple[
     return shard_loader(train, world, equal=True), val and shard_loader(val, world, equal=False)
 
 
-def gather_in_order(local: Any) -> Any:
+def gather_in_order(local: Any, item_axis: int = 0) -> Any:
     """Every rank's per-item outputs, back in the unsharded order, on every rank.
 
-    ``local``: arrays (first axis = this rank's items, positions rank, rank + W, … as ``Shard``
-    gives them), or dicts / tuples of them. One process: returned as it is.
+    ``local``: arrays whose ``item_axis`` runs over this rank's items (positions rank, rank + W, …
+    as ``Shard`` gives them), or dicts / tuples of them. One process: returned as it is.
     """
     _, world = rank_and_world()
     if world == 1:
         return local
     parts: list[Any] = [None] * world
     torch.distributed.all_gather_object(parts, local)
-    return _interleave(parts)
+    return _interleave(parts, item_axis)
 
 
-def _interleave(parts: list[Any]) -> Any:
+def _interleave(parts: list[Any], item_axis: int = 0) -> Any:
     first = parts[0]
     if isinstance(first, dict):
-        return {key: _interleave([part[key] for part in parts]) for key in first}
+        return {key: _interleave([part[key] for part in parts], item_axis) for key in first}
     if isinstance(first, tuple):
-        return tuple(_interleave([part[i] for part in parts]) for i in range(len(first)))
-    arrays = [np.asarray(part) for part in parts]
+        return tuple(_interleave([part[i] for part in parts], item_axis) for i in range(len(first)))
+    arrays = [np.moveaxis(np.asarray(part), item_axis, 0) for part in parts]
     out = np.empty((sum(len(a) for a in arrays), *arrays[0].shape[1:]), dtype=arrays[0].dtype)
     for rank, values in enumerate(arrays):
         if len(out[rank::len(arrays)]) != len(values):
             raise RuntimeError(f"rank {rank} returned {len(values)} items, not its share of {len(out)}")
         out[rank::len(arrays)] = values
-    return out
+    return np.moveaxis(out, 0, item_axis)
 
 
 def sum_over_ranks(values: np.ndarray) -> np.ndarray:
@@ -177,15 +177,16 @@ def sum_over_ranks(values: np.ndarray) -> np.ndarray:
     return np.sum(parts, axis=0)
 
 
-def in_shards(predict: Callable, model, loader, *args, **kwargs) -> Any:
+def in_shards(predict: Callable, model, loader, *args, item_axis: int = 0, **kwargs) -> Any:
     """``predict(model, loader, *args, **kwargs)`` split over the ranks: each runs its share of the
     loader, and every rank gets the outputs of all of them in ``loader``'s order. ``predict`` returns
-    per-image arrays (or dicts / tuples of them); on one process, or for fewer images than
-    processes, or for anything but a DataLoader, it runs on the whole loader here."""
+    arrays with one entry per image along ``item_axis`` (or dicts / tuples of them); on one
+    process, or for fewer images than processes, or for anything but a DataLoader, it runs on the
+    whole loader here."""
     _, world = rank_and_world()
     if world == 1 or not isinstance(loader, DataLoader) or len(loader.sampler) < world:
         return predict(model, loader, *args, **kwargs)
-    return gather_in_order(predict(model, shard_loader(loader, world, equal=False), *args, **kwargs))
+    return gather_in_order(predict(model, shard_loader(loader, world, equal=False), *args, **kwargs), item_axis)
 
 
 class RankSetup(L.Callback):
