@@ -79,7 +79,8 @@ def test_two_process_run_writes_one_run_and_scores_each_held_out_image_once(tmp_
     data = prepare_data(config)
     loaders = build_loaders(config, data)
     (tmp_path / "one").mkdir()
-    single, probs = evaluate_run(run / "checkpoints" / "best.ckpt", data, loaders, tmp_path / "one", cuda=False)
+    single, probs = evaluate_run(run / "checkpoints" / "best.ckpt", data, loaders, tmp_path / "one", cuda=False,
+                                 decide=config.decide if config.calibration.enabled else None)  # as fit.train does
     for side in ("val", "test"):
         for task, block in single[side].items():
             assert {k: block[k] for k in FIGURES} == {k: metrics[side][task][k] for k in FIGURES}, (side, task)

@@ -43,6 +43,13 @@ class TaskInfo:
     classes: tuple[str, ...]  # in output order
     temperature: float  # already applied inside the graph: never divide by it again
     threshold: float  # top-class probability below which the decision is "review"
+    # the threshold's certificate (core/selective.py), absent in older models: certified False means
+    # no threshold met the target accuracy, and every image goes to review
+    abstention: dict | None = None
+
+    @property
+    def abstains_on_all(self) -> bool:
+        return self.abstention is not None and self.abstention.get("certified") is not True
 
 
 @dataclass(frozen=True)
@@ -86,7 +93,8 @@ def parse_metadata(text: str | None, source: str = "model") -> ModelMetadata:
 def _from_raw(raw: dict) -> ModelMetadata:
     # lists only: tuple("ab") would read a string as the classes ('a', 'b')
     tasks = tuple(TaskInfo(t["name"], tuple(_list(t["classes"], "classes")), float(t["temperature"]),
-                           float(t["threshold"])) for t in _list(raw["tasks"], "tasks"))
+                           float(t["threshold"]), _abstention(t.get("abstention")))
+                  for t in _list(raw["tasks"], "tasks"))
     if not tasks:
         raise ValueError("no tasks")
     if raw.get("temperature_applied_in_graph") is not True:
@@ -101,6 +109,12 @@ def _from_raw(raw: dict) -> ModelMetadata:
     if problems:
         raise ModelInconsistent("; ".join(problems))
     return metadata
+
+
+def _abstention(value: object) -> dict | None:
+    if value is not None and not isinstance(value, dict):
+        raise ModelInconsistent(f"a task's abstention is {type(value).__name__} {value!r}, not an object")
+    return value
 
 
 def metadata_problems(metadata: ModelMetadata) -> list[str]:

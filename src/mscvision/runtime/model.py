@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from mscvision.core.errors import ConfigError, ModelError
+from mscvision.runtime.gate import gate_problems, learned_output
 from mscvision.runtime.metadata import INPUT_NAME, METADATA_KEY, ModelMetadata, parse_metadata, probability_output
 from mscvision.runtime.onnxfile import ProtobufError, external_tensors, metadata_props
 from mscvision.runtime.station import choose_providers, session_options
@@ -47,16 +48,36 @@ class Model:
 
     def predict(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """Preprocessed float32 (N, C, h, w) → probabilities per task, (N, classes), temperature applied."""
+        return self._run(batch, [])[0]
+
+    def predict_with_ood(self, batch: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+        """``predict`` plus the learned OOD score per image, (N,), from the same graph run (the output
+        the metadata's OOD gate names, ``ood.score``); None when the model has no learned score."""
+        output = learned_output(self.metadata)
+        if output is None:
+            return self.predict(batch), None
+        probs, (scores,) = self._run(batch, [output])
+        if scores.shape != (len(batch),):
+            raise ModelError(f"{self.path}: output {output} has shape {scores.shape}, not ({len(batch)},).")
+        return probs, scores
+
+    def _run(self, batch: np.ndarray, extra: list[str]) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
         expected = self.metadata.input_shape
         if batch.ndim != 4 or tuple(batch.shape[1:]) != expected or batch.dtype != np.float32:
             raise ValueError(f"input batch {batch.dtype}{tuple(batch.shape)}; expected float32 (N, {expected})")
         names = [probability_output(t.name) for t in self.metadata.tasks]
-        outputs = self.session.run(names, {INPUT_NAME: batch})
+        outputs = self.session.run(names + extra, {INPUT_NAME: batch})
         for task, out in zip(self.metadata.tasks, outputs):
             if out.shape != (len(batch), len(task.classes)):  # the load checks make this a should-never
                 raise ModelError(f"{self.path}: output {probability_output(task.name)} has shape {out.shape}, "
                                  f"not ({len(batch)}, {len(task.classes)}) for classes {list(task.classes)}.")
-        return {t.name: out for t, out in zip(self.metadata.tasks, outputs)}
+        return {t.name: out for t, out in zip(self.metadata.tasks, outputs)}, outputs[len(names):]
+
+    def outputs(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Every graph output by name (``probabilities.TASK``, ``logits.TASK``, ``features``) for the
+        same preprocessed batch ``predict`` takes: evaluation needs the logits the station ignores."""
+        names = [port.name for port in self.session.get_outputs()]
+        return dict(zip(names, self.session.run(names, {INPUT_NAME: batch})))
 
 
 def read_metadata(path: str | Path) -> ModelMetadata:
@@ -148,8 +169,8 @@ def graph_ports(session) -> tuple[dict[str, GraphPort], dict[str, GraphPort]]:
 
 
 def graph_problems(metadata: ModelMetadata, inputs: dict[str, GraphPort], outputs: dict[str, GraphPort]) -> list[str]:
-    """How the graph disagrees with the metadata: the input's dynamic batch and static (C, h, w), and
-    each task's output width."""
+    """How the graph disagrees with the metadata: the input's dynamic batch and static (C, h, w),
+    each task's output width, and the OOD gate (sound, and its learned score's output present)."""
     problems = []
     port = inputs.get(INPUT_NAME)
     if port is None or port.type != "tensor(float)":
@@ -168,4 +189,4 @@ def graph_problems(metadata: ModelMetadata, inputs: dict[str, GraphPort], output
         elif port.type != "tensor(float)" or len(port.shape) != 2 or port.shape[-1] != len(task.classes):
             problems.append(f"output {name!r} is {port.type}{list(port.shape)}, but task {task.name!r} lists "
                             f"{len(task.classes)} classes {list(task.classes)} (expected float (N, {len(task.classes)}))")
-    return problems
+    return problems + gate_problems(metadata, outputs)

@@ -40,6 +40,8 @@ class RunResult:
     test_rows: np.ndarray | None = None  # manifest rows of the test split, in prediction order
     test_probs: dict[str, np.ndarray] | None = None  # plain single pass, per task
     test_tta_probs: dict[str, np.ndarray] | None = None  # dihedral x8 TTA (trainer.tta), per task
+    # the deployed pass (export.tta) before its temperature; the deployed one above is calibrated
+    test_uncalibrated_probs: dict[str, np.ndarray] | None = None
 
 
 def train(config: RunConfig, run_dir: Path | None = None, resume: bool = False,
@@ -74,7 +76,9 @@ def train(config: RunConfig, run_dir: Path | None = None, resume: bool = False,
     split_counts = show_split(data, loaders.scan.keep, writes_to)
     if not data.manifest.has_groups and primary:
         warn_near_duplicates(data, loaders.scan, config.preprocess)
-    train_loader, val_loader = fit_loaders(loaders.train, loaders.val, config.trainer.world_size)
+    # with data.val_fraction 0 a val split is the calibration slice: it picks no epoch and stops nothing
+    monitored = loaders.val if config.data.val_fraction > 0 else None
+    train_loader, val_loader = fit_loaders(loaders.train, monitored, config.trainer.world_size)
     module = MscClassifier(config, data.tasks, loss_class_weights(config, data, loaders.train_rows),
                            channels_last=_channels_last(config, cuda))
     if config.model.init_from and not resume:
@@ -97,7 +101,8 @@ def train(config: RunConfig, run_dir: Path | None = None, resume: bool = False,
     if trainer.interrupted:  # Ctrl-C: checkpoints are saved; `--resume RUN_DIR` continues
         return RunResult(run_dir, {}, run_dir / "checkpoints" / "last.ckpt")
     chosen = locate_run(run_dir).checkpoint
-    metrics, test_probs = evaluate_run(chosen, data, loaders, run_dir, cuda, config.trainer.tta, config.export.tta)
+    metrics, test_probs = evaluate_run(chosen, data, loaders, run_dir, cuda, config.trainer.tta, config.export.tta,
+                                       config.decide if config.calibration.enabled else None)
     mark_held_out_estimability(metrics, split_counts)
     # 0 where ddp_spawn launched the fit (it ran in other processes): then last.ckpt counts them
     epochs = trainer.current_epoch or load_checkpoint(run_dir / "checkpoints" / "last.ckpt")["epoch"] + 1
@@ -108,7 +113,8 @@ def train(config: RunConfig, run_dir: Path | None = None, resume: bool = False,
                       "data_manifest": manifest_record(data.source, len(data.manifest))}
     if is_primary():
         write_json_atomic(run_dir / "metrics.json", metrics)
-    return RunResult(run_dir, metrics, chosen, loaders.test_rows, test_probs["test"], test_probs.get("test_tta"))
+    return RunResult(run_dir, metrics, chosen, loaders.test_rows, test_probs["test"], test_probs.get("test_tta"),
+                     test_probs["uncalibrated"])
 
 
 def process_record(config: RunConfig, trainer: L.Trainer) -> dict:
