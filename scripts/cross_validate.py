@@ -5,6 +5,8 @@
 
 Before any fold trains, every fold's split is checked (a class without training images in some
 fold is refused, exit 2) and the per-fold split table is printed; ``--check-only`` stops there.
+Each fold is calibrated on its calibration groups; with export.enabled (the default) each fold model
+is exported and its evaluation report written to FOLD_DIR/evaluation/ (commands/deliver.py).
 """
 
 import argparse
@@ -23,8 +25,15 @@ def run(args: argparse.Namespace) -> int:
     if args.check_only:
         print_checked_folds(check_folds(config, args.folds))
         return 0
-    print_report(cross_validate(config, args.folds))
+    print_report(cross_validate(config, args.folds, after_fold=_deliver(config) if config.export.enabled else None))
     return 0
+
+
+def _deliver(config):
+    """Each fold model exported and judged on its own test wells, as a station would (commands/deliver.py)."""
+    from mscvision.commands.deliver import export_and_report
+
+    return lambda fold_dir: export_and_report(fold_dir, config.export.precision)
 
 
 if __name__ == "__main__":

@@ -231,6 +231,11 @@ def test_corrupt_image_can_be_skipped_and_counted(tmp_path, capsys, shapes_datas
     assert len(metrics["run"]["skipped_images"]) == 1 and "img004.png" in metrics["run"]["skipped_images"][0]
     split = (next((tmp_path / "runs").glob("*/split.csv"))).read_text()
     assert next(line for line in split.splitlines() if "img004.png" in line).split(",")[2] == "excluded"
+    # the train command ends with the exported model judged on the test groups, as a station runs it
+    evaluation = json.loads(next((tmp_path / "runs").glob("*/evaluation/metrics.json")).read_text())
+    for task in ("shape", "count"):
+        assert evaluation["tasks"][task]["metrics"]["confusion_matrix"] == metrics["test"][task]["confusion_matrix"]
+    assert "gradcam" in next((tmp_path / "runs").glob("*/evaluation/report.html")).read_text().lower()
 
 
 def test_missing_file_names_the_row(tmp_path, capsys, shapes_dataset):

@@ -1,4 +1,5 @@
-"""`mscvision train` / `scripts/train.py`: arguments → config → one run → a short summary → the exported model.
+"""`mscvision train` / `scripts/train.py`: arguments → config → one run → a short summary → the exported
+model → its evaluation report (RUN_DIR/evaluation/report.html, commands/deliver.py).
 
 Training (`training.fit.train(config) -> RunResult`) knows nothing of argparse or export; this
 module reads the arguments, calls it, prints the summary and then calls export.
@@ -51,9 +52,10 @@ def run_train(args: argparse.Namespace) -> int:
         return 0
     print_summary(result)
     if result.metrics and config.export.enabled:
-        from mscvision.export import export_run
+        from mscvision.commands.deliver import export_and_report
 
-        export_run(result.run_dir, precision=config.export.precision)
+        # the report's exit code (3: some test images could not be scored) is the command's
+        return export_and_report(result.run_dir, config.export.precision)
     return 0
 
 

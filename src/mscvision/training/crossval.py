@@ -83,7 +83,9 @@ def check_folds(config: RunConfig, k: int) -> CheckedFolds:
     return CheckedFolds(labelled, splits, counts, check_splits(counts, computed=True))
 
 
-def cross_validate(config: RunConfig, k: int = 5) -> dict:
+def cross_validate(config: RunConfig, k: int = 5, after_fold=None) -> dict:
+    """Train and test every fold, pool the out-of-fold figures, write crossval.json. ``after_fold``
+    (FOLD_DIR → None), from the command layer: e.g. export and report each fold model."""
     checked = check_folds(config, k)
     cv_dir = new_run_dir(config) if is_primary() else None  # DDP: the other ranks write nothing (docstring)
     if cv_dir:
@@ -103,6 +105,8 @@ def cross_validate(config: RunConfig, k: int = 5) -> dict:
         if fold_dir:
             fold_dir.mkdir()
         result = train(config, run_dir=fold_dir, split=split)
+        if after_fold is not None:
+            after_fold(fold_dir)
         for setup, fold_probs in (("test", result.test_probs), ("test_tta", result.test_tta_probs),
                                   ("uncalibrated", result.test_uncalibrated_probs)):
             for task, probs in (fold_probs or {}).items():
