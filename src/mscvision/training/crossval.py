@@ -105,7 +105,7 @@ def cross_validate(config: RunConfig, k: int = 5, after_fold=None) -> dict:
         if fold_dir:
             fold_dir.mkdir()
         result = train(config, run_dir=fold_dir, split=split)
-        if after_fold is not None:
+        if after_fold is not None and fold_dir:  # rank 0's (DDP): it exports and reports while the others go on
             after_fold(fold_dir)
         for setup, fold_probs in (("test", result.test_probs), ("test_tta", result.test_tta_probs),
                                   ("uncalibrated", result.test_uncalibrated_probs)):
