@@ -18,7 +18,9 @@ from mscvision.cli import guarded
 def run(args: argparse.Namespace) -> int:
     from mscvision.training.config import load_config
     from mscvision.training.crossval import check_folds, cross_validate, print_checked_folds, print_report
+    from mscvision.training.distributed import quiet_secondary
 
+    quiet_secondary()  # on several devices every rank runs this script; rank 0 prints
     config = load_config(args.config, args.overrides)
     if args.check_only:
         print_checked_folds(check_folds(config, args.folds))

@@ -26,9 +26,13 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    """On several processes (trainer.devices > 1, torchrun, srun) every rank runs this; rank 0
+    alone prints and exports, the others return 0 when their part of the run is done."""
     from mscvision.training.config import load_config
+    from mscvision.training.distributed import is_primary, quiet_secondary
     from mscvision.training.fit import train
 
+    quiet_secondary()
     if args.resume:
         from mscvision.training.run_files import locate_run
 
@@ -44,6 +48,8 @@ def run_train(args: argparse.Namespace) -> int:
     else:
         config = load_config(args.config, args.overrides)
         result = train(config)
+    if not is_primary():
+        return 0
     print_summary(result)
     if result.metrics and config.export.enabled:
         from mscvision.commands.deliver import export_and_report

@@ -30,6 +30,7 @@ RESNETS = ("resnet18", "resnet34", "resnet50")  # model.backbone: built in train
 FEATURE_NETS = ("efficientnet_b0", "mobilenet_v3_large", "convnext_tiny")
 BACKBONES = (*RESNETS, *FEATURE_NETS, "tiny")
 ACCELERATORS = ("auto", "cpu", "gpu")
+STRATEGIES = ("auto", "ddp", "ddp_spawn")  # trainer.strategy: Lightning's names
 TRAINER_PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true")  # Lightning's
 EXPORT_PRECISIONS = ("fp32", "fp16", "int8")
 AUTO = "auto"  # preprocess.mean / std: measured on the training split, then frozen (training/normalization.py)
@@ -145,7 +146,15 @@ class TrainerConfig:
     max_epochs: int = 22
     batch_size: int = 64
     accelerator: str = "auto"  # auto | cpu | gpu
+    # Processes: devices per node x num_nodes (DDP: gloo on CPU, nccl on GPUs; README "Training on many GPUs /
+    # nodes"). batch_size is per process, so the effective batch is batch_size x devices x num_nodes, and
+    # the learning rate is NOT scaled with it (rule "none", recorded in metrics.json run.lr_scaling): to
+    # keep a one-device recipe on N processes, divide batch_size by N (the same global batches, see
+    # training/distributed.py), or raise optim.lr yourself.
     devices: int = 1
+    num_nodes: int = 1
+    strategy: str = "auto"  # auto (one device: none; several: ddp, or what torchrun / SLURM launched) | ddp | ddp_spawn
+    sync_batchnorm: bool = False  # batch-norm statistics over the global batch (GPUs only; torch has no CPU SyncBN)
     precision: str = "auto"  # auto: bf16-mixed on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX), else 32-true
     channels_last: str = "auto"  # auto (on for CUDA) | true | false
     early_stopping_patience: int = 6
@@ -160,8 +169,17 @@ class TrainerConfig:
     progress_bar: bool = True
     tta: bool = False  # also report test figures with dihedral (8-way) test-time augmentation
 
+    @property
+    def world_size(self) -> int:
+        """The number of training processes: devices per node x nodes."""
+        return self.devices * self.num_nodes
+
     def __post_init__(self) -> None:
         check_choice("trainer.accelerator", self.accelerator, ACCELERATORS)
+        check_choice("trainer.strategy", self.strategy, STRATEGIES)
+        for key in ("devices", "num_nodes"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"trainer.{key}={getattr(self, key)}: use a whole number >= 1")
         check_choice("trainer.precision", self.precision, TRAINER_PRECISIONS)
         check_choice("trainer.channels_last", self.channels_last, ("auto", "true", "false"))
         check_choice("trainer.select", self.select, ("best", "last"))

@@ -3,6 +3,16 @@
 Every fold trains on k-1 folds (a slice of whole groups held back for validation / early
 stopping) and predicts its own fold; the out-of-fold predictions of all folds are pooled into one
 set of figures, next to the per-fold spread.
+
+On several devices (trainer.devices x trainer.num_nodes > 1) each fold trains on all of them, the
+folds one after another, rather than folds side by side on one device each: a fold is then an
+ordinary run (training/fit.py: one code path, any launcher: Lightning's, torchrun, srun across
+nodes, and any device count, where parallel folds would leave devices idle whenever k is not a
+multiple of their number and need a scheduler and a launcher of their own). What it costs: a
+fold's effective batch grows with the device count as a run's does (config.py: no LR scaling),
+so compare cross-validations made on the same number of devices, or keep batch_size x devices
+fixed; and on a small data set a fold gains less from W devices than W parallel folds would.
+Rank 0 alone writes the cross-validation directory; the other ranks train the same folds.
 """
 
 from __future__ import annotations
@@ -21,6 +31,7 @@ from mscvision.core.split_check import SplitCounts, check_splits, count_split, m
 from mscvision.core.splits import stratification_key, stratified_group_folds, task_labels, train_val_folds
 from mscvision.training.config import RunConfig, save_config
 from mscvision.training.dataset_setup import Labelled, load_labelled, report_split
+from mscvision.training.distributed import is_primary
 from mscvision.training.fit import train
 from mscvision.training.run_files import new_run_dir
 
@@ -76,9 +87,10 @@ def cross_validate(config: RunConfig, k: int = 5, after_fold=None) -> dict:
     """Train and test every fold, pool the out-of-fold figures, write crossval.json. ``after_fold``
     (FOLD_DIR → None), from the command layer: e.g. export and report each fold model."""
     checked = check_folds(config, k)
-    cv_dir = new_run_dir(config)
-    print(f"cross-validation directory: {cv_dir}", flush=True)
-    save_config(config, cv_dir / "config.yaml")
+    cv_dir = new_run_dir(config) if is_primary() else None  # DDP: the other ranks write nothing (docstring)
+    if cv_dir:
+        print(f"cross-validation directory: {cv_dir}", flush=True)
+        save_config(config, cv_dir / "config.yaml")
     report_split(checked.counts, checked.warnings, cv_dir)
     labelled = checked.labelled
     groups = np.asarray(labelled.manifest.groups)
@@ -89,10 +101,11 @@ def cross_validate(config: RunConfig, k: int = 5, after_fold=None) -> dict:
     folds = []
     for fold, split in enumerate(checked.splits):
         started = time.perf_counter()
-        fold_dir = cv_dir / f"fold{fold}"
-        fold_dir.mkdir()
+        fold_dir = cv_dir / f"fold{fold}" if cv_dir else None  # None: rank 0's, learnt when the fold's fit starts
+        if fold_dir:
+            fold_dir.mkdir()
         result = train(config, run_dir=fold_dir, split=split)
-        if after_fold is not None:
+        if after_fold is not None and fold_dir:  # rank 0's (DDP): it exports and reports while the others go on
             after_fold(fold_dir)
         for setup, fold_probs in (("test", result.test_probs), ("test_tta", result.test_tta_probs),
                                   ("uncalibrated", result.test_uncalibrated_probs)):
@@ -125,7 +138,8 @@ def cross_validate(config: RunConfig, k: int = 5, after_fold=None) -> dict:
               **{POOLED_KEYS[s]: figures for s, figures in pooled.items()},
               "spread": _spread(folds, [t.name for t in labelled.tasks], deployed), "folds": folds,
               "minutes_per_fold": [f["minutes"] for f in folds]}
-    write_json_atomic(cv_dir / "crossval.json", report)
+    if cv_dir:
+        write_json_atomic(cv_dir / "crossval.json", report)
     report["dir"] = str(cv_dir)
     return report
 

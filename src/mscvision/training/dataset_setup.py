@@ -46,6 +46,11 @@ def ensure_synthetic(cfg: SyntheticConfig) -> Path:
     folder = Path(cfg.cache_dir) / "_".join(f"{k}{v}" for k, v in params.items())
     if _cache_matches(folder, params):
         return folder / "manifest.csv"
+    from mscvision.training.distributed import is_primary, wait_for_primary
+
+    if not is_primary():  # torchrun / srun start every rank at once: rank 0 generates, the others wait for it
+        wait_for_primary(lambda: _cache_matches(folder, params), f"the synthetic data set in {folder}")
+        return folder / "manifest.csv"
     print(f"generating the synthetic data set ({cfg.n} images) into {folder} (once; cached)", flush=True)
     # every usable core: generation is per image, and its output does not depend on the count
     return Path(generate_dataset(folder, workers=usable_cores(), **params))

@@ -16,6 +16,7 @@ from mscvision.core.tasks import Task
 from mscvision.training.calibrate import fit_calibration
 from mscvision.training.config import DecideConfig
 from mscvision.training.dataset_setup import PreparedData
+from mscvision.training.distributed import in_shards, is_primary
 from mscvision.training.loaders import Loaders
 from mscvision.training.run_files import load_classifier
 
@@ -46,7 +47,8 @@ def evaluate_run(checkpoint: Path, data: PreparedData, loaders: Loaders, run_dir
     device = "cuda" if cuda else "cpu"
     sides = [side for side in ("val", "test") if loaders.loader(side) is not None]  # no val with val_fraction 0
     targets = {side: {k: v[loaders.rows(side)] for k, v in data.targets.items()} for side in sides}
-    views = {name: view_log_probabilities(model, loaders.loader(side), device, tta=use_tta)
+    # on W processes each scores its share; every rank gets all images, in loader order (axis 1 of (views, N, C))
+    views = {name: in_shards(view_log_probabilities, model, loaders.loader(side), device, tta=use_tta, item_axis=1)
              for side in sides for name, use_tta in setups(side, tta)}
     deployed = ("val_tta", "test_tta") if deployed_tta else ("val", "test")
     calibration = (fit_calibration(views[deployed[0]], targets["val"], views[deployed[1]], targets["test"], data.tasks,
@@ -65,15 +67,17 @@ def evaluate_run(checkpoint: Path, data: PreparedData, loaders: Loaders, run_dir
             metrics[name] = metrics_for_split(probs, targets[side], data.tasks)
             if side == "test":
                 test_probs[name] = probs
-                write_predictions(run_dir / predictions_file(use_tta, deployed_tta), data, loaders.rows(side), probs,
-                                  PASS_COLUMN[use_tta])
-        for task in data.tasks:
+                if is_primary():
+                    write_predictions(run_dir / predictions_file(use_tta, deployed_tta), data, loaders.rows(side),
+                                      probs, PASS_COLUMN[use_tta])
+        for task in data.tasks if is_primary() else ():
             plot_confusion(metrics[side][task.name], task, f"{task.name} ({side})",
                            run_dir / f"confusion_{side}_{task.name}.png")
     test_probs["uncalibrated"] = {task: apply_temperature(v, 1.0) for task, v in views[deployed[1]].items()}
     if calibration:
         metrics.update(calibration.metrics)
-        write_json_atomic(run_dir / "calibration.json", calibration.settings)
+        if is_primary():
+            write_json_atomic(run_dir / "calibration.json", calibration.settings)
     return metrics, test_probs
 
 

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from mscvision.core.metrics import classification_metrics
 from mscvision.core.tasks import IGNORE_INDEX, Task
 from mscvision.training.config import RunConfig, from_dict
+from mscvision.training.distributed import gather_in_order, sum_over_ranks
 from mscvision.training.models import MultiTaskNet, build_backbone
 
 MONITOR = "val/balanced_accuracy"  # mean over tasks: what early stopping and "best" follow
@@ -48,6 +49,7 @@ class MscClassifier(L.LightningModule):
         if self.config.optim.ema_decay > 0:
             self.ema_net = copy.deepcopy(self.net).requires_grad_(False)
         self._val_outputs: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        self._val_loss: list[tuple[float, int]] = []  # (batch loss x batch size, batch size)
 
     @property
     def eval_net(self) -> torch.nn.Module:
@@ -92,7 +94,8 @@ class MscClassifier(L.LightningModule):
         else:
             _, logits = self(x)
             loss = self.multitask_loss(logits, targets)
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(x))
+        # sync_dist: on W processes the mean over the ranks' equal batches, the global batch's loss
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(x), sync_dist=True)
         return loss
 
     def mixup_loss(self, x: torch.Tensor, targets: dict[str, torch.Tensor], alpha: float) -> torch.Tensor:
@@ -110,26 +113,48 @@ class MscClassifier(L.LightningModule):
     def validation_step(self, batch, batch_idx):
         x, targets = batch
         _, logits = self(x)
-        self.log("val/loss", self.multitask_loss(logits, targets), prog_bar=False, batch_size=len(x))
+        self._val_loss.append((float(self.multitask_loss(logits, targets)) * len(x), len(x)))  # exact mean later
         for task in self.tasks:
             pred = logits[task.name].argmax(dim=1)
             self._val_outputs.setdefault(task.name, []).append((targets[task.name].cpu(), pred.cpu()))
 
     def on_validation_epoch_end(self) -> None:
+        """Figures over exactly the val images, once each: on W processes each rank scored its share
+        (training/distributed.py), and the shares are gathered before anything is computed."""
+        local = {task.name: (torch.cat([p[0] for p in pairs]).numpy(), torch.cat([p[1] for p in pairs]).numpy())
+                 for task in self.tasks if (pairs := self._val_outputs.get(task.name))}
+        outputs = gather_in_order(local)
+        loss_sum, images = sum_over_ranks(np.sum(self._val_loss, axis=0) if self._val_loss else np.zeros(2))
+        self._val_outputs.clear()
+        self._val_loss.clear()
+        if images:
+            self._log_same_on_every_rank("val/loss", loss_sum / images)
+            self._log_same_on_every_rank("val/images", float(images))
         scores = []
         for task in self.tasks:
-            pairs = self._val_outputs.get(task.name, [])
-            if not pairs:
+            if task.name not in outputs:
                 continue
-            y = torch.cat([p[0] for p in pairs]).numpy()
-            pred = torch.cat([p[1] for p in pairs]).numpy()
+            y, pred = outputs[task.name]
             figures = classification_metrics(y, pred, task.classes)
-            self.log(f"val/{task.name}/balanced_accuracy", figures["balanced_accuracy"])
-            self.log(f"val/{task.name}/macro_f1", figures["macro_f1"])
+            self._log_same_on_every_rank(f"val/{task.name}/balanced_accuracy", figures["balanced_accuracy"])
+            self._log_same_on_every_rank(f"val/{task.name}/macro_f1", figures["macro_f1"])
             scores.append(figures["balanced_accuracy"])
         if scores:
-            self.log(MONITOR, float(np.mean(scores)), prog_bar=True)
-        self._val_outputs.clear()
+            self._log_same_on_every_rank(MONITOR, float(np.mean(scores)), prog_bar=True)
+
+    def _log_same_on_every_rank(self, name: str, value: float, prog_bar: bool = False) -> None:
+        # every rank computed this value from the same gathered outputs: a max over the ranks is that
+        # value, exactly (a mean could round), and tells Lightning it is synced
+        self.log(name, value, prog_bar=prog_bar, sync_dist=True, reduce_fx="max")
+
+    def on_train_start(self) -> None:
+        """Resumed on another number of processes (steps per epoch changed): continue the schedule
+        at the start of the restored epoch, not at the restored step count."""
+        scheduler = self.lr_schedulers()
+        position = self.trainer.current_epoch * self.trainer.num_training_batches
+        if scheduler is not None and scheduler.last_epoch != position:
+            scheduler.last_epoch = position - 1
+            scheduler.step()  # sets every group's lr for ``position``: LambdaLR computes it from the step alone
 
     def configure_optimizers(self):
         cfg = self.config.optim
