@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from mscvision.core.errors import ConfigError, ModelError
-from mscvision.runtime.metadata import INPUT_NAME, METADATA_KEY, ModelMetadata, parse_metadata, probability_output
+from mscvision.runtime.metadata import (INPUT_NAME, METADATA_KEY, OOD_OUTPUT, ModelMetadata, parse_metadata,
+                                        probability_output)
 from mscvision.runtime.onnxfile import ProtobufError, external_tensors, metadata_props
 from mscvision.runtime.station import choose_providers, session_options
 
@@ -47,16 +48,28 @@ class Model:
 
     def predict(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """Preprocessed float32 (N, C, h, w) → probabilities per task, (N, classes), temperature applied."""
+        return self._run(batch, with_score=False)[0]
+
+    def predict_scored(self, batch: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+        """The probabilities and, from the same run, the learned OOD score (N,) float32, higher = more
+        unusual; None for a model without one (``metadata.ood_score_output`` is None: no learned gate)."""
+        return self._run(batch, with_score=self.metadata.ood_score_output is not None)
+
+    def _run(self, batch: np.ndarray, with_score: bool) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
         expected = self.metadata.input_shape
         if batch.ndim != 4 or tuple(batch.shape[1:]) != expected or batch.dtype != np.float32:
             raise ValueError(f"input batch {batch.dtype}{tuple(batch.shape)}; expected float32 (N, {expected})")
         names = [probability_output(t.name) for t in self.metadata.tasks]
-        outputs = self.session.run(names, {INPUT_NAME: batch})
+        outputs = self.session.run(names + ([self.metadata.ood_score_output] if with_score else []),
+                                   {INPUT_NAME: batch})
         for task, out in zip(self.metadata.tasks, outputs):
             if out.shape != (len(batch), len(task.classes)):  # the load checks make this a should-never
                 raise ModelError(f"{self.path}: output {probability_output(task.name)} has shape {out.shape}, "
                                  f"not ({len(batch)}, {len(task.classes)}) for classes {list(task.classes)}.")
-        return {t.name: out for t, out in zip(self.metadata.tasks, outputs)}
+        score = outputs[len(names)] if with_score else None
+        if score is not None and score.shape != (len(batch),):
+            raise ModelError(f"{self.path}: output {OOD_OUTPUT} has shape {score.shape}, not ({len(batch)},).")
+        return {t.name: out for t, out in zip(self.metadata.tasks, outputs)}, score
 
 
 def read_metadata(path: str | Path) -> ModelMetadata:
@@ -149,7 +162,7 @@ def graph_ports(session) -> tuple[dict[str, GraphPort], dict[str, GraphPort]]:
 
 def graph_problems(metadata: ModelMetadata, inputs: dict[str, GraphPort], outputs: dict[str, GraphPort]) -> list[str]:
     """How the graph disagrees with the metadata: the input's dynamic batch and static (C, h, w), and
-    each task's output width."""
+    each task's output width (and the learned OOD score's, when the metadata declares one)."""
     problems = []
     port = inputs.get(INPUT_NAME)
     if port is None or port.type != "tensor(float)":
@@ -168,4 +181,18 @@ def graph_problems(metadata: ModelMetadata, inputs: dict[str, GraphPort], output
         elif port.type != "tensor(float)" or len(port.shape) != 2 or port.shape[-1] != len(task.classes):
             problems.append(f"output {name!r} is {port.type}{list(port.shape)}, but task {task.name!r} lists "
                             f"{len(task.classes)} classes {list(task.classes)} (expected float (N, {len(task.classes)}))")
-    return problems
+    return problems + _ood_output_problems(metadata, outputs)
+
+
+def _ood_output_problems(metadata: ModelMetadata, outputs: dict[str, GraphPort]) -> list[str]:
+    """A declared learned OOD score must be a float (N,) output; a model that declares none (older
+    format, or no val split to calibrate one) needs no such output and has no learned gate."""
+    name = metadata.ood_score_output
+    if name is None:
+        return []
+    port = outputs.get(name)
+    if port is None:
+        return [f"the metadata declares a learned OOD score, but the graph has no output {name!r}"]
+    if port.type != "tensor(float)" or len(port.shape) != 1:
+        return [f"output {name!r} is {port.type}{list(port.shape)}, expected float (N,)"]
+    return []

@@ -1,0 +1,203 @@
+"""The learned OOD score inside the exported graph, and the data the station calibrates it with
+(issue 16 item 2; the station's gate is runtime/gate.py, the image checks core/image_checks.py).
+
+Features are the deployed network's own ``features`` output (``DeployNet``: the penultimate vector,
+the mean over the 8 views for a TTA graph), of
+- the bank: training-split images, at most ``MAX_BANK_IMAGES`` (a seeded random subset beyond it:
+  the graph's MatMul and the file grow with the bank, 4096 x 512 float32 = 8 MB for a ResNet-18);
+- the calibration set: the val split (groups never trained on, so their scores are what an unseen
+  in-distribution image scores; training images sit closer to the bank than any new image will).
+  The exported graph itself scores them; the metadata carries those scores, from which the runtime
+  computes conformal p-values. Without a val split there is no learned gate (said in the metadata).
+
+Two scores, each a torch module that ``DeployNet`` appends, so it exports into the same one file with
+its statistics as buffers (initialisers inside the file); ``core/ood_scores.py`` is their numpy
+reference. Higher = more unusual.
+- ``knn`` (Sun et al. 2022, "Out-of-distribution detection with deep nearest neighbors"):
+  1 − the k-th largest cosine similarity to the L2-normalised bank (MatMul, then TopK).
+- ``mahalanobis`` (Lee et al. 2018): the smallest Mahalanobis distance to a class mean of the first
+  task, one covariance shared by the classes, ridge-regularised (``RIDGE``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from mscvision.core.imageio import decode_image
+from mscvision.core.ood_scores import NORM_EPS, knn_score, l2_normalise, mahalanobis_score
+from mscvision.core.preprocess import PreprocessSpec, to_unit_range
+from mscvision.core.tasks import IGNORE_INDEX, Task
+from mscvision.export.samples import Samples, load_samples
+from mscvision.runtime.metadata import INPUT_NAME, OOD_OUTPUT
+
+MAX_BANK_IMAGES = 4096
+MAX_CALIBRATION_IMAGES = 4096  # conformal p-values resolve 1 / (n + 1): more is finer, never needed beyond
+SAMPLE_SEED = 2  # which images when a split is larger than its cap: reproducible
+# Ridge on the shared covariance, as a fraction of its mean eigenvalue: the ReLU features of a small
+# data set leave directions with (near) zero variance, whose inverse would make the distance a
+# measure of float noise in those directions.
+RIDGE = 0.01
+NO_VAL_SPLIT = "the run has no val split (held-out groups never trained on) to calibrate it on"
+
+
+class KnnScore(nn.Module):
+    """features (N, D) → 1 − the k-th largest cosine similarity to the bank (B, D), shape (N,)."""
+
+    def __init__(self, bank: np.ndarray, k: int):
+        super().__init__()
+        if not 1 <= k <= len(bank):
+            raise ValueError(f"k={k} must be between 1 and the bank size {len(bank)}")
+        self.k = k
+        # stored normalised and transposed (D, B): the graph is one MatMul, no Transpose node
+        self.register_buffer("bank_t", torch.from_numpy(np.ascontiguousarray(l2_normalise(bank).T)))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        # F.normalize's arithmetic, written out in ops whose shapes onnxruntime's symbolic shape
+        # inference (run first by int8 quantisation) follows: it loses them at Expand and ReduceL2
+        norm = (features * features).sum(dim=1, keepdim=True).sqrt().clamp_min(NORM_EPS)
+        similarity = (features / norm) @ self.bank_t
+        return 1.0 - torch.topk(similarity, self.k, dim=1).values[:, self.k - 1]
+
+    def reference(self, features: np.ndarray) -> np.ndarray:
+        return knn_score(features, self.bank_t.numpy().T, self.k)
+
+
+class MahalanobisScore(nn.Module):
+    """features (N, D) → min over classes of ‖f W − μ_c W‖, W Wᵀ the precision matrix, shape (N,)."""
+
+    def __init__(self, whitening: np.ndarray, whitened_means: np.ndarray):
+        super().__init__()
+        self.register_buffer("whitening", torch.from_numpy(whitening.astype(np.float32)))
+        self.register_buffer("whitened_means", torch.from_numpy(whitened_means.astype(np.float32)))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        z = features @ self.whitening
+        return (z.unsqueeze(1) - self.whitened_means.unsqueeze(0)).pow(2).sum(dim=2).amin(dim=1).sqrt()
+
+    def reference(self, features: np.ndarray) -> np.ndarray:
+        return mahalanobis_score(features, self.whitened_means.numpy(), self.whitening.numpy())
+
+
+@dataclass
+class LearnedOod:
+    """A fitted score head, what the metadata says of it, and the images to calibrate it on."""
+
+    head: nn.Module
+    settings: dict  # the metadata's ``ood.learned`` except the calibration scores
+    calibration: Samples  # the val split, through the real preprocessing
+    bank_paths: list[str]
+    bank_bit_depths: tuple[int, ...]
+
+
+def fit_learned(deploy: nn.Module, rows: list[dict], tasks: list[Task], spec: PreprocessSpec, method: str,
+                k: int, log=print) -> LearnedOod | None:
+    """The score head for ``method`` fitted on the run's training images; None (and a log line)
+    when the run has no val split, as nothing would calibrate it."""
+    if not any(r["split"] == "val" for r in rows):
+        log(f"no learned OOD score: {NO_VAL_SPLIT}")
+        return None
+    bank = load_samples(rows, ("train",), tasks, spec, MAX_BANK_IMAGES, MAX_BANK_IMAGES, seed=SAMPLE_SEED)
+    calibration = load_samples(rows, ("val",), tasks, spec, MAX_CALIBRATION_IMAGES, MAX_CALIBRATION_IMAGES,
+                               seed=SAMPLE_SEED)
+    features = deployed_features(deploy, bank.tensors)
+    n_train = sum(r["split"] == "train" for r in rows)
+    settings = {"method": method, "output": OOD_OUTPUT, "higher_is": "more unusual",
+                "features": "the graph's features output" + (" (mean over the 8 dihedral views)" if deploy.tta else ""),
+                "fitted_on": f"train split: {len(bank)} of {n_train} images "
+                             f"({'all' if len(bank) == n_train else f'a seeded random subset, seed {SAMPLE_SEED}'}; "
+                             f"at most {MAX_BANK_IMAGES}); calibration: val split, {len(calibration)} images "
+                             "(groups never trained on), scored by this graph",
+                "reference": f"mscvision.core.ood_scores.{method}_score"}
+    if method == "knn":
+        used_k = min(k, len(bank))
+        head = KnnScore(features, used_k)
+        settings.update(k=used_k, k_configured=k, bank_size=len(bank), similarity="cosine (L2-normalised features)",
+                        score="1 - the k-th largest cosine similarity to the bank (Sun et al. 2022)")
+    else:
+        task = tasks[0]
+        head, classes = mahalanobis_head(features, bank.targets[task.name], RIDGE)
+        settings.update(task=task.name, classes=[task.classes[c] for c in classes], ridge=RIDGE,
+                        bank_size=len(bank), score="min over the classes of the Mahalanobis distance, one shared "
+                                                   "covariance + ridge * its mean eigenvalue (Lee et al. 2018)")
+    log(f"learned OOD score: {method} on {len(bank)} training images, calibrated on {len(calibration)} val images")
+    return LearnedOod(head, settings, calibration, bank.paths, bank.bit_depths)
+
+
+def mahalanobis_head(features: np.ndarray, labels: np.ndarray, ridge: float) -> tuple[MahalanobisScore, list[int]]:
+    """Class means and the pooled within-class covariance (float64), ridge-regularised, as the
+    whitening factor of its inverse; returns the head and the class indices it has means for (images
+    with an unknown label are left out)."""
+    known = labels != IGNORE_INDEX
+    x, y = features[known].astype(np.float64), labels[known]
+    classes = sorted(int(c) for c in np.unique(y))
+    if not classes:
+        raise ValueError("no training image has a label for the first task: no class means to fit")
+    means = np.stack([x[y == c].mean(axis=0) for c in classes])
+    centred = x - means[np.searchsorted(classes, y)]
+    covariance = centred.T @ centred / max(len(x) - len(classes), 1)
+    covariance += ridge * max(np.trace(covariance) / len(covariance), 1e-12) * np.eye(len(covariance))
+    eigenvalues, eigenvectors = np.linalg.eigh(covariance)
+    whitening = eigenvectors / np.sqrt(eigenvalues)  # W Wᵀ = U diag(1/λ) Uᵀ = the precision matrix
+    return MahalanobisScore(whitening, means @ whitening), classes
+
+
+@torch.inference_mode()
+def deployed_features(deploy: nn.Module, tensors: np.ndarray, batch: int = 64) -> np.ndarray:
+    """The ``features`` output of the deploy wrapper (after the logits), float32 on the CPU."""
+    deploy.eval()
+    index = 2 * len(deploy.tasks)
+    return np.concatenate([deploy(torch.from_numpy(tensors[i:i + batch]))[index].numpy()
+                           for i in range(0, len(tensors), batch)])
+
+
+def graph_scores(model_bytes: bytes, tensors: np.ndarray, threads: int = 0, batch: int = 64) -> np.ndarray:
+    """``ood.score`` of a serialised graph (before its metadata is final) on ``tensors``, as the
+    station's onnxruntime computes it."""
+    import onnxruntime as ort
+
+    from mscvision.runtime.station import session_options
+
+    session = ort.InferenceSession(model_bytes, sess_options=session_options(threads),
+                                   providers=["CPUExecutionProvider"])
+    return np.concatenate([session.run([OOD_OUTPUT], {INPUT_NAME: tensors[i:i + batch]})[0]
+                           for i in range(0, len(tensors), batch)])
+
+
+def ood_metadata(learned: LearnedOod | None, alpha: float, image_checks: dict) -> dict:
+    """The metadata's ``ood`` block; ``learned.calibration_scores`` is filled per exported file."""
+    block = {"learned": dict(learned.settings) if learned else None, "image_checks": image_checks, "alpha": alpha}
+    if learned is None:
+        block["notes"] = [f"no learned OOD score: {NO_VAL_SPLIT}"]
+    return block
+
+
+def with_calibration(block: dict, scores: np.ndarray | None) -> dict:
+    """``block`` with this file's own calibration scores (its graph's scores of the val images)."""
+    if block["learned"] is None:
+        return block
+    return {**block, "learned": {**block["learned"], "calibration_scores": [float(s) for s in scores],
+                                 "n_calibration": int(len(scores))}}
+
+
+def image_checks_block(learned: LearnedOod | None, spec: PreprocessSpec) -> dict:
+    """The image checks' reference (fitted on the bank's training images) and their values on the
+    calibration images, by the other half of issue 16 (core/image_checks.py, branch oodgate):
+    ``fit_reference(raw_images, bit_depths)`` and ``measure(raw, unit, reference)`` → {CHECK: value}."""
+    if learned is None:
+        return {"status": f"not fitted: {NO_VAL_SPLIT}"}
+    try:  # CALL SITE for issue 16 item 1: until core/image_checks.py lands, the model says so
+        from mscvision.core.image_checks import fit_reference, measure
+    except ImportError:
+        return {"status": "not fitted: mscvision.core.image_checks is not in this build (issue 16 item 1)"}
+    reference = fit_reference([decode_image(p).array for p in learned.bank_paths], learned.bank_bit_depths)
+    scores: dict[str, list[float]] = {}
+    for path in learned.calibration.paths:
+        decoded = decode_image(path)
+        unit = to_unit_range(decoded.array, spec, decoded.pixel_size_um, source=path)
+        for check, value in measure(decoded.array, unit, reference).items():
+            scores.setdefault(check, []).append(float(value))
+    return {"reference": reference, "calibration_scores": scores}
