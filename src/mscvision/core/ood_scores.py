@@ -31,6 +31,13 @@ def knn_score(features: np.ndarray, bank: np.ndarray, k: int) -> np.ndarray:
     return (np.float32(1.0) - kth).astype(np.float32)
 
 
+def score_spread(scores: np.ndarray) -> float:
+    """The 5th to 95th percentile range of in-distribution scores: the scale a threshold lives on
+    (kNN scores of one model spread over hundredths, Mahalanobis distances over units)."""
+    low, high = np.percentile(np.asarray(scores, np.float64), [5, 95])
+    return max(float(high - low), 1e-12)
+
+
 def mahalanobis_score(features: np.ndarray, whitened_means: np.ndarray, whitening: np.ndarray) -> np.ndarray:
     """The smallest Mahalanobis distance to a class mean under one shared covariance (Lee et al. 2018).
 

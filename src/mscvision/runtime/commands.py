@@ -131,7 +131,6 @@ def describe(raw: dict, sha256: str) -> str:
                      f"(temperature {task['temperature']:g}, applied in the graph; review below p={task['threshold']:g})")
     if raw.get("test_time_augmentation"):
         lines.append(f"TTA          {raw['test_time_augmentation']} (8x the compute per image)")
-    lines.append(f"OOD score    {_learned_ood_line(raw.get('ood'))}")
     lines.append("preprocess   " + ", ".join(_preprocess_item(k, v) for k, v in raw["preprocess"].items() if v is not None))
     prov = raw.get("provenance", {})
     lines.append(f"provenance   config {prov.get('config_hash')}, manifest {str(prov.get('data_manifest_sha256'))[:16]}, "
@@ -143,17 +142,6 @@ def describe(raw: dict, sha256: str) -> str:
     for key, text in raw.get("model_card", {}).items():
         lines.append(f"\n{key.replace('_', ' ').capitalize()}:\n  {text}")
     return "\n".join(lines)
-
-
-def _learned_ood_line(ood: dict | None) -> str:
-    """Whether the model computes a learned OOD score (issue 16), and from what it was calibrated."""
-    if ood is None:
-        return "none: the model predates the learned OOD gate (no ood.score output)"
-    learned = ood.get("learned")
-    if learned is None:
-        return "none: " + "; ".join(ood.get("notes") or ["not exported with one"])
-    return (f"{learned['method']} ({learned['output']}, higher = more unusual), {len(learned['calibration_scores'])} "
-            f"calibration images, alpha {ood.get('alpha')}")
 
 
 def _preprocess_item(key: str, value: object) -> str:

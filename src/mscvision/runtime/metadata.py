@@ -38,7 +38,6 @@ FEATURES_OUTPUT = "features"  # reserved: the penultimate feature vector
 # The learned OOD score, float32 (N,), higher = more unusual (issue 16): optional, declared in the
 # metadata's ``ood.learned``; a model exported before it (or without a val split) has none.
 OOD_OUTPUT = "ood.score"
-OOD_METHODS = ("knn", "mahalanobis")
 
 
 @dataclass(frozen=True)
@@ -61,17 +60,6 @@ class ModelMetadata:
     @property
     def input_shape(self) -> tuple[int, int, int]:
         return (self.spec.in_channels, *self.spec.size)
-
-    @property
-    def learned_ood(self) -> dict | None:
-        """``ood.learned`` (method, output, calibration_scores, ...) validated at load; None when the
-        model has no learned OOD score (an older model, or one exported without a val split)."""
-        return (self.raw.get("ood") or {}).get("learned")
-
-    @property
-    def ood_score_output(self) -> str | None:
-        learned = self.learned_ood
-        return learned["output"] if learned else None
 
 
 def parse_metadata(text: str | None, source: str = "model") -> ModelMetadata:
@@ -123,7 +111,7 @@ def metadata_problems(metadata: ModelMetadata) -> list[str]:
     return [*_task_problems(metadata.tasks), *_spec_problems(metadata.spec),
             *_side_problems(metadata.max_input_side, metadata.spec.size),
             *_conformance_problems(metadata.raw.get("conformance")),
-            *_ood_problems(metadata.raw.get("ood"), metadata.raw.get("conformance"))]
+            *_ood_tolerance_problems(metadata)]
 
 
 def _task_problems(tasks: tuple[TaskInfo, ...]) -> list[str]:
@@ -184,34 +172,24 @@ def _conformance_problems(conformance: object) -> list[str]:
     return problems
 
 
-def _ood_problems(ood: object, conformance: object) -> list[str]:
-    """The learned score's declaration: a known method, the ``ood.score`` output, finite calibration
-    scores (what a conformal p-value is computed from) and, where the model states its verify rule,
-    the score's tolerance. The ``image_checks`` part is the image checks' own (core/image_checks.py)."""
-    if ood is None:
+def learned_output(metadata: ModelMetadata) -> str | None:
+    """The graph output that holds the learned OOD score (``ood.learned.output``), or None when the
+    model has none: exported before it, or without a val split to calibrate it. (The same rule as
+    runtime/gate.py's, which validates the rest of the ``ood`` block: keep one copy on merge.)"""
+    block = metadata.raw.get("ood")
+    learned = block.get("learned") if isinstance(block, dict) else None
+    return learned.get("output") if isinstance(learned, dict) else None
+
+
+def _ood_tolerance_problems(metadata: ModelMetadata) -> list[str]:
+    """A model with a learned OOD score states how closely `verify` holds a station to it."""
+    conformance = metadata.raw.get("conformance")
+    if learned_output(metadata) is None or not isinstance(conformance, dict):
         return []
-    if not isinstance(ood, dict):
-        return [f"ood={ood!r} must be an object"]
-    problems = []
-    if "alpha" in ood and not (_finite(ood["alpha"]) and 0 < ood["alpha"] < 1):
-        problems.append(f"ood.alpha={ood['alpha']!r} must be a number in (0, 1)")
-    learned = ood.get("learned")
-    if learned is None:
-        return problems
-    if not isinstance(learned, dict):
-        return [*problems, f"ood.learned={learned!r} must be an object or null"]
-    if learned.get("method") not in OOD_METHODS:
-        problems.append(f"ood.learned.method={learned.get('method')!r} is not one of {', '.join(OOD_METHODS)}")
-    if learned.get("output") != OOD_OUTPUT:
-        problems.append(f"ood.learned.output={learned.get('output')!r} must be {OOD_OUTPUT!r}")
-    scores = learned.get("calibration_scores")
-    if not isinstance(scores, list) or not scores or not all(_finite(s) for s in scores):
-        problems.append("ood.learned.calibration_scores must be a non-empty list of finite numbers")
-    if isinstance(conformance, dict) and not (_finite(conformance.get("ood_max_abs"))
-                                              and conformance["ood_max_abs"] > 0):
-        problems.append(f"conformance.ood_max_abs={conformance.get('ood_max_abs')!r} must be a finite number "
-                        f"> 0 for a model with the output {OOD_OUTPUT!r}")
-    return problems
+    if _finite(conformance.get("ood_max_abs")) and conformance["ood_max_abs"] > 0:
+        return []
+    return [f"conformance.ood_max_abs={conformance.get('ood_max_abs')!r} must be a finite number > 0 for a model "
+            "with a learned OOD score"]
 
 
 def _list(value: object, key: str) -> list:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from mscvision.core.errors import ConfigError, ModelError
-from mscvision.runtime.metadata import (INPUT_NAME, METADATA_KEY, OOD_OUTPUT, ModelMetadata, parse_metadata,
+from mscvision.runtime.metadata import (INPUT_NAME, METADATA_KEY, ModelMetadata, learned_output, parse_metadata,
                                         probability_output)
 from mscvision.runtime.onnxfile import ProtobufError, external_tensors, metadata_props
 from mscvision.runtime.station import choose_providers, session_options
@@ -48,28 +48,30 @@ class Model:
 
     def predict(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """Preprocessed float32 (N, C, h, w) → probabilities per task, (N, classes), temperature applied."""
-        return self._run(batch, with_score=False)[0]
+        return self._run(batch, [])[0]
 
-    def predict_scored(self, batch: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
-        """The probabilities and, from the same run, the learned OOD score (N,) float32, higher = more
-        unusual; None for a model without one (``metadata.ood_score_output`` is None: no learned gate)."""
-        return self._run(batch, with_score=self.metadata.ood_score_output is not None)
+    def predict_with_ood(self, batch: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+        """``predict`` plus the learned OOD score per image, (N,), from the same graph run (the output
+        the metadata's OOD gate names, ``ood.score``); None when the model has no learned score."""
+        output = learned_output(self.metadata)
+        if output is None:
+            return self.predict(batch), None
+        probs, (scores,) = self._run(batch, [output])
+        if scores.shape != (len(batch),):
+            raise ModelError(f"{self.path}: output {output} has shape {scores.shape}, not ({len(batch)},).")
+        return probs, scores
 
-    def _run(self, batch: np.ndarray, with_score: bool) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    def _run(self, batch: np.ndarray, extra: list[str]) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
         expected = self.metadata.input_shape
         if batch.ndim != 4 or tuple(batch.shape[1:]) != expected or batch.dtype != np.float32:
             raise ValueError(f"input batch {batch.dtype}{tuple(batch.shape)}; expected float32 (N, {expected})")
         names = [probability_output(t.name) for t in self.metadata.tasks]
-        outputs = self.session.run(names + ([self.metadata.ood_score_output] if with_score else []),
-                                   {INPUT_NAME: batch})
+        outputs = self.session.run(names + extra, {INPUT_NAME: batch})
         for task, out in zip(self.metadata.tasks, outputs):
             if out.shape != (len(batch), len(task.classes)):  # the load checks make this a should-never
                 raise ModelError(f"{self.path}: output {probability_output(task.name)} has shape {out.shape}, "
                                  f"not ({len(batch)}, {len(task.classes)}) for classes {list(task.classes)}.")
-        score = outputs[len(names)] if with_score else None
-        if score is not None and score.shape != (len(batch),):
-            raise ModelError(f"{self.path}: output {OOD_OUTPUT} has shape {score.shape}, not ({len(batch)},).")
-        return {t.name: out for t, out in zip(self.metadata.tasks, outputs)}, score
+        return {t.name: out for t, out in zip(self.metadata.tasks, outputs)}, outputs[len(names):]
 
 
 def read_metadata(path: str | Path) -> ModelMetadata:
@@ -186,8 +188,9 @@ def graph_problems(metadata: ModelMetadata, inputs: dict[str, GraphPort], output
 
 def _ood_output_problems(metadata: ModelMetadata, outputs: dict[str, GraphPort]) -> list[str]:
     """A declared learned OOD score must be a float (N,) output; a model that declares none (older
-    format, or no val split to calibrate one) needs no such output and has no learned gate."""
-    name = metadata.ood_score_output
+    format, or no val split to calibrate one) needs no such output and has no learned gate.
+    (runtime/gate.py's gate_problems makes the same check: keep one on merge.)"""
+    name = learned_output(metadata)
     if name is None:
         return []
     port = outputs.get(name)

@@ -1,7 +1,8 @@
 """Conformance vectors: prove that this station decodes, preprocesses and runs a model as export did.
 
 A vectors folder (``NAME.vectors/``) holds a few input images, ``vectors.json`` and, per image, the
-expected preprocessed tensor as raw little-endian float32 (C, h, w). A station written in another
+expected preprocessed tensor as raw little-endian float32 (C, h, w); for a model with a learned OOD
+score each case also holds its expected ``ood_score``, checked against ``conformance.ood_max_abs``. A station written in another
 language can check itself against the same files (models/README.md).
 
 The vectors folder is editable; the model file is hashed. So what decides PASS comes from the model:
@@ -182,7 +183,7 @@ def _check_case(model: Model, folder: Path, case: object, tol: Tolerances, repor
     problems = [] if tensor_diff <= tol.tensor_max_abs else \
         [f"tensor differs by {tensor_diff:.2e} > {tol.tensor_max_abs:.0e}"]
     # the expected tensor: a preprocessing slip cannot mask a runtime one
-    probs, score = model.predict_scored(expected[None])
+    probs, score = model.predict_with_ood(expected[None])
     worst = 0.0
     for task in model.metadata.tasks:
         task_worst, task_problems = _compare_task(task, probs[task.name][0], case)

@@ -182,11 +182,13 @@ class OodConfig:
     """The out-of-distribution gate export builds into the model (export/ood.py, issue 16): a learned
     score inside the graph, calibrated on the val split (groups never trained on)."""
 
-    method: str = "knn"  # the learned score: knn (1 − cosine similarity to the k-th nearest training
-    #   feature) | mahalanobis (distance to the nearest first-task class mean, shared covariance)
+    method: str = "mahalanobis"  # the learned score: mahalanobis (distance to the nearest first-task
+    #   class mean, shared covariance) | knn (1 − cosine similarity to the k-th nearest training
+    #   feature). Measured on the default model: far-OOD noise AUROC 0.85 / 0.995 (uniform / Gaussian)
+    #   vs kNN's 0.51 / 0.89, blank / saturated alike, both near chance on blur (the image checks' job)
     k: int = 50  # knn: which neighbour (Sun et al. 2022's CIFAR-10 choice); at most the bank size
-    alpha: float = 0.05  # the false-alarm rate allowed on in-distribution images: a conformal p-value
-    #   below alpha flags the image for review (one alpha for the whole gate, shared by its checks)
+    alpha: float = 0.05  # the gate's false-alarm rate on in-distribution images: conformal p-values
+    #   from the val split's scores; how the image checks and the score share it: runtime/gate.py
 
     def __post_init__(self) -> None:
         check_choice("ood.method", self.method, OOD_METHODS)
