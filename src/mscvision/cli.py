@@ -66,7 +66,7 @@ def _subcommands() -> list[tuple]:
     """(name, help, add its arguments, handler); export needs mscvision[train], predict/info/verify
     are the bare station install. ``commands.train`` and ``runtime.commands`` import nothing heavy
     at the top."""
-    from mscvision.commands import train
+    from mscvision.commands import evaluate, train
     from mscvision.runtime import commands
 
     return [
@@ -78,6 +78,8 @@ def _subcommands() -> list[tuple]:
         ("info", "show a model's metadata and model card", commands.add_info_arguments, commands.run_info),
         ("verify", "check this station against a model's conformance vectors", commands.add_verify_arguments,
          commands.run_verify),
+        ("evaluate", "evaluate a model on labelled images: metrics.json and report.html",
+         evaluate.add_evaluate_arguments, evaluate.run_evaluate),
         ("bench", "benchmark trained runs (needs mscvision[train])", _bench_arguments, run_bench),
     ]
 

@@ -57,9 +57,11 @@ def test_dynamic_batch_matches_torch(trained, exported, batch):
         trained_features, _ = module.net(torch.from_numpy(x))
     assert module.ema_net is not None and not np.allclose(trained_features.numpy(), features.numpy(), atol=1e-3)
     np.testing.assert_allclose(outputs["features"], features.numpy(), atol=1e-4)
+    temperatures = {t.name: t.temperature for t in model.metadata.tasks}  # fitted on val (calibration.json)
     for task, value in logits.items():
         np.testing.assert_allclose(outputs[f"logits.{task}"], value.numpy(), atol=1e-4)
-        np.testing.assert_allclose(outputs[f"probabilities.{task}"], torch.softmax(value, 1).numpy(), atol=1e-5)
+        np.testing.assert_allclose(outputs[f"probabilities.{task}"],
+                                   torch.softmax(value / temperatures[task], 1).numpy(), atol=1e-5)
 
 
 def test_runtime_reproduces_the_evaluated_test_figures(trained, exported):
@@ -75,7 +77,10 @@ def test_metadata_is_embedded_and_copied(trained, exported):
     raw = meta.raw
     config = trained.metrics["run"]
     assert [t.name for t in meta.tasks] == ["shape", "count"] and meta.tasks[0].classes == ("bar", "disc")
-    assert [(t.temperature, t.threshold) for t in meta.tasks] == [(1.0, 0.0), (1.0, 0.0)]
+    fitted = json.loads((trained.run_dir / "calibration.json").read_text())["tasks"]
+    assert [(t.temperature, t.threshold, t.abstention) for t in meta.tasks] == \
+        [(fitted[n]["temperature"], fitted[n]["threshold"], fitted[n]["abstention"]) for n in ("shape", "count")]
+    assert all(t.temperature != 1.0 for t in meta.tasks)  # a fitted temperature, not the placeholder
     assert raw["temperature_applied_in_graph"] is True and raw["precision"] == "fp32"
     assert raw["input"] == {**raw["input"], "channels": 1, "height": 32, "width": 32, "dtype": "float32"}
     assert raw["provenance"]["config_hash"] == config["config_hash"]

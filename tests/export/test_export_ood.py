@@ -114,7 +114,6 @@ def test_metadata_carries_the_graphs_own_calibration_scores(trained, knn):
     np.testing.assert_allclose(sorted(learned["calibration_scores"]), sorted(score), atol=1e-6)
     assert learned["n_calibration"] == len(val) and "val split, 18 images" in learned["fitted_on"]
     assert raw["ood"]["alpha"] == 0.05 and raw["outputs"]["ood_score"] == OOD_OUTPUT
-    assert "calibration_scores" in raw["ood"]["image_checks"] or "not fitted" in raw["ood"]["image_checks"]["status"]
     low, high = np.percentile(learned["calibration_scores"], [5, 95])
     assert raw["conformance"]["ood_max_abs"] == pytest.approx(1e-3 * (high - low))  # 1/1000 of the score's spread
 
@@ -199,53 +198,55 @@ def test_a_wrong_score_fails_the_fp32_gate(trained, tmp_path, monkeypatch, capsy
     assert any(f.startswith("ood.score: max |Δ|") for f in report["gates"]["fp32"]["failures"])
 
 
-def test_without_a_val_split_there_is_no_learned_gate_and_the_model_says_so(tmp_path):
+def test_without_a_val_split_there_is_no_gate_and_the_model_says_so(tmp_path):
     from mscvision.export import export_run
+    from mscvision.runtime.gate import load_gate
 
-    run = train_tiny_ema_run(tmp_path, "data.val_fraction=0", "trainer.select=last", epochs=1)
+    run = train_tiny_ema_run(tmp_path, "data.val_fraction=0", "trainer.select=last", "calibration.enabled=false",
+                             epochs=1)
     lines: list[str] = []
     out = export_run(run.run_dir, tmp_path / "noval.onnx", threads=1, log=lines.append)
     model = load_model(out, threads=1)
-    ood = model.metadata.raw["ood"]
-    assert ood["learned"] is None and "no val split" in ood["notes"][0] and "not fitted" in ood["image_checks"]["status"]
-    assert OOD_OUTPUT not in [o.name for o in model.session.get_outputs()] and "ood_score" not in model.metadata.raw["outputs"]
-    assert any(line.startswith("no learned OOD score: the run has no val split") for line in lines)
+    raw = model.metadata.raw
+    assert raw["ood"] is None and load_gate(model.metadata) is None  # nothing to calibrate either half on
+    assert "No out-of-distribution gate: the run has no val split" in raw["model_card"]["known_limits"]
+    assert any(line.startswith("no OOD gate (neither the learned score nor the image checks): the run has no val")
+               for line in lines)
+    assert OOD_OUTPUT not in [o.name for o in model.session.get_outputs()] and "ood_score" not in raw["outputs"]
     x = np.zeros((2, *model.metadata.input_shape), np.float32)
     probabilities, score = model.predict_with_ood(x)
     assert score is None and probabilities.keys() == model.predict(x).keys()
-    assert "ood_max_abs" not in model.metadata.raw["conformance"]
+    assert "ood_max_abs" not in raw["conformance"]
 
 
-def test_the_image_checks_call_site_uses_the_agreed_interface(trained, monkeypatch):
-    """core/image_checks.py comes from the other half of issue 16; once importable, export fits its
-    reference on the bank's training images and measures the calibration images with it."""
-    import sys
-    import types
+def test_the_image_checks_are_fitted_on_the_bank_and_measured_on_the_calibration_images(trained, knn):
+    from mscvision.core.image_checks import CHECKS, measure_image
+    from mscvision.core.imageio import decode_image
+    from mscvision.runtime.gate import load_gate
 
-    from mscvision.export import ood
-    from mscvision.export.samples import load_samples, read_split
-    from mscvision.training.run_files import load_classifier
+    metadata = load_model(knn, threads=1).metadata
+    block = metadata.raw["ood"]["image_checks"]
+    assert block["reference"]["n_images"] == metadata.raw["ood"]["learned"]["bank_size"] == 18
+    val = _split_paths(trained.run_dir, "val")
+    assert set(block["calibration_scores"]) == set(CHECKS)
+    for i, path in enumerate(val):  # the station's measure of each val image is its calibration entry
+        decoded = decode_image(path)
+        measured = measure_image(decoded.array, metadata.spec, decoded.pixel_size_um, block["reference"], path)
+        assert measured == {c: block["calibration_scores"][c][i] for c in CHECKS}
+    gate = load_gate(metadata)  # runtime/gate.py reads the block export wrote
+    assert gate.learned_output == OOD_OUTPUT and gate.learned_method == "knn" and gate.alpha == 0.05
 
-    module = load_classifier(trained.checkpoint)
-    rows = read_split(trained.run_dir)
-    spec = module.config.preprocess
-    calibration = load_samples(rows, ("val",), module.tasks, spec, 100, 100)
-    learned = ood.LearnedOod(None, {}, calibration, _split_paths(trained.run_dir, "train")[:3], (8,))
-    calls = {}
 
-    def fit_reference(raw_images, bit_depths):
-        calls["fit"] = (len(raw_images), raw_images[0].dtype, bit_depths)
-        return {"mean_level": float(np.mean([r.mean() for r in raw_images]))}
+def test_the_station_scores_a_blank_frame_beyond_every_calibration_image(trained, knn, tmp_path):
+    """18 calibration images cannot flag at alpha 0.05 (the smallest p-value, 1/19, is above any
+    Bonferroni share): the gate's p-value of a blank frame is that smallest one."""
+    from PIL import Image
 
-    def measure(raw, unit, reference):
-        assert unit.dtype == np.float32 and unit.shape[:2] == spec.size and 0 <= unit.min() <= unit.max() <= 1
-        return {"level": float(raw.mean()) - reference["mean_level"], "focus": float(unit.std())}
-
-    fake = types.ModuleType("mscvision.core.image_checks")
-    fake.fit_reference, fake.measure = fit_reference, measure
-    monkeypatch.setitem(sys.modules, "mscvision.core.image_checks", fake)
-    block = ood.image_checks_block(learned, spec)
-    assert calls["fit"] == (3, np.uint8, (8,))
-    assert set(block["calibration_scores"]) == {"level", "focus"}
-    assert len(block["calibration_scores"]["focus"]) == len(calibration) == 18
-    assert block["reference"]["mean_level"] > 0
+    blank = tmp_path / "blank.png"
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(blank)
+    out = tmp_path / "rows.csv"
+    main(["predict", "--threads", "1", str(knn), str(blank), *_split_paths(trained.run_dir, "test"), "--out", str(out)])
+    with open(out, newline="") as f:
+        rows = {Path(r["path"]).name: r for r in csv.DictReader(f)}
+    assert float(rows["blank.png"]["gate.p"]) == pytest.approx(1 / 19, rel=1e-4)
+    assert {r["gate"] for r in rows.values()} == {"pass"}  # a gate, not "none"

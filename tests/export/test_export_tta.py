@@ -31,15 +31,18 @@ def _inputs(model, n: int, seed: int) -> np.ndarray:
 
 
 def test_graph_runs_the_same_tta_as_evaluation(tta_run):
-    from mscvision.training.evaluate import predict_probabilities
+    from mscvision.core.calibration import apply_temperature
+    from mscvision.training.evaluate import predict_probabilities, view_log_probabilities
     from mscvision.training.module import MscClassifier
 
     result, out = tta_run
     model = load_model(out, threads=1)
+    temperatures = {t.name: t.temperature for t in model.metadata.tasks}  # applied per view, then averaged
     module = MscClassifier.load_from_checkpoint(result.checkpoint, map_location="cpu").eval()
     for batch in (1, 5):  # the batch axis stays dynamic with 8 views inside
         x = _inputs(model, batch, batch)
-        expected = predict_probabilities(module, [(torch.from_numpy(x), None)], tta=True)
+        views = view_log_probabilities(module, [(torch.from_numpy(x), None)], tta=True)
+        expected = {task: apply_temperature(v, temperatures[task]) for task, v in views.items()}
         plain = predict_probabilities(module, [(torch.from_numpy(x), None)], tta=False)
         got = model.predict(x)
         for task in ("shape", "count"):

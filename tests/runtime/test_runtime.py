@@ -91,7 +91,9 @@ def test_predict_folder_with_bad_files(images, tmp_path):
     assert rows["colour.png"]["status"] == "error" and "3 channel(s)" in rows["colour.png"]["reason"]
     assert rows["colour.png"]["shape.label"] == ""
     assert list(_rows(out)[0]) == ["path", "status", "reason", "shape.label", "shape.p.bar", "shape.p.disc",
-                                   "count.label", "count.p.one", "count.p.two", "notes"]  # notes added last
+                                   "count.label", "count.p.one", "count.p.two", "gate", "gate.p",
+                                   "notes"]  # gate (issue 16) added before notes, which stays last
+    assert {rows[name]["gate"] for name in good} == {"none"}  # the fixture predates the OOD gate
 
 
 def test_predict_jsonl_and_exit_code_zero(images, tmp_path, capsys):

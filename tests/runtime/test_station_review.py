@@ -181,3 +181,39 @@ def test_a_fixed_batch_dimension_is_refused():
         assert graph_problems(metadata, {"input": GraphPort("input", "tensor(float)", (batch, 1, 32, 32))}, outs) == []
     fixed = graph_problems(metadata, {"input": GraphPort("input", "tensor(float)", (1, 1, 32, 32))}, outs)
     assert len(fixed) == 1 and "the input's batch dimension must be dynamic; re-export" in fixed[0]
+
+
+def _metadata_with_abstention(abstention: dict | None, threshold: float):
+    from mscvision.runtime.model import read_metadata
+
+    raw = read_metadata(FIXTURE).raw
+    for task in raw["tasks"]:
+        task["threshold"] = threshold
+        if abstention is None:
+            task.pop("abstention", None)
+        else:
+            task["abstention"] = abstention
+    return parse_metadata(json.dumps(raw))
+
+
+def test_a_task_below_its_certified_threshold_is_reviewed_with_p_and_threshold_named():
+    metadata = _metadata_with_abstention({"certified": True, "target_accuracy": 0.99, "delta": 0.05}, 0.8265)
+    probs = {"shape": np.array([0.171, 0.829]), "count": np.array([0.05, 0.95])}
+    assert predict.result_row("a.png", probs, metadata)["status"] == "ok"
+    probs["shape"] = np.array([0.1736, 0.8264])  # just below: p rounded down, the threshold up, so the
+    row = predict.result_row("a.png", probs, metadata)  # printed figures agree with the decision
+    assert row["status"] == "review" and row["reason"] == "p=0.826 < 0.827 for shape"
+    assert row["shape.label"] == "review" and row["count.label"] == "two"
+    assert row["shape.p.disc"] == pytest.approx(0.8264)  # probabilities are still written
+
+
+def test_a_task_with_no_certified_threshold_reviews_every_image():
+    """A certificate that could not be given (too little calibration data for the target) must never
+    let a label through, not even at p = 1.0 (a float32 softmax can round to exactly 1)."""
+    metadata = _metadata_with_abstention({"certified": False, "target_accuracy": 0.99, "delta": 0.05}, 1.0)
+    row = predict.result_row("a.png", {"shape": np.array([0.0, 1.0]), "count": np.array([0.0, 1.0])}, metadata)
+    assert row["status"] == "review" and row["shape.label"] == "review" and row["count.label"] == "review"
+    assert "no certified threshold for shape" in row["reason"] and "accuracy >= 0.99" in row["reason"]
+    older = _metadata_with_abstention(None, 0.0)  # an older model states no certificate: its threshold rules
+    assert predict.result_row("a.png", {"shape": np.array([0.0, 1.0]), "count": np.array([0.0, 1.0])},
+                              older)["status"] == "ok"

@@ -157,5 +157,10 @@ def test_cross_validation_pools_both_setups_and_headlines_the_deployed_one(tmp_p
             summed = sum(np.array(f[fold_key][task]["confusion_matrix"]) for f in saved["folds"])
             assert np.array_equal(np.array(saved[pooled_key][task]["confusion_matrix"]), summed)
             assert saved[pooled_key][task]["n"] == 36
+    for task in ("shape", "count"):  # pooled calibration and abstention of the deployed (TTA) pass
+        trust = saved["pooled_tta"][task]
+        assert {"before", "after"} == set(trust["calibration"]) and trust["calibration"]["after"]["n"] == 36
+        labelled = sum(f["abstention"][task]["test"]["n_labelled"] for f in saved["folds"])
+        assert trust["abstention"]["n_labelled"] == labelled  # each fold's own threshold on its own test images
     tta_wf1 = [f["test_tta"]["shape"]["weighted_f1"] for f in saved["folds"]]
     assert saved["spread"]["shape"]["weighted_f1"]["min"] == min(tta_wf1)  # spread of the deployed setup

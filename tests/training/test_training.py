@@ -72,7 +72,8 @@ def test_select_last_evaluates_and_exports_the_final_weights(tmp_path, shapes_da
     paths = [Path(line.split(",")[0]) for line in (result.run_dir / "predictions_test.csv").read_text().splitlines()[1:]]
     probs = predict_probabilities(model, [(torch.stack([ImageSet(paths, {}, model.config.preprocess)[i][0]
                                                         for i in range(len(paths))]), None)])
-    np.testing.assert_allclose(probs["shape"], result.test_probs["shape"], atol=1e-5)
+    # before its temperature (the calibrated deployed pass is checked against the graph in tests/export)
+    np.testing.assert_allclose(probs["shape"], result.test_uncalibrated_probs["shape"], atol=1e-5)
     assert len(rows) == len(paths)
 
 
@@ -289,9 +290,10 @@ def test_mixup_trains_on_mixed_pairs_against_both_label_sets(tmp_path):
 
 
 def test_no_validation_split_trains_on_every_non_test_group(tmp_path, shapes_dataset):
-    """data.val_fraction 0 with a fixed schedule: no val rows, no val figures, the rest all trains."""
+    """data.val_fraction 0 with a fixed schedule (and no calibration): no val rows, no val figures, the
+    rest all trains."""
     overrides = [*tiny_overrides(shapes_dataset, tmp_path / "runs", epochs=1), "data.val_fraction=0",
-                 "trainer.select=last"]
+                 "trainer.select=last", "calibration.enabled=false"]
     result = train(load_config(None, overrides))
     with open(result.run_dir / "split.csv", newline="") as f:
         sides = [row["split"] for row in csv.DictReader(f)]
@@ -299,6 +301,26 @@ def test_no_validation_split_trains_on_every_non_test_group(tmp_path, shapes_dat
     assert sides.count("train") == 48 - sides.count("test")
     assert "val" not in result.metrics and set(result.metrics["test"]) == {"shape", "count"}
     assert "val" not in result.metrics["setup"] and result.metrics["run"]["checkpoint"] == "last.ckpt"
+
+
+def test_no_val_split_takes_a_calibration_slice_that_trains_nothing_and_picks_nothing(tmp_path, shapes_dataset):
+    """data.val_fraction 0 with calibration on: whole groups are held out as a calibration-only val
+    split (never trained on, never tested, not monitored), and the run is calibrated on them."""
+    overrides = [*tiny_overrides(shapes_dataset, tmp_path / "runs", epochs=1), "data.val_fraction=0",
+                 "trainer.select=last", "calibration.holdout_fraction=0.25"]
+    result = train(load_config(None, overrides))
+    with open(result.run_dir / "split.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    sides = {side: {r["group"] for r in rows if r["split"] == side} for side in ("train", "val", "test")}
+    assert sides["val"] and not sides["val"] & (sides["train"] | sides["test"])
+    calibration = json.loads((result.run_dir / "calibration.json").read_text())
+    assert set(calibration["tasks"]) == {"shape", "count"}
+    block = result.metrics["calibration"]["shape"]
+    assert block["fitted_on"].startswith(f"val: {sum(r['split'] == 'val' for r in rows)} images")
+    assert block["temperature"] == calibration["tasks"]["shape"]["temperature"]
+    assert {"before", "after"} == set(block["test"]) and "certificate" in result.metrics["abstention"]["shape"]
+    logged = (result.run_dir / "logs" / "metrics.csv").read_text().splitlines()[0]
+    assert "val" not in logged  # the slice was not validated on during training
 
 
 def test_auto_precision_uses_bf16_only_where_the_hardware_has_it(monkeypatch, capsys):
@@ -325,3 +347,20 @@ def test_a_held_out_side_whose_every_image_was_skipped_is_refused_by_name(tmp_pa
     usable = np.flatnonzero(data.split != "test")  # as if the scan had skipped every test image
     with pytest.raises(DataError, match=r"every test image was skipped as unreadable: the run would have no test"):
         show_split(data, usable, tmp_path)
+
+
+def test_recalibrate_an_existing_run_from_its_checkpoint_and_split(tmp_path, shapes_dataset):
+    """A run trained without calibration is calibrated afterwards on its own val groups: the same test
+    figures (same checkpoint, same split), plus calibration.json and the metrics blocks."""
+    from mscvision.training.recalibrate import recalibrate
+
+    result = train(load_config(None, [*tiny_overrides(shapes_dataset, tmp_path / "runs", epochs=1),
+                                      "calibration.enabled=false"]))
+    assert "calibration" not in result.metrics and not (result.run_dir / "calibration.json").exists()
+    metrics = recalibrate(result.run_dir, ["calibration.enabled=true", "decide.target_accuracy=0.9"])
+    saved = json.loads((result.run_dir / "metrics.json").read_text())
+    assert saved["calibration"].keys() == {"shape", "count"} and saved["run"] == result.metrics["run"]
+    assert saved["abstention"]["shape"]["certificate"]["target_accuracy"] == 0.9
+    assert json.loads((result.run_dir / "calibration.json").read_text())["decide"]["target_accuracy"] == 0.9
+    for task in ("shape", "count"):  # argmax of a single pass is unchanged by a temperature
+        assert metrics["test"][task]["confusion_matrix"] == result.metrics["test"][task]["confusion_matrix"]

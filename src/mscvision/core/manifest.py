@@ -61,7 +61,8 @@ def load_dataset(path: str | Path, columns: list[str], check_files: bool = True,
 
 
 def manifest_from_csv(csv_path: Path, columns: list[str], check_files: bool = True,
-                  skip_missing: bool = False) -> tuple[Manifest, list[str]]:
+                  skip_missing: bool = False, split: str | None = None) -> tuple[Manifest, list[str]]:
+    """``split``: keep only the rows of that split (a run's split.csv also has ``excluded`` rows)."""
     with open(csv_path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         header = reader.fieldnames or []
@@ -72,6 +73,8 @@ def manifest_from_csv(csv_path: Path, columns: list[str], check_files: bool = Tr
     has_split = "split" in header
     kept, warnings = [], []
     for line, rec in enumerate(records, start=2):
+        if split is not None and rec.get("split") != split:
+            continue
         image = root / rec["path"]
         if check_files and not image.is_file():
             message = f"{csv_path}:{line}: image {rec['path']!r} does not exist"
@@ -84,7 +87,8 @@ def manifest_from_csv(csv_path: Path, columns: list[str], check_files: bool = Tr
             raise DataError(f"{csv_path}:{line}: split {rec['split']!r} is not one of {SPLIT_NAMES}.")
         kept.append((line, image, rec))
     if not kept:
-        raise DataError(f"{csv_path}: no usable rows. Fix: add images to the manifest.")
+        raise DataError(f"{csv_path}: no usable rows{f' in split {split!r}' if split else ''}. Fix: add images "
+                        "to the manifest.")
     return Manifest(
         root=root,
         paths=tuple(image for _, image, _ in kept),

@@ -20,7 +20,13 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: tupl
 
     Balanced accuracy is the mean recall over classes present in ``y_true`` (scikit-learn's rule).
     """
-    cm = confusion_matrix(y_true, y_pred, len(classes))
+    return metrics_from_confusion(confusion_matrix(y_true, y_pred, len(classes)), classes)
+
+
+def metrics_from_confusion(cm: np.ndarray, classes: tuple[str, ...] | list[str]) -> dict:
+    """``classification_metrics`` of the images a confusion matrix counts (the one copy of the
+    definitions: a bootstrap sums per-group matrices and scores each draw here, without the images)."""
+    cm = np.asarray(cm, dtype=np.int64)
     support = cm.sum(axis=1)
     predicted = cm.sum(axis=0)
     tp = np.diag(cm).astype(float)

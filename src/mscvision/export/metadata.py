@@ -56,7 +56,8 @@ def build_metadata(*, name: str, tasks: list[Task], settings: dict[str, dict], s
                              f"ood_score (when present): {OOD_OUTPUT}, float32 (N,), the learned OOD score of the "
                              "features, higher = more unusual (see 'ood')"},
         "preprocess": spec.to_dict(),
-        "decision": "per task: the top class when its probability >= threshold, else 'review'",
+        "decision": ("per task: the top class when its probability >= threshold, else 'review'; a task whose "
+                     "abstention certificate is not certified sends every image to review"),
         "provenance": provenance,
         "versions": export_toolchain_versions(),
         "model_card": card,
@@ -101,6 +102,9 @@ def provenance(config, run_dir: Path | None, checkpoint: Path, metrics: dict, ma
         "test_metrics": {task: {k: m[k] for k in _METRIC_KEYS if k in m} for task, m in test.items()},
         "metrics_setup": metrics.get("setup"),
         "test_metrics_setup": metrics.get("setup", {}).get(key),
+        # the run's calibration figures (before / after the temperature, val and test) and abstention
+        "calibration": metrics.get("calibration"),
+        "abstention": metrics.get("abstention"),
     }
 
 
@@ -126,7 +130,7 @@ def model_card(config, tasks: list[Task], metrics: dict, n_split: dict[str, int]
     limits = ["not validated on real MSC images" if synthetic else
               "validated only on the held-out groups of its own data set",
               "single fields about the size of the training images; larger images are refused (no tiling yet)",
-              "probabilities are not calibrated (temperature 1.0) unless the tasks say otherwise"]
+              _calibration_limit(metrics)]
     return {
         "intended_use": (f"Research use: classify single-field microscopy images {subject} for "
                          f"{', '.join(t.name for t in tasks)}; a QC aid whose outputs a person reviews, "
@@ -137,6 +141,21 @@ def model_card(config, tasks: list[Task], metrics: dict, n_split: dict[str, int]
                    f"{figures or 'none recorded'}.",
         "known_limits": "; ".join(limits) + ".",
     }
+
+
+def _calibration_limit(metrics: dict) -> str:
+    """What the model card says of its probabilities and its review threshold."""
+    calibration, abstention = metrics.get("calibration"), metrics.get("abstention", {})
+    if not calibration:
+        return "probabilities are not calibrated (temperature 1.0) and no review threshold is certified"
+    parts = []
+    for task, block in calibration.items():
+        certificate = abstention.get(task, {}).get("certificate", {})
+        guarantee = (f"labels given when p >= {certificate['threshold']:.4f}, certified accuracy >= "
+                     f"{certificate['target_accuracy']} at delta {certificate['delta']}" if certificate.get("certified")
+                     else "no threshold certified: every image goes to review")
+        parts.append(f"{task}: temperature {block['temperature']:.3f} fitted on {block['fitted_on']}; {guarantee}")
+    return "calibration and guarantees hold for images like the calibration groups: " + "; ".join(parts)
 
 
 def export_toolchain_versions() -> dict:

@@ -8,7 +8,9 @@ the mean over the 8 views for a TTA graph), of
 - the calibration set: the val split (groups never trained on, so their scores are what an unseen
   in-distribution image scores; training images sit closer to the bank than any new image will).
   The exported graph itself scores them; the metadata carries those scores, from which the runtime
-  computes conformal p-values. Without a val split there is no learned gate (said in the metadata).
+  computes conformal p-values. The image checks (core/image_checks.py) are fitted on the bank's
+  images and measured on the same calibration images. Without a val split there is nothing to
+  calibrate on: no gate (``ood`` null; the model card and the export log say why).
 
 Two scores, each a torch module that ``DeployNet`` appends, so it exports into the same one file with
 its statistics as buffers (initialisers inside the file); ``core/ood_scores.py`` is their numpy
@@ -27,9 +29,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from mscvision.core.image_checks import fit_reference, measure_image
 from mscvision.core.imageio import decode_image
 from mscvision.core.ood_scores import NORM_EPS, knn_score, l2_normalise, mahalanobis_score
-from mscvision.core.preprocess import PreprocessSpec, to_unit_range
+from mscvision.core.preprocess import PreprocessSpec, select_channels
 from mscvision.core.tasks import IGNORE_INDEX, Task
 from mscvision.export.samples import Samples, load_samples
 from mscvision.runtime.metadata import INPUT_NAME, OOD_OUTPUT
@@ -41,7 +44,7 @@ SAMPLE_SEED = 2  # which images when a split is larger than its cap: reproducibl
 # data set leave directions with (near) zero variance, whose inverse would make the distance a
 # measure of float noise in those directions.
 RIDGE = 0.01
-NO_VAL_SPLIT = "the run has no val split (held-out groups never trained on) to calibrate it on"
+NO_VAL_SPLIT = "the run has no val split (held-out groups never trained on) to calibrate one on"
 
 
 class KnnScore(nn.Module):
@@ -96,9 +99,9 @@ class LearnedOod:
 def fit_learned(deploy: nn.Module, rows: list[dict], tasks: list[Task], spec: PreprocessSpec, method: str,
                 k: int, log=print) -> LearnedOod | None:
     """The score head for ``method`` fitted on the run's training images; None (and a log line)
-    when the run has no val split, as nothing would calibrate it."""
+    when the run has no val split, as nothing would calibrate it (nor the image checks)."""
     if not any(r["split"] == "val" for r in rows):
-        log(f"no learned OOD score: {NO_VAL_SPLIT}")
+        log(f"no OOD gate (neither the learned score nor the image checks): {NO_VAL_SPLIT}")
         return None
     bank = load_samples(rows, ("train",), tasks, spec, MAX_BANK_IMAGES, MAX_BANK_IMAGES, seed=SAMPLE_SEED)
     calibration = load_samples(rows, ("val",), tasks, spec, MAX_CALIBRATION_IMAGES, MAX_CALIBRATION_IMAGES,
@@ -167,37 +170,33 @@ def graph_scores(model_bytes: bytes, tensors: np.ndarray, threads: int = 0, batc
                            for i in range(0, len(tensors), batch)])
 
 
-def ood_metadata(learned: LearnedOod | None, alpha: float, image_checks: dict) -> dict:
-    """The metadata's ``ood`` block; ``learned.calibration_scores`` is filled per exported file."""
-    block = {"learned": dict(learned.settings) if learned else None, "image_checks": image_checks, "alpha": alpha}
+def ood_metadata(learned: LearnedOod | None, alpha: float, spec: PreprocessSpec) -> dict | None:
+    """The metadata's ``ood`` block (runtime/gate.py reads it), or None without a val split: then
+    there are no calibration scores for either half, and no gate. ``learned.calibration_scores`` is
+    filled per exported file (``with_calibration``)."""
     if learned is None:
-        block["notes"] = [f"no learned OOD score: {NO_VAL_SPLIT}"]
-    return block
+        return None
+    return {"learned": dict(learned.settings), "image_checks": image_checks_block(learned, spec), "alpha": alpha}
 
 
-def with_calibration(block: dict, scores: np.ndarray | None) -> dict:
+def with_calibration(block: dict | None, scores: np.ndarray) -> dict | None:
     """``block`` with this file's own calibration scores (its graph's scores of the val images)."""
-    if block["learned"] is None:
-        return block
+    if block is None:
+        return None
     return {**block, "learned": {**block["learned"], "calibration_scores": [float(s) for s in scores],
                                  "n_calibration": int(len(scores))}}
 
 
-def image_checks_block(learned: LearnedOod | None, spec: PreprocessSpec) -> dict:
-    """The image checks' reference (fitted on the bank's training images) and their values on the
-    calibration images, by the other half of issue 16 (core/image_checks.py, branch oodgate):
-    ``fit_reference(raw_images, bit_depths)`` and ``measure(raw, unit, reference)`` → {CHECK: value}."""
-    if learned is None:
-        return {"status": f"not fitted: {NO_VAL_SPLIT}"}
-    try:  # CALL SITE for issue 16 item 1: until core/image_checks.py lands, the model says so
-        from mscvision.core.image_checks import fit_reference, measure
-    except ImportError:
-        return {"status": "not fitted: mscvision.core.image_checks is not in this build (issue 16 item 1)"}
-    reference = fit_reference([decode_image(p).array for p in learned.bank_paths], learned.bank_bit_depths)
+def image_checks_block(learned: LearnedOod, spec: PreprocessSpec) -> dict:
+    """The image checks' reference, fitted on the bank's training images (the model's channels, as
+    stored), and their scores of the calibration images, measured as the station measures them."""
+    bank = [decode_image(path) for path in learned.bank_paths]
+    reference = fit_reference([select_channels(d.array, spec, p) for d, p in zip(bank, learned.bank_paths)],
+                              learned.bank_bit_depths, [d.pixel_size_um for d in bank])
+    del bank  # up to MAX_BANK_IMAGES decoded images: not kept while the val images are measured
     scores: dict[str, list[float]] = {}
     for path in learned.calibration.paths:
         decoded = decode_image(path)
-        unit = to_unit_range(decoded.array, spec, decoded.pixel_size_um, source=path)
-        for check, value in measure(decoded.array, unit, reference).items():
+        for check, value in measure_image(decoded.array, spec, decoded.pixel_size_um, reference, path).items():
             scores.setdefault(check, []).append(float(value))
     return {"reference": reference, "calibration_scores": scores}

@@ -181,14 +181,21 @@ def _load_evaluated_model(checkpoint: Path):
 
 
 def task_settings(run_dir: Path, tasks: list[Task]) -> dict[str, dict]:
-    """Temperature and decision threshold per task: 1.0 / 0.0 until a calibration step writes
-    ``calibration.json`` ({"tasks": {TASK: {"temperature": T, "threshold": p}}}) into the run."""
+    """Temperature, review threshold and its certificate per task, from the run's ``calibration.json``
+    (training/calibrate.py). A run without it (calibration off, no val split, an older run) exports
+    temperature 1 and threshold 0, and the metadata then states no guarantee."""
     fitted = {}
     path = run_dir / "calibration.json"
     if path.is_file():
         fitted = json.loads(path.read_text(encoding="utf-8")).get("tasks", {})
-    return {t.name: {"temperature": float(fitted.get(t.name, {}).get("temperature", 1.0)),
-                     "threshold": float(fitted.get(t.name, {}).get("threshold", 0.0))} for t in tasks}
+    settings = {}
+    for t in tasks:
+        entry = fitted.get(t.name, {})
+        settings[t.name] = {"temperature": float(entry.get("temperature", 1.0)),
+                            "threshold": float(entry.get("threshold", 0.0))}
+        if "abstention" in entry:
+            settings[t.name]["abstention"] = entry["abstention"]
+    return settings
 
 
 def _metadata(name: str, module, run: RunFiles, rows: list[dict], heldout: Samples, settings: dict,
@@ -204,7 +211,9 @@ def _metadata(name: str, module, run: RunFiles, rows: list[dict], heldout: Sampl
     meta["graph"] = {"opset": OPSET, "exporter": "torch.onnx.export (dynamo)", "export_batch": "dynamic"}
     if learned:
         meta["outputs"]["ood_score"] = learned.settings["output"]
-    meta["ood"] = ood.ood_metadata(learned, config.ood.alpha, ood.image_checks_block(learned, config.preprocess))
+    meta["ood"] = ood.ood_metadata(learned, config.ood.alpha, config.preprocess)
+    if learned is None:
+        meta["model_card"]["known_limits"] += f" No out-of-distribution gate: {ood.NO_VAL_SPLIT}."
     return meta
 
 

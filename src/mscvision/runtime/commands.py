@@ -66,6 +66,7 @@ def run_predict(args: argparse.Namespace) -> int:
     import contextlib
     import itertools
 
+    from mscvision.runtime.gate import NO_GATE_DETAIL, has_gate
     from mscvision.runtime.model import load_model
     from mscvision.runtime.inputs import DEFAULT_MAX_PIXELS, collect_inputs, decode_budget
     from mscvision.runtime.predict import (Tally, check_not_an_input, check_output_path, error_row, output_lock,
@@ -94,6 +95,8 @@ def run_predict(args: argparse.Namespace) -> int:
               f"{len(collected.problems)} unusable; decode cap {max_pixels} px", file=sys.stderr)
         for path, problem in collected.problems:
             print(f"warning: {path}: {problem}", file=sys.stderr)
+        if not has_gate(model.metadata):
+            print(f"note: {NO_GATE_DETAIL} (column gate=none)", file=sys.stderr)
         tally = Tally()
         problem_rows = (error_row(path, problem, model.metadata) for path, problem in collected.problems)
         rows = predict_files(model, collected.paths, args.batch_size, workers=min(4, max(1, args.threads or 2)),
@@ -138,6 +141,9 @@ def describe(raw: dict, sha256: str) -> str:
     for task, figures in (prov.get("test_metrics") or {}).items():
         lines.append(f"test         {task} ({prov.get('test_metrics_setup') or 'plain single pass'}): balanced accuracy {figures['balanced_accuracy']:.3f}, "
                      f"macro F1 {figures['macro_f1']:.3f}, n={figures['n']}")
+    from mscvision.runtime.gate import OOD_KEY, describe_gate  # numpy: imported when the command runs
+
+    lines += describe_gate(raw.get(OOD_KEY))
     lines.append("versions     " + ", ".join(f"{k} {v}" for k, v in raw.get("versions", {}).items()))
     for key, text in raw.get("model_card", {}).items():
         lines.append(f"\n{key.replace('_', ' ').capitalize()}:\n  {text}")

@@ -24,7 +24,10 @@ import numpy as np
 
 from mscvision.core.errors import ImageError
 from mscvision.core.imageio import DEFAULT_MAX_PIXELS, DecodedImage, ImageHeader, is_image_file, open_image
-from mscvision.core.preprocess import flat_channels, flatness_rule, preprocess, rescaled_size, select_channels
+from mscvision.core.image_checks import measure, rule_reasons
+from mscvision.core.preprocess import (flat_channels, flatness_rule, rescaled_size, select_channels, standardize,
+                                       to_unit_range)
+from mscvision.runtime.gate import image_check_reference
 from mscvision.runtime.metadata import ModelMetadata
 
 __all__ = ["DEFAULT_MAX_PIXELS", "DEFAULT_DECODE_BUDGET_BYTES", "MIN_INPUT_SIDE", "CollectedInputs",
@@ -50,6 +53,10 @@ class PreparedInput:
     tensor: np.ndarray  # float32 (C, h, w), the model's input
     notes: tuple[str, ...] = ()  # what decoding / preprocessing assumed or did (alpha dropped, rescaled, ...)
     doubts: tuple[str, ...] = ()  # reasons this image must be `review` and get no label
+    # the OOD gate's image checks (core.image_checks), measured from this one decode; None when the
+    # model has none. ``rules``: the deterministic rules' reasons (another bit depth or pixel size)
+    checks: dict[str, float] | None = None
+    rules: tuple[str, ...] = ()
 
 
 class DecodeBudget:
@@ -114,10 +121,25 @@ def prepare_input(path: str | Path, metadata: ModelMetadata, budget: DecodeBudge
             decoded = reader.decode()
             check_input(decoded, metadata, source)
             with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused just below, by name
-                tensor = preprocess(decoded.array, metadata.spec, decoded.pixel_size_um, source=source)
+                # preprocess() in its two halves: the image checks read the unit-range image
+                unit = to_unit_range(decoded.array, metadata.spec, decoded.pixel_size_um, source=source)
+                tensor = standardize(unit, metadata.spec)
             check_finite_tensor(tensor, decoded, source)
             doubts = _doubts(decoded, metadata)
-    return PreparedInput(tensor, (*decoded.notes, *_rescale_notes(decoded, metadata)), doubts)
+            checks, rules = _image_checks(decoded, unit, metadata)
+    return PreparedInput(tensor, (*decoded.notes, *_rescale_notes(decoded, metadata)), doubts, checks, rules)
+
+
+def _image_checks(decoded: DecodedImage, unit: np.ndarray,
+                  metadata: ModelMetadata) -> tuple[dict[str, float] | None, tuple[str, ...]]:
+    """The OOD gate's image-check scores and rule reasons (runtime/gate.py); none without a gate."""
+    reference = image_check_reference(metadata)
+    if reference is None:
+        return None, ()
+    h, w = decoded.array.shape[:2]
+    rescaled = rescaled_size(h, w, metadata.spec, decoded.pixel_size_um) != (h, w)
+    rules = rule_reasons(decoded.bit_depth, decoded.pixel_size_um, reference, rescaled)
+    return measure(select_channels(decoded.array, metadata.spec), unit, reference), tuple(rules)
 
 
 @contextmanager

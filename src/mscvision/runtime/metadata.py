@@ -46,6 +46,13 @@ class TaskInfo:
     classes: tuple[str, ...]  # in output order
     temperature: float  # already applied inside the graph: never divide by it again
     threshold: float  # top-class probability below which the decision is "review"
+    # the threshold's certificate (core/selective.py), absent in older models: certified False means
+    # no threshold met the target accuracy, and every image goes to review
+    abstention: dict | None = None
+
+    @property
+    def abstains_on_all(self) -> bool:
+        return self.abstention is not None and self.abstention.get("certified") is not True
 
 
 @dataclass(frozen=True)
@@ -89,7 +96,8 @@ def parse_metadata(text: str | None, source: str = "model") -> ModelMetadata:
 def _from_raw(raw: dict) -> ModelMetadata:
     # lists only: tuple("ab") would read a string as the classes ('a', 'b')
     tasks = tuple(TaskInfo(t["name"], tuple(_list(t["classes"], "classes")), float(t["temperature"]),
-                           float(t["threshold"])) for t in _list(raw["tasks"], "tasks"))
+                           float(t["threshold"]), _abstention(t.get("abstention")))
+                  for t in _list(raw["tasks"], "tasks"))
     if not tasks:
         raise ValueError("no tasks")
     if raw.get("temperature_applied_in_graph") is not True:
@@ -106,12 +114,17 @@ def _from_raw(raw: dict) -> ModelMetadata:
     return metadata
 
 
+def _abstention(value: object) -> dict | None:
+    if value is not None and not isinstance(value, dict):
+        raise ModelInconsistent(f"a task's abstention is {type(value).__name__} {value!r}, not an object")
+    return value
+
+
 def metadata_problems(metadata: ModelMetadata) -> list[str]:
     """Every way the metadata is unusable on its own (without the graph); empty when it is sound."""
     return [*_task_problems(metadata.tasks), *_spec_problems(metadata.spec),
             *_side_problems(metadata.max_input_side, metadata.spec.size),
-            *_conformance_problems(metadata.raw.get("conformance")),
-            *_ood_tolerance_problems(metadata)]
+            *_conformance_problems(metadata.raw.get("conformance"))]
 
 
 def _task_problems(tasks: tuple[TaskInfo, ...]) -> list[str]:
@@ -170,26 +183,6 @@ def _conformance_problems(conformance: object) -> list[str]:
     if "min_cases" in conformance and not _positive_int(conformance["min_cases"]):
         problems.append(f"conformance.min_cases={conformance['min_cases']!r} must be an integer >= 1")
     return problems
-
-
-def learned_output(metadata: ModelMetadata) -> str | None:
-    """The graph output that holds the learned OOD score (``ood.learned.output``), or None when the
-    model has none: exported before it, or without a val split to calibrate it. (The same rule as
-    runtime/gate.py's, which validates the rest of the ``ood`` block: keep one copy on merge.)"""
-    block = metadata.raw.get("ood")
-    learned = block.get("learned") if isinstance(block, dict) else None
-    return learned.get("output") if isinstance(learned, dict) else None
-
-
-def _ood_tolerance_problems(metadata: ModelMetadata) -> list[str]:
-    """A model with a learned OOD score states how closely `verify` holds a station to it."""
-    conformance = metadata.raw.get("conformance")
-    if learned_output(metadata) is None or not isinstance(conformance, dict):
-        return []
-    if _finite(conformance.get("ood_max_abs")) and conformance["ood_max_abs"] > 0:
-        return []
-    return [f"conformance.ood_max_abs={conformance.get('ood_max_abs')!r} must be a finite number > 0 for a model "
-            "with a learned OOD score"]
 
 
 def _list(value: object, key: str) -> list:

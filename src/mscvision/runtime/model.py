@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from mscvision.core.errors import ConfigError, ModelError
-from mscvision.runtime.metadata import (INPUT_NAME, METADATA_KEY, ModelMetadata, learned_output, parse_metadata,
-                                        probability_output)
+from mscvision.runtime.gate import gate_problems, learned_output
+from mscvision.runtime.metadata import INPUT_NAME, METADATA_KEY, ModelMetadata, parse_metadata, probability_output
 from mscvision.runtime.onnxfile import ProtobufError, external_tensors, metadata_props
 from mscvision.runtime.station import choose_providers, session_options
 
@@ -72,6 +72,12 @@ class Model:
                 raise ModelError(f"{self.path}: output {probability_output(task.name)} has shape {out.shape}, "
                                  f"not ({len(batch)}, {len(task.classes)}) for classes {list(task.classes)}.")
         return {t.name: out for t, out in zip(self.metadata.tasks, outputs)}, outputs[len(names):]
+
+    def outputs(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Every graph output by name (``probabilities.TASK``, ``logits.TASK``, ``features``) for the
+        same preprocessed batch ``predict`` takes: evaluation needs the logits the station ignores."""
+        names = [port.name for port in self.session.get_outputs()]
+        return dict(zip(names, self.session.run(names, {INPUT_NAME: batch})))
 
 
 def read_metadata(path: str | Path) -> ModelMetadata:
@@ -163,8 +169,8 @@ def graph_ports(session) -> tuple[dict[str, GraphPort], dict[str, GraphPort]]:
 
 
 def graph_problems(metadata: ModelMetadata, inputs: dict[str, GraphPort], outputs: dict[str, GraphPort]) -> list[str]:
-    """How the graph disagrees with the metadata: the input's dynamic batch and static (C, h, w), and
-    each task's output width (and the learned OOD score's, when the metadata declares one)."""
+    """How the graph disagrees with the metadata: the input's dynamic batch and static (C, h, w),
+    each task's output width, and the OOD gate (sound, and its learned score's output present)."""
     problems = []
     port = inputs.get(INPUT_NAME)
     if port is None or port.type != "tensor(float)":
@@ -183,19 +189,4 @@ def graph_problems(metadata: ModelMetadata, inputs: dict[str, GraphPort], output
         elif port.type != "tensor(float)" or len(port.shape) != 2 or port.shape[-1] != len(task.classes):
             problems.append(f"output {name!r} is {port.type}{list(port.shape)}, but task {task.name!r} lists "
                             f"{len(task.classes)} classes {list(task.classes)} (expected float (N, {len(task.classes)}))")
-    return problems + _ood_output_problems(metadata, outputs)
-
-
-def _ood_output_problems(metadata: ModelMetadata, outputs: dict[str, GraphPort]) -> list[str]:
-    """A declared learned OOD score must be a float (N,) output; a model that declares none (older
-    format, or no val split to calibrate one) needs no such output and has no learned gate.
-    (runtime/gate.py's gate_problems makes the same check: keep one on merge.)"""
-    name = learned_output(metadata)
-    if name is None:
-        return []
-    port = outputs.get(name)
-    if port is None:
-        return [f"the metadata declares a learned OOD score, but the graph has no output {name!r}"]
-    if port.type != "tensor(float)" or len(port.shape) != 1:
-        return [f"output {name!r} is {port.type}{list(port.shape)}, expected float (N,)"]
-    return []
+    return problems + gate_problems(metadata, outputs)

@@ -1,8 +1,11 @@
 """Batch prediction: image files → rows (docs/architecture.md "Prediction rows"), written CSV or JSONL.
 
 Rows: ``path``, ``status`` (ok | review | error), ``reason``, then per task ``TASK.label`` and
-``TASK.p.CLASS``, then ``notes`` (what decoding did: alpha dropped, z-projected, ...; last, so that
-readers by position keep working). An unreadable or mismatched file, model outputs that are not
+``TASK.p.CLASS``, then ``gate`` (the OOD gate, runtime/gate.py: pass | flagged | none, for a model
+without one) and ``gate.p`` (the smallest of its p-values), then ``notes`` (what decoding did: alpha
+dropped, z-projected, ...; last, so that readers by position keep working). A flagged image is
+``review`` with every reason that fired and labels ``review``; its probabilities are still written,
+and its reason says they are not to be used. An unreadable or mismatched file, model outputs that are not
 finite probabilities (NaN, logits, rows not summing to 1), or a batch the model fails on becomes
 error rows and the run goes on.
 
@@ -26,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import math
 import os
 import signal
 import sys
@@ -38,15 +42,18 @@ from typing import Iterable, Iterator, Sequence, TextIO
 
 import numpy as np
 
+from mscvision.core.conformal import GateDecision
 from mscvision.core.decisions import REVIEW, decide
 from mscvision.core.errors import ConfigError, ImageError
 from mscvision.core.fileio import LockedError, atomic_path, exclusive_lock
+from mscvision.runtime.gate import NOT_TO_BE_USED, Gate, has_gate, load_gate
 from mscvision.runtime.metadata import ModelMetadata
 from mscvision.runtime.model import Model
 
 from mscvision.runtime.inputs import DEFAULT_MAX_PIXELS, DecodeBudget, PreparedInput, prepare_input
 
 NOTES = "notes"
+GATE, GATE_P = "gate", "gate.p"
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # OWASP's list for CSV injection
 # ...and our own prefix: a text that already begins with ' gets one more, so that "a leading ' is
 # always ours: strip exactly one" gives back every text, '=a.png included
@@ -75,17 +82,18 @@ def prediction_columns(metadata: ModelMetadata) -> list[str]:
     columns = ["path", "status", "reason"]
     for task in metadata.tasks:
         columns += [f"{task.name}.label", *(f"{task.name}.p.{c}" for c in task.classes)]
-    return columns + [NOTES]
+    return columns + [GATE, GATE_P, NOTES]
 
 
 def predict_files(model: Model, paths: list[str], batch_size: int = 32, workers: int = 2,
                   budget: DecodeBudget | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[dict]:
     """Rows in input order; decoding runs in a small thread pool (numpy and the decoders release the GIL)."""
+    gate = load_gate(model.metadata)  # sound: load_model refused a model whose gate is not
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         for start in range(0, len(paths), max(1, batch_size)):
             chunk = paths[start:start + batch_size]
             loaded = list(pool.map(lambda p: _try_prepare(p, model.metadata, budget, max_pixels), chunk))
-            yield from _batch_rows(model, chunk, loaded)
+            yield from _batch_rows(model, chunk, loaded, gate)
 
 
 def _try_prepare(path: str, metadata: ModelMetadata, budget: DecodeBudget | None,
@@ -98,20 +106,26 @@ def _try_prepare(path: str, metadata: ModelMetadata, budget: DecodeBudget | None
         return None, f"unexpected {type(exc).__name__} while reading it: {exc}"
 
 
-def _batch_rows(model: Model, chunk: list[str], loaded: list[tuple[PreparedInput | None, str]]) -> list[dict]:
+def _batch_rows(model: Model, chunk: list[str], loaded: list[tuple[PreparedInput | None, str]],
+                gate: Gate | None) -> list[dict]:
     """The rows of one batch; if the model (or anything after it) fails, that batch's rows say so and
     the run goes on: a provider error or out-of-memory late in a run costs one batch, not the run."""
     try:
-        return _predicted_rows(model, chunk, loaded)
+        return _predicted_rows(model, chunk, loaded, gate)
     except Exception as exc:
         failure = f"the model failed on this batch of {len(chunk)} image(s): {type(exc).__name__}: {exc}"
         return [error_row(path, reason or failure, model.metadata, prepared.notes if prepared else ())
                 for path, (prepared, reason) in zip(chunk, loaded)]
 
 
-def _predicted_rows(model: Model, chunk: list[str], loaded: list[tuple[PreparedInput | None, str]]) -> list[dict]:
+def _predicted_rows(model: Model, chunk: list[str], loaded: list[tuple[PreparedInput | None, str]],
+                    gate: Gate | None) -> list[dict]:
     good = [x.tensor for x, _ in loaded if x is not None]
-    probs = model.predict(np.stack(good)) if good else {}
+    probs, ood = {}, None
+    if good and gate is not None and gate.learned_output:
+        probs, ood = model.predict_with_ood(np.stack(good))  # the learned score from the same graph run
+    elif good:
+        probs = model.predict(np.stack(good))
     for task, p in probs.items():
         if len(p) != len(good):
             raise ValueError(f"{len(p)} {task} output row(s) for {len(good)} image(s)")
@@ -120,15 +134,17 @@ def _predicted_rows(model: Model, chunk: list[str], loaded: list[tuple[PreparedI
         if prepared is None:
             rows.append(error_row(path, reason, model.metadata))
             continue
+        judged = gate.judge(prepared.checks, prepared.rules, None if ood is None else float(ood[k])) if gate else None
         rows.append(result_row(path, {t: p[k] for t, p in probs.items()}, model.metadata, prepared.notes,
-                               prepared.doubts))
+                               prepared.doubts, judged))
         k += 1
     return rows
 
 
 def result_row(path: str, probs: dict[str, np.ndarray], metadata: ModelMetadata,
-               notes: Sequence[str] = (), doubts: Sequence[str] = ()) -> dict:
-    """One image's row. ``doubts`` (from the input checks) make it ``review`` with no label."""
+               notes: Sequence[str] = (), doubts: Sequence[str] = (), gate: GateDecision | None = None) -> dict:
+    """One image's row. ``doubts`` (from the input checks) and a flagged ``gate`` (the OOD gate's
+    decision for this image) make it ``review`` with no label; its probabilities are still written."""
     broken = [t.name for t in metadata.tasks if not np.all(np.isfinite(probs[t.name]))]
     if broken:  # checked before decide(), which would refuse them too, so that the row names the cause
         return error_row(path, f"the model's output is not finite (NaN or Inf) for {', '.join(broken)}: no label "
@@ -140,17 +156,43 @@ def result_row(path: str, probs: dict[str, np.ndarray], metadata: ModelMetadata,
             return error_row(path, f"the model's {task.name} output is not a probability distribution ({problem}): "
                                    "no label can be given. Fix: re-export the model with `mscvision export`",
                              metadata, notes)
-    row: dict = {"path": path, "status": "ok", "reason": "", NOTES: "; ".join(notes)}
+    doubts = (*doubts, *gate_reasons(metadata, gate))  # a flagged image, like a doubted one, gets no label
+    row: dict = {"path": path, "status": "ok", "reason": "", NOTES: "; ".join(notes), **gate_cells(metadata, gate)}
     reasons = list(doubts)
     for task in metadata.tasks:
-        decision = decide(probs[task.name], task.classes, task.threshold)
-        if decision.abstained:
-            reasons.append(f"{task.name}: top probability {decision.probability:.3f} < threshold {task.threshold:.3f}")
+        decision = decide(probs[task.name], task.classes, math.inf if task.abstains_on_all else task.threshold)
+        if task.abstains_on_all:
+            reasons.append(f"no certified threshold for {task.name}: the model's calibration could not show "
+                           f"accuracy >= {task.abstention.get('target_accuracy')}, so every image is reviewed")
+        elif decision.abstained:
+            # p rounded down and the threshold up, so the printed figures never contradict the decision
+            reasons.append(f"p={math.floor(decision.probability * 1000) / 1000:.3f} < "
+                           f"{math.ceil(task.threshold * 1000) / 1000:.3f} for {task.name}")
         row[f"{task.name}.label"] = REVIEW if doubts else decision.label
         row.update({f"{task.name}.p.{c}": round(float(p), 6) for c, p in zip(task.classes, probs[task.name])})
     if reasons:
         row.update(status="review", reason="; ".join(reasons))
     return row
+
+
+def gate_cells(metadata: ModelMetadata, gate: GateDecision | None) -> dict:
+    """The ``gate`` and ``gate.p`` cells: none (the model has no gate), pass or flagged."""
+    if not has_gate(metadata):
+        return {GATE: "none", GATE_P: ""}
+    if gate is None:  # a gated model whose gate was not run on this image: never a pass
+        return {GATE: "flagged", GATE_P: ""}
+    smallest = gate.smallest_p
+    return {GATE: "flagged" if gate.flagged else "pass", GATE_P: "" if smallest is None else float(f"{smallest:.6g}")}
+
+
+def gate_reasons(metadata: ModelMetadata, gate: GateDecision | None) -> list[str]:
+    if not has_gate(metadata):
+        return []
+    if gate is None:
+        return [f"the model's OOD gate was not run on this image; {NOT_TO_BE_USED}"]
+    if not gate.flagged:
+        return []
+    return [f"OOD gate: {'; '.join(gate.reasons)}; {NOT_TO_BE_USED}"]
 
 
 def distribution_problem(p: np.ndarray) -> str:

@@ -178,6 +178,30 @@ class ExportConfig:
 
 
 @dataclass(frozen=True)
+class CalibrationConfig:
+    enabled: bool = True  # fit one temperature per task and a certified review threshold (training/calibrate.py)
+    holdout_fraction: float = 0.15  # with data.val_fraction 0 only: groups held out as the val split (the
+    #   same share data.val_fraction would take) for calibration alone; it picks no epoch, stops nothing
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.holdout_fraction < 1.0:
+            raise ConfigError(f"calibration.holdout_fraction={self.holdout_fraction}: use a share in (0, 1)")
+
+
+@dataclass(frozen=True)
+class DecideConfig:
+    # per task: with probability >= 1 - delta over the calibration draw, the images that get a label are
+    # at least target_accuracy accurate (core/selective.py); the rest are `review`
+    target_accuracy: float = 0.99
+    delta: float = 0.05
+
+    def __post_init__(self) -> None:
+        for key in ("target_accuracy", "delta"):
+            if not 0.0 < getattr(self, key) < 1.0:
+                raise ConfigError(f"decide.{key}={getattr(self, key)}: use a value in (0, 1)")
+
+
+@dataclass(frozen=True)
 class OodConfig:
     """The out-of-distribution gate export builds into the model (export/ood.py, issue 16): a learned
     score inside the graph, calibrated on the val split (groups never trained on)."""
@@ -218,6 +242,8 @@ class RunConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    decide: DecideConfig = field(default_factory=DecideConfig)
     ood: OodConfig = field(default_factory=OodConfig)
 
     def __post_init__(self) -> None:
@@ -230,6 +256,14 @@ class RunConfig:
         if self.export.tta and self.preprocess.size[0] != self.preprocess.size[1]:
             raise ConfigError(f"export.tta: a 90-degree rotation of a {self.preprocess.size} input changes its "
                               "shape. Fix: a square preprocess.size, or export.tta: false.")
+
+    @property
+    def held_out_val_fraction(self) -> float:
+        """The share of non-test groups in the val split: data.val_fraction, or with 0 there the
+        calibration slice (calibration.holdout_fraction) when calibration is on."""
+        if self.data.val_fraction > 0 or not self.calibration.enabled:
+            return self.data.val_fraction
+        return self.calibration.holdout_fraction
 
     @property
     def deployed_test_key(self) -> str:

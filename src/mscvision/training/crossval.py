@@ -12,7 +12,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mscvision.core.calibration import calibration_figures
 from mscvision.core.fileio import write_json_atomic
+from mscvision.core.selective import oracle_coverage
+from mscvision.core.tasks import IGNORE_INDEX
 from mscvision.core.metrics import classification_metrics
 from mscvision.core.split_check import SplitCounts, check_splits, count_split, mark_estimable
 from mscvision.core.splits import stratification_key, stratified_group_folds, task_labels, train_val_folds
@@ -34,15 +37,15 @@ def fold_splits(key: np.ndarray, groups: np.ndarray, k: int, seed: int, val_frac
     (``core/splits.py`` says what is guaranteed); default ``key``.
     """
     fold_of = stratified_group_folds(key, groups, k, seed, protect)
-    inner_k = max(3, round(1 / max(val_fraction, 1e-3)))
+    inner_k = max(3, round(1 / max(val_fraction, 1e-3)))  # at most one inner fold per remaining group (below)
     splits = []
     for fold in range(k):
         split = np.where(fold_of == fold, "test", "train").astype("<U5")
         rest = np.flatnonzero(fold_of != fold)
-        if val_fraction == 0:  # no validation split: every other fold trains (trainer.select: last)
+        if val_fraction == 0:  # no val split (nor calibration slice): every other fold trains (select: last)
             splits.append(split)
             continue
-        inner = train_val_folds(key[rest], groups[rest], inner_k, seed + 1 + fold,
+        inner = train_val_folds(key[rest], groups[rest], min(inner_k, len(np.unique(groups[rest]))), seed + 1 + fold,
                                 None if protect is None else protect[rest])
         split[rest[inner == 0]] = "val"
         splits.append(split)
@@ -63,7 +66,7 @@ def check_folds(config: RunConfig, k: int) -> CheckedFolds:
     labelled = load_labelled(config)
     groups = np.asarray(labelled.manifest.groups)
     splits = fold_splits(stratification_key(labelled.targets), groups, k, config.data.split_seed,
-                         config.data.val_fraction, protect=task_labels(labelled.targets))
+                         config.held_out_val_fraction, protect=task_labels(labelled.targets))
     counts = [count_split(labelled.tasks, labelled.targets, groups, split, fold=str(fold))
               for fold, split in enumerate(splits)]
     return CheckedFolds(labelled, splits, counts, check_splits(counts, computed=True))
@@ -78,19 +81,26 @@ def cross_validate(config: RunConfig, k: int = 5) -> dict:
     labelled = checked.labelled
     groups = np.asarray(labelled.manifest.groups)
     setups = ("test", "test_tta") if config.trainer.tta else ("test",)
-    oof = {s: {t.name: np.full((len(groups), t.num_classes), np.nan) for t in labelled.tasks} for s in setups}
+    oof = {s: {t.name: np.full((len(groups), t.num_classes), np.nan) for t in labelled.tasks}
+           for s in (*setups, "uncalibrated")}
+    thresholds = {t.name: np.full(len(groups), np.inf) for t in labelled.tasks}  # each row's own fold's
     folds = []
     for fold, split in enumerate(checked.splits):
         started = time.perf_counter()
         fold_dir = cv_dir / f"fold{fold}"
         fold_dir.mkdir()
         result = train(config, run_dir=fold_dir, split=split)
-        for setup, fold_probs in (("test", result.test_probs), ("test_tta", result.test_tta_probs)):
+        for setup, fold_probs in (("test", result.test_probs), ("test_tta", result.test_tta_probs),
+                                  ("uncalibrated", result.test_uncalibrated_probs)):
             for task, probs in (fold_probs or {}).items():
                 oof[setup][task][result.test_rows] = probs
+        for task, block in result.metrics.get("abstention", {}).items():
+            certificate = block["certificate"]
+            thresholds[task][result.test_rows] = certificate["threshold"] if certificate["certified"] else np.inf
         folds.append({"fold": fold, "minutes": round((time.perf_counter() - started) / 60, 2),
                       "n_test": int(len(result.test_rows)), "n_groups_test": int(len(set(groups[split == "test"]))),
-                      **{setup: result.metrics[setup] for setup in setups}})
+                      **{setup: result.metrics[setup] for setup in setups},
+                      **{key: result.metrics[key] for key in ("calibration", "abstention") if key in result.metrics}})
         print(f"fold {fold}: " + "; ".join(f"{setup} {t} wF1 {m['weighted_f1']:.3f} bAcc {m['balanced_accuracy']:.3f}"
                                            for setup in setups for t, m in result.metrics[setup].items())
               + f" ({folds[-1]['minutes']:.1f} min)", flush=True)
@@ -99,6 +109,11 @@ def cross_validate(config: RunConfig, k: int = 5) -> dict:
     for s in setups:  # a pooled class resting on one group is still one group's figure
         mark_estimable(pooled[s], pooled_counts(labelled, groups, oof[s]), "test")
     deployed = config.deployed_test_key
+    if all("abstention" in f for f in folds):
+        pooled[deployed] = {t.name: {**pooled[deployed][t.name],
+                                     **pooled_trust(labelled.targets[t.name], oof["uncalibrated"][t.name],
+                                                    oof[deployed][t.name], thresholds[t.name],
+                                                    config.decide.target_accuracy)} for t in labelled.tasks}
     report = {"schema": "mscvision.crossval/2", "k": k, "seed": config.data.split_seed,
               "setup": "pooled = all out-of-fold predictions; 'pooled' is the plain single pass, 'pooled_tta' "
                        "the dihedral x8 TTA; 'deployed' names the one the exported model runs (export.tta)",
@@ -116,6 +131,23 @@ def pooled_metrics(targets: np.ndarray, oof_probs: np.ndarray, classes: tuple[st
     unreadable in their fold) are left out: argmax would turn them into class-0 predictions."""
     predicted = ~np.isnan(oof_probs).any(axis=1)
     return classification_metrics(targets[predicted], oof_probs[predicted].argmax(axis=1), classes)
+
+
+def pooled_trust(targets: np.ndarray, uncalibrated: np.ndarray, calibrated: np.ndarray, thresholds: np.ndarray,
+                 target_accuracy: float) -> dict:
+    """Pooled out-of-fold calibration (before / after each fold's temperature) and abstention: each
+    image judged by its own fold's certified threshold (inf where the fold certified none), and the
+    oracle coverage of the pooled calibrated probabilities."""
+    keep = ~np.isnan(calibrated).any(axis=1) & (targets != IGNORE_INDEX)
+    y, p, limit = targets[keep], calibrated[keep], thresholds[keep]
+    confidence, correct = p.max(axis=1), p.argmax(axis=1) == y
+    labelled = confidence >= limit
+    return {"calibration": {"before": calibration_figures(uncalibrated[keep], y), "after": calibration_figures(p, y)},
+            "abstention": {"coverage": float(labelled.mean()) if len(y) else 0.0,
+                           "selective_accuracy": float(correct[labelled].mean()) if labelled.any() else None,
+                           "n": int(len(y)), "n_labelled": int(labelled.sum()),
+                           "rule": "each image against its own fold's certified threshold",
+                           "oracle": oracle_coverage(confidence, correct, target_accuracy)}}
 
 
 def pooled_counts(labelled: Labelled, groups: np.ndarray, oof: dict[str, np.ndarray]) -> SplitCounts:
@@ -147,6 +179,14 @@ def print_report(report: dict) -> None:
                 o = report[key][task]
                 print(f"[{task}] {key} out of fold: weighted F1 {o['weighted_f1']:.3f}, balanced accuracy "
                       f"{o['balanced_accuracy']:.3f}, macro F1 {o['macro_f1']:.3f} (n={o['n']})")
+        if "calibration" in m:
+            before, after, abstain = m["calibration"]["before"], m["calibration"]["after"], m["abstention"]
+            print(f"  calibration (pooled): ECE {before['ece']:.4f} → {after['ece']:.4f}, NLL {before['nll']:.3f} → "
+                  f"{after['nll']:.3f}, Brier {before['brier']:.4f} → {after['brier']:.4f}")
+            accuracy = abstain["selective_accuracy"]
+            print(f"  abstention (pooled, each fold's threshold): coverage {abstain['coverage']:.3f}, selective "
+                  f"accuracy {'—' if accuracy is None else f'{accuracy:.4f}'}; oracle coverage "
+                  f"{abstain['oracle']['coverage']:.3f}")
         print(f"  per fold: wF1 {s['weighted_f1']['min']:.3f}–{s['weighted_f1']['max']:.3f}, bAcc "
               f"{s['balanced_accuracy']['min']:.3f}–{s['balanced_accuracy']['max']:.3f}; minutes/fold "
               f"{', '.join(f'{x:.1f}' for x in report['minutes_per_fold'])}")

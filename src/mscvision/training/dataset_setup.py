@@ -89,9 +89,9 @@ def prepare_data(config: RunConfig, split: np.ndarray | None = None) -> Prepared
     manifest, targets = labelled.manifest, labelled.targets
     computed = split is None and manifest.splits is None
     if split is None:
-        split = _split(manifest, targets, config.data)
+        split = _split(manifest, targets, config.data, config.held_out_val_fraction)
     check_groups_disjoint(np.asarray(manifest.groups), split)
-    required = ("train", "test") if config.data.val_fraction == 0 else ("train", "val", "test")
+    required = ("train", "test") if config.held_out_val_fraction == 0 else ("train", "val", "test")
     for side in required:
         if not (split == side).any():
             raise DataError(f"the {side} split is empty ({len(manifest)} images, "
@@ -118,12 +118,14 @@ def report_split(all_counts: list[SplitCounts], warnings: list[str], run_dir: Pa
         write_text_atomic(run_dir / "split_table.csv", split_table_csv(all_counts))
 
 
-def _split(manifest: Manifest, targets: dict[str, np.ndarray], data: DataConfig) -> np.ndarray:
+def _split(manifest: Manifest, targets: dict[str, np.ndarray], data: DataConfig, val_fraction: float) -> np.ndarray:
+    """The manifest's own split column, else a group split (``val_fraction``: the config's
+    ``held_out_val_fraction``, which includes a calibration-only slice)."""
     groups = np.asarray(manifest.groups)
     if manifest.splits is not None:
         split = np.asarray(manifest.splits)
     else:
-        split = train_val_test_split(stratification_key(targets), groups, data.val_fraction,
+        split = train_val_test_split(stratification_key(targets), groups, val_fraction,
                                      data.test_fraction, data.split_seed, protect=task_labels(targets))
     return split
 

@@ -9,9 +9,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from mscvision.core.fileio import write_text_atomic
+from mscvision.core.calibration import apply_temperature
+from mscvision.core.fileio import write_json_atomic, write_text_atomic
 from mscvision.core.metrics import classification_metrics
 from mscvision.core.tasks import Task
+from mscvision.training.calibrate import fit_calibration
+from mscvision.training.config import DecideConfig
 from mscvision.training.dataset_setup import PreparedData
 from mscvision.training.loaders import Loaders
 from mscvision.training.run_files import load_classifier
@@ -25,37 +28,52 @@ PASS_COLUMN = {False: "plain", True: "tta"}  # predictions_test*.csv "pass", fil
 
 
 def evaluate_run(checkpoint: Path, data: PreparedData, loaders: Loaders, run_dir: Path, cuda: bool,
-                 tta: bool = False, deployed_tta: bool = False) -> tuple[dict, dict[str, dict[str, np.ndarray]]]:
+                 tta: bool = False, deployed_tta: bool = False,
+                 decide: DecideConfig | None = None) -> tuple[dict, dict[str, dict[str, np.ndarray]]]:
     """Metrics of the selected checkpoint (EMA weights when kept) on val and the held-out test groups.
 
     Plain single-pass figures sit under "val"/"test"; with ``tta`` the dihedral test-time
     augmentation figures are added under "val_tta"/"test_tta"; ``setup.deployed`` names the test
-    block the exported model runs (``deployed_tta``: export.tta). ``predictions_test.csv`` holds the
-    deployed pass's per-image predictions, the other measured pass goes to
-    ``predictions_test_{plain|tta}.csv``. Also returns the test probabilities per setup ("test",
-    and "test_tta" with ``tta``).
+    block the exported model runs (``deployed_tta``: export.tta). With ``decide`` (calibration on)
+    and a val split, the deployed pass is calibrated on val (training/calibrate.py): its blocks,
+    ``predictions_test.csv`` and the returned probabilities are the calibrated ones the exported
+    graph will output, ``calibration.json`` is written, and metrics.json gains "calibration" and
+    "abstention". The other measured pass goes to ``predictions_test_{plain|tta}.csv``, uncalibrated.
+    Returns the metrics and the test probabilities per setup ("test", "test_tta" with ``tta``, and
+    "uncalibrated": the deployed pass before its temperature).
     """
     model = load_classifier(checkpoint)
     device = "cuda" if cuda else "cpu"
     sides = [side for side in ("val", "test") if loaders.loader(side) is not None]  # no val with val_fraction 0
+    targets = {side: {k: v[loaders.rows(side)] for k, v in data.targets.items()} for side in sides}
+    views = {name: view_log_probabilities(model, loaders.loader(side), device, tta=use_tta)
+             for side in sides for name, use_tta in setups(side, tta)}
+    deployed = ("val_tta", "test_tta") if deployed_tta else ("val", "test")
+    calibration = (fit_calibration(views[deployed[0]], targets["val"], views[deployed[1]], targets["test"], data.tasks,
+                                   decide) if decide is not None and deployed[0] in views else None)
     metrics: dict = {"schema": METRICS_SCHEMA,
                      "setup": {**{name: PASS_NAMES[use_tta] for side in sides for name, use_tta in setups(side, tta)},
                                "weights": "EMA" if model.ema_net is not None else "trained",
-                               "deployed": "test_tta" if deployed_tta else "test"}}
+                               "deployed": deployed[1],
+                               "calibrated": (f"{' and '.join(deployed)}: softmax(logits / T) per task, T fitted on val"
+                                              if calibration else "no (temperature 1)")}}
     test_probs: dict[str, dict[str, np.ndarray]] = {}
     for side in sides:
-        rows = loaders.rows(side)
-        targets = {k: v[rows] for k, v in data.targets.items()}
         for name, use_tta in setups(side, tta):
-            probs = predict_probabilities(model, loaders.loader(side), device, tta=use_tta)
-            metrics[name] = metrics_for_split(probs, targets, data.tasks)
+            temperatures = calibration.temperatures if calibration and name in deployed else {}
+            probs = {task: apply_temperature(v, temperatures.get(task, 1.0)) for task, v in views[name].items()}
+            metrics[name] = metrics_for_split(probs, targets[side], data.tasks)
             if side == "test":
                 test_probs[name] = probs
-                write_predictions(run_dir / predictions_file(use_tta, deployed_tta), data, rows, probs,
+                write_predictions(run_dir / predictions_file(use_tta, deployed_tta), data, loaders.rows(side), probs,
                                   PASS_COLUMN[use_tta])
         for task in data.tasks:
             plot_confusion(metrics[side][task.name], task, f"{task.name} ({side})",
                            run_dir / f"confusion_{side}_{task.name}.png")
+    test_probs["uncalibrated"] = {task: apply_temperature(v, 1.0) for task, v in views[deployed[1]].items()}
+    if calibration:
+        metrics.update(calibration.metrics)
+        write_json_atomic(run_dir / "calibration.json", calibration.settings)
     return metrics, test_probs
 
 
@@ -109,27 +127,34 @@ def summary_lines(result: RunResult) -> list[str]:
                     f"(metrics: {result.run_dir / 'metrics.json'})"]
 
 
-@torch.inference_mode()
 def predict_probabilities(model: torch.nn.Module, loader, device: torch.device | str = "cpu",
                           tta: bool = False) -> dict[str, np.ndarray]:
-    """Softmax probabilities per task over a loader, in loader order.
+    """Softmax probabilities per task over a loader, in loader order (the mean over views with ``tta``)."""
+    return {task: apply_temperature(v, 1.0) for task, v in view_log_probabilities(model, loader, device, tta).items()}
 
-    ``tta``: the mean over the 8 dihedral views (4 rotations x optional flip); cells have no
-    preferred orientation, so each view is an equally valid look at the same image.
+
+@torch.inference_mode()
+def view_log_probabilities(model: torch.nn.Module, loader, device: torch.device | str = "cpu",
+                           tta: bool = False) -> dict[str, np.ndarray]:
+    """Log-softmax per task and view, (views, N, classes), over a loader in loader order.
+
+    ``tta``: the 8 dihedral views (4 rotations x optional flip); cells have no preferred
+    orientation, so each view is an equally valid look at the same image. An image's probability
+    is the mean over its views of their softmax (``core.calibration.apply_temperature``), and
+    keeping the views lets calibration fit the temperature that the graph applies per view.
     """
     model.eval().to(device)
     out: dict[str, list[np.ndarray]] = {}
     for x, _ in loader:
         x = x.to(device)
-        views = dihedral_views(x) if tta else [x]
-        summed: dict[str, torch.Tensor] = {}
-        for view in views:
+        per_view: dict[str, list[np.ndarray]] = {}
+        for view in dihedral_views(x) if tta else [x]:
             _, logits = model(view)
             for task, value in logits.items():
-                summed[task] = summed.get(task, 0) + torch.softmax(value.float(), dim=1)
-        for task, value in summed.items():
-            out.setdefault(task, []).append((value / len(views)).cpu().numpy())
-    return {task: np.concatenate(chunks) for task, chunks in out.items()}
+                per_view.setdefault(task, []).append(torch.log_softmax(value.float(), dim=1).cpu().numpy())
+        for task, chunks in per_view.items():
+            out.setdefault(task, []).append(np.stack(chunks))
+    return {task: np.concatenate(chunks, axis=1) for task, chunks in out.items()}
 
 
 def dihedral_views(x: torch.Tensor) -> list[torch.Tensor]:

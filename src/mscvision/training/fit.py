@@ -38,6 +38,8 @@ class RunResult:
     test_rows: np.ndarray | None = None  # manifest rows of the test split, in prediction order
     test_probs: dict[str, np.ndarray] | None = None  # plain single pass, per task
     test_tta_probs: dict[str, np.ndarray] | None = None  # dihedral x8 TTA (trainer.tta), per task
+    # the deployed pass (export.tta) before its temperature; the deployed one above is calibrated
+    test_uncalibrated_probs: dict[str, np.ndarray] | None = None
 
 
 def train(config: RunConfig, run_dir: Path | None = None, resume: bool = False,
@@ -76,21 +78,25 @@ def train(config: RunConfig, run_dir: Path | None = None, resume: bool = False,
     if config.trainer.select == "best":  # with "last" no best.ckpt is written: a run dir holds one model
         checkpoints.append(ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=MONITOR,
                                            mode="max", enable_version_counter=False))
-    trainer = _build_trainer(config, run_dir, cuda, [*checkpoints, *callbacks], validate=loaders.val is not None)
+    # with data.val_fraction 0 a val split is the calibration slice: it picks no epoch and stops nothing
+    monitored = loaders.val if config.data.val_fraction > 0 else None
+    trainer = _build_trainer(config, run_dir, cuda, [*checkpoints, *callbacks], validate=monitored is not None)
     last = run_dir / "checkpoints" / "last.ckpt"
-    trainer.fit(module, loaders.train, loaders.val, ckpt_path=str(resume_from) if resume_from else None,
+    trainer.fit(module, loaders.train, monitored, ckpt_path=str(resume_from) if resume_from else None,
                 weights_only=True)  # the run's own file, yet still only tensors and plain values
     if trainer.interrupted:  # Ctrl-C: checkpoints are saved; `--resume RUN_DIR` continues
         return RunResult(run_dir, {}, last)
     chosen = locate_run(run_dir).checkpoint
-    metrics, test_probs = evaluate_run(chosen, data, loaders, run_dir, cuda, config.trainer.tta, config.export.tta)
+    metrics, test_probs = evaluate_run(chosen, data, loaders, run_dir, cuda, config.trainer.tta, config.export.tta,
+                                       config.decide if config.calibration.enabled else None)
     mark_held_out_estimability(metrics, split_counts)
     metrics["run"] = {"seconds": round(time.perf_counter() - started, 1), "skipped_images": loaders.skipped,
                       "epochs": trainer.current_epoch, "checkpoint": chosen.name,
                       "config_hash": config.hash(), "device": "cuda" if cuda else "cpu",
                       "data_manifest": manifest_record(data.source, len(data.manifest))}
     write_json_atomic(run_dir / "metrics.json", metrics)
-    return RunResult(run_dir, metrics, chosen, loaders.test_rows, test_probs["test"], test_probs.get("test_tta"))
+    return RunResult(run_dir, metrics, chosen, loaders.test_rows, test_probs["test"], test_probs.get("test_tta"),
+                     test_probs["uncalibrated"])
 
 
 def show_split(data: PreparedData, usable: np.ndarray, run_dir: Path) -> SplitCounts:

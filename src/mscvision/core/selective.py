@@ -1,0 +1,190 @@
+"""Abstention with a stated guarantee: the confidence threshold below which an image goes to a person.
+
+The claim: with probability >= 1 - delta over the draw of the calibration data, the accuracy of
+the images that get a label (top-class probability >= threshold) is at least ``target_accuracy``.
+
+How it is chosen (Learn then Test, Angelopoulos et al. 2021, with fixed-sequence testing):
+- candidate thresholds form a fixed grid, decided before seeing any data (``THRESHOLD_GRID``), and
+  are scanned from the strictest to the most permissive;
+- at each one, the null hypothesis "selective error > 1 - target" is rejected when the one-sided
+  Clopper-Pearson upper bound on the error of the labelled calibration images is <= 1 - target
+  (exact: given how many images pass a fixed threshold, their errors are binomial);
+- the scan stops at the first threshold it cannot certify; the last certified one is used. Each
+  test runs at the full delta; stopping at the first failure is what keeps the family-wise error
+  at delta (fixed-sequence testing spends nothing on the scan).
+- thresholds that too few calibration images pass are passed over before the first test: the scan
+  starts where one error among the labelled images could still be certified
+  (``first_tested_count``), so that a single unlucky error among the very first images does not end
+  it. That count depends on the confidences only, never on the labels; when the selective error
+  falls as the threshold rises (the premise of thresholding on confidence) it only makes the first
+  tested threshold a safer one. The guarantee is checked empirically on real data by re-drawing
+  calibration and test groups (docs/calibration.md).
+
+When no threshold is certified, the certificate says so and the model abstains on everything.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+# strict → permissive, dense near 1 where confident classifiers put their thresholds
+THRESHOLD_GRID = tuple(float(t) for t in np.unique(np.round(1 - np.geomspace(1e-4, 1.0, 400), 6))[::-1])
+MAX_CURVE_POINTS = 200
+
+
+@dataclass(frozen=True)
+class Certificate:
+    threshold: float  # top-class probability at or above which a label is given
+    certified: bool  # False: no threshold met the target; every image goes to review
+    target_accuracy: float
+    delta: float
+    n_calibration: int
+    coverage: float  # on the calibration data, at the threshold
+    selective_accuracy: float | None
+    risk_bound: float | None  # Clopper-Pearson upper bound on the selective error at the threshold
+    reason: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def clopper_pearson_upper(errors: int, n: int, delta: float) -> float:
+    """One-sided (1 - delta) upper confidence bound on an error rate from ``errors`` of ``n``.
+
+    The p solving P(Binomial(n, p) <= errors) = delta, by bisection on the exact binomial CDF
+    (no scipy at the station). 1.0 when n == 0 or errors == n.
+    """
+    if n <= 0 or errors >= n:
+        return 1.0
+    if errors == 0:
+        return 1.0 - delta ** (1.0 / n)
+    log_choose = _log_choose(n, errors)
+    low, high = errors / n, 1.0
+    for _ in range(60):
+        mid = (low + high) / 2
+        if _binomial_cdf(log_choose, n, mid) > delta:
+            low = mid
+        else:
+            high = mid
+    return high
+
+
+def _log_factorials(n: int) -> np.ndarray:
+    """log(i!) for i = 0..n."""
+    return np.r_[0.0, np.cumsum(np.log(np.arange(1, n + 1, dtype=np.float64)))]
+
+
+def _log_choose(n: int, k: int, log_factorial: np.ndarray | None = None) -> np.ndarray:
+    """log C(n, i) for i = 0..k (``log_factorial``: ``_log_factorials(N)`` for some N >= n, reused)."""
+    f = _log_factorials(n) if log_factorial is None else log_factorial
+    i = np.arange(k + 1)
+    return f[n] - f[i] - f[n - i]
+
+
+def _binomial_cdf(log_choose: np.ndarray, n: int, p: float) -> float:
+    """P(Binomial(n, p) <= k) with k = len(log_choose) - 1, summed in log space."""
+    i = np.arange(len(log_choose))
+    log_terms = log_choose + i * math.log(p) + (n - i) * math.log1p(-p)
+    top = log_terms.max()
+    return float(np.exp(top) * np.exp(log_terms - top).sum())
+
+
+def minimum_labelled(target_accuracy: float, delta: float) -> int:
+    """The fewest labelled images with which zero errors can certify ``target_accuracy`` at ``delta``."""
+    return math.ceil(math.log(delta) / math.log(target_accuracy))
+
+
+def first_tested_count(target_accuracy: float, delta: float) -> int:
+    """The fewest labelled images with which ONE error can still certify the target: the scan's start."""
+    n = minimum_labelled(target_accuracy, delta)
+    while clopper_pearson_upper(1, n, delta) > 1.0 - target_accuracy:
+        n += max(1, n // 100)
+    return n
+
+
+def certify_threshold(confidence: np.ndarray, correct: np.ndarray, target_accuracy: float = 0.99,
+                      delta: float = 0.05) -> Certificate:
+    """The most permissive grid threshold certified by fixed-sequence testing (module docstring)."""
+    if not (0.0 < target_accuracy < 1.0 and 0.0 < delta < 1.0):
+        raise ValueError(f"target_accuracy {target_accuracy} and delta {delta} must lie in (0, 1)")
+    confidence, correct = np.asarray(confidence, dtype=np.float64), np.asarray(correct, dtype=bool)
+    n_min, allowed = first_tested_count(target_accuracy, delta), 1.0 - target_accuracy
+    ranked = np.sort(confidence)[::-1]
+    errors_within = np.cumsum(~correct[np.argsort(-confidence, kind="stable")])
+    log_factorial = _log_factorials(len(confidence))
+    best: tuple[float, int, int] | None = None
+    stopped = ""
+    for threshold in THRESHOLD_GRID:
+        n = int(np.searchsorted(-ranked, -threshold, side="right"))  # images with confidence >= threshold
+        if n < n_min:
+            continue
+        errors = int(errors_within[n - 1])
+        # bound <= allowed  ⇔  P(Binomial(n, allowed) <= errors) <= delta: one CDF, no bisection
+        if _binomial_cdf(_log_choose(n, errors, log_factorial), n, allowed) > delta:
+            stopped = (f"at threshold {threshold:.4f}: {errors} errors among {n} labelled calibration images, "
+                       f"error bound {clopper_pearson_upper(errors, n, delta):.4f} > {allowed:.4f}")
+            break
+        best = (threshold, n, errors)
+    total = len(confidence)
+    if best is None:
+        why = stopped or (f"{int((confidence >= THRESHOLD_GRID[-1]).sum())} calibration images; the scan needs "
+                          f"{n_min}, the fewest with which one error could still be certified")
+        return Certificate(1.0, False, target_accuracy, delta, total, 0.0, None, None,
+                           f"no threshold certifies accuracy >= {target_accuracy} at delta {delta} ({why}): "
+                           "every image goes to review")
+    threshold, n, errors = best
+    bound = clopper_pearson_upper(errors, n, delta)
+    return Certificate(threshold, True, target_accuracy, delta, total, n / total, 1 - errors / n, bound,
+                       f"accuracy of labelled images >= {target_accuracy} with probability >= {1 - delta:.2f} "
+                       f"(Clopper-Pearson bound {bound:.4f} on the error of {n} of {total} calibration images; "
+                       f"fixed-sequence scan{', stopped ' + stopped if stopped else ''})")
+
+
+def selective_figures(confidence: np.ndarray, correct: np.ndarray, threshold: float,
+                      certified: bool = True) -> dict:
+    """Coverage and accuracy of the labelled images at ``threshold`` (``certified`` False: none labelled)."""
+    confidence, correct = np.asarray(confidence, dtype=np.float64), np.asarray(correct, dtype=bool)
+    chosen = confidence >= threshold if certified else np.zeros(len(confidence), bool)
+    n_labelled = int(chosen.sum())
+    return {"threshold": float(threshold), "certified": bool(certified),
+            "coverage": n_labelled / len(confidence) if len(confidence) else 0.0,
+            "selective_accuracy": float(correct[chosen].mean()) if n_labelled else None,
+            "n": int(len(confidence)), "n_labelled": n_labelled}
+
+
+def _by_threshold(confidence: np.ndarray, correct: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Distinct confidences (descending), and how many images / correct ones are at or above each."""
+    order = np.argsort(-confidence, kind="stable")
+    c, ok = confidence[order], correct[order]
+    last = np.r_[np.flatnonzero(np.diff(c) != 0), len(c) - 1]  # the last index of each run of ties
+    return c[last], last + 1, np.cumsum(ok)[last]
+
+
+def oracle_coverage(confidence: np.ndarray, correct: np.ndarray, target_accuracy: float) -> dict:
+    """The largest coverage whose selective accuracy on THIS set reaches the target: the best a
+    threshold chosen on the evaluation data itself could do (no deployment can know it)."""
+    confidence, correct = np.asarray(confidence, dtype=np.float64), np.asarray(correct, dtype=bool)
+    if not len(confidence):
+        return {"threshold": None, "coverage": 0.0, "selective_accuracy": None}
+    values, n, right = _by_threshold(confidence, correct)
+    meets = np.flatnonzero(right / n >= target_accuracy)
+    if not len(meets):
+        return {"threshold": None, "coverage": 0.0, "selective_accuracy": None}
+    i = meets[-1]
+    return {"threshold": float(values[i]), "coverage": float(n[i] / len(confidence)),
+            "selective_accuracy": float(right[i] / n[i])}
+
+
+def risk_coverage_curve(confidence: np.ndarray, correct: np.ndarray) -> dict:
+    """Selective accuracy against coverage, one point per distinct confidence (thinned to
+    ``MAX_CURVE_POINTS``), from the most confident image down."""
+    confidence, correct = np.asarray(confidence, dtype=np.float64), np.asarray(correct, dtype=bool)
+    if not len(confidence):
+        return {"coverage": [], "selective_accuracy": [], "threshold": []}
+    values, n, right = _by_threshold(confidence, correct)
+    keep = np.unique(np.linspace(0, len(values) - 1, min(len(values), MAX_CURVE_POINTS)).round().astype(int))
+    return {"coverage": (n[keep] / len(confidence)).tolist(), "selective_accuracy": (right[keep] / n[keep]).tolist(),
+            "threshold": values[keep].tolist()}

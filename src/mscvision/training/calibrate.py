@@ -1,0 +1,63 @@
+"""Calibration of a run's deployed pass: a temperature and a certified review threshold per task.
+
+Both are fitted on the val split (groups the model never trained on, and not the test split; with
+``data.val_fraction 0`` the calibration slice, ``calibration.holdout_fraction``), then measured on
+the test split. The numbers come from ``core.calibration`` and ``core.selective``, the same code
+that ``mscvision evaluate`` runs at a station. Export reads ``calibration.json`` and puts both into
+the graph (temperature) and its metadata (threshold and certificate).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from mscvision.core.calibration import apply_temperature, calibration_figures, fit_temperature
+from mscvision.core.selective import certify_threshold, oracle_coverage, selective_figures
+from mscvision.core.tasks import IGNORE_INDEX, Task
+
+CALIBRATION_SCHEMA = "mscvision.calibration/1"
+
+
+@dataclass(frozen=True)
+class Calibration:
+    temperatures: dict[str, float]
+    settings: dict  # calibration.json: what export puts into the model
+    metrics: dict  # metrics.json "calibration" and "abstention" blocks
+
+
+def fit_calibration(val_views: dict[str, np.ndarray], val_targets: dict[str, np.ndarray],
+                    test_views: dict[str, np.ndarray], test_targets: dict[str, np.ndarray], tasks: list[Task],
+                    decide) -> Calibration:
+    """Per task: T by NLL on val, the threshold certified on val's calibrated probabilities
+    (``decide``: target_accuracy, delta), and the before/after and coverage figures on test."""
+    temperatures, settings, calibration, abstention = {}, {}, {}, {}
+    for task in tasks:
+        name = task.name
+        y_val, y_test = val_targets[name], test_targets[name]
+        t = fit_temperature(val_views[name], y_val)
+        val_p, test_p = apply_temperature(val_views[name], t), apply_temperature(test_views[name], t)
+        certificate = certify_threshold(*_confidence_and_correct(val_p, y_val), decide.target_accuracy, decide.delta)
+        temperatures[name] = t
+        settings[name] = {"temperature": t, "threshold": certificate.threshold, "abstention": certificate.to_dict()}
+        calibration[name] = {
+            "temperature": t, "fitted_on": f"val: {int((y_val != IGNORE_INDEX).sum())} images of groups never trained on",
+            "test": {"before": calibration_figures(apply_temperature(test_views[name], 1.0), y_test),
+                     "after": calibration_figures(test_p, y_test)},
+            "val": {"before": calibration_figures(apply_temperature(val_views[name], 1.0), y_val),
+                    "after": calibration_figures(val_p, y_val)}}
+        confidence, correct = _confidence_and_correct(test_p, y_test)
+        abstention[name] = {"certificate": certificate.to_dict(),
+                            "test": selective_figures(confidence, correct, certificate.threshold, certificate.certified),
+                            "oracle": oracle_coverage(confidence, correct, decide.target_accuracy)}
+    return Calibration(temperatures,
+                       {"schema": CALIBRATION_SCHEMA, "tasks": settings,
+                        "decide": {"target_accuracy": decide.target_accuracy, "delta": decide.delta}},
+                       {"calibration": calibration, "abstention": abstention})
+
+
+def _confidence_and_correct(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Top-class probability and whether the top class is right, over the images with a known label."""
+    keep = labels != IGNORE_INDEX
+    return probs[keep].max(axis=1), probs[keep].argmax(axis=1) == labels[keep]

@@ -1,0 +1,145 @@
+"""The image checks (issue 16 item 1): each fires on a crafted image and not on normal ones.
+
+Normal images are synthetic MSC crops (``mscvision.synth``); the reference is fitted on 40 of them,
+the calibration scores come from 60 others, and a check "fires" when the crafted image scores
+beyond every calibration image (the smallest conformal p-value, 1/61). Numpy only.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from mscvision.core.conformal import p_value, smallest_p
+from mscvision.core.image_checks import (CHECKS, check_reason, fit_reference, full_scale, measure, measure_image,
+                                         rule_reasons)
+from mscvision.core.preprocess import PreprocessSpec, to_unit_range
+from mscvision.synth.labels import build_donor, plan_labels
+from mscvision.synth.render import render_crop
+
+SIZE = 48
+SPEC = PreprocessSpec(size=(SIZE, SIZE))
+
+
+def synth_crops(seed: int, n: int) -> list[np.ndarray]:
+    out = []
+    for i, (donor, morph, diff) in enumerate(plan_labels(n, seed)):
+        rng = np.random.default_rng(np.random.SeedSequence([seed, i]))
+        out.append(render_crop(rng, build_donor(seed, donor), (morph, diff), SIZE, "phase", 8).image)
+    return out
+
+
+def gaussian_blur(x: np.ndarray, sigma: float) -> np.ndarray:
+    radius = int(np.ceil(3 * sigma))
+    k = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    k /= k.sum()
+    y = np.pad(x.astype(np.float64), radius, mode="reflect")
+    y = np.apply_along_axis(lambda v: np.convolve(v, k, mode="valid"), 0, y)
+    y = np.apply_along_axis(lambda v: np.convolve(v, k, mode="valid"), 1, y)
+    return np.clip(np.round(y), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    reference = fit_reference(synth_crops(1, 40), [8])
+    calibration = [measure_image(x, SPEC, None, reference) for x in synth_crops(2, 60)]
+    scores = {c: np.array([m[c] for m in calibration]) for c in CHECKS}
+    normal = synth_crops(3, 20)
+    return reference, scores, normal
+
+
+def _p_values(image: np.ndarray, fitted) -> dict[str, float]:
+    reference, scores, _ = fitted
+    measured = measure_image(image, SPEC, None, reference)
+    return {c: p_value(measured[c], scores[c]) for c in CHECKS}
+
+
+def _crafted(name: str, x: np.ndarray) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    if name == "blurred":  # a 2-px Gaussian blur: defocus
+        return gaussian_blur(x, 2.0)
+    if name == "saturated":  # over-exposed: twice the light
+        return np.clip(x.astype(int) * 2, 0, 255).astype(np.uint8)
+    if name == "zero-clipped":  # an offset that clips the darker third to 0
+        return np.clip(x.astype(int) - int(np.percentile(x, 30)), 0, 255).astype(np.uint8)
+    if name == "blank":  # an empty field: one level and a grey level of noise
+        return np.clip(np.median(x) + rng.integers(-1, 2, x.shape), 0, 255).astype(np.uint8)
+    if name == "noise":
+        return rng.integers(0, 256, x.shape).astype(np.uint8)
+    if name == "exposure-shifted":  # half the exposure: percentile scaling hides it from the model's input
+        return (x // 2).astype(np.uint8)
+    raise AssertionError(name)
+
+
+@pytest.mark.parametrize("name, check", [
+    ("blurred", "focus_low"), ("noise", "focus_high"), ("saturated", "saturated"),
+    ("zero-clipped", "zero_clipped"), ("blank", "empty"), ("exposure-shifted", "histogram"),
+])
+def test_each_check_fires_on_its_crafted_image(fitted, name, check):
+    _, scores, normal = fitted
+    p = _p_values(_crafted(name, normal[0]), fitted)
+    assert p[check] == pytest.approx(smallest_p(len(scores[check]))), p
+
+
+def test_exposure_change_is_invisible_in_the_unit_image_but_not_to_the_histogram_check(fitted):
+    x = synth_crops(3, 1)[0]
+    dim = _crafted("exposure-shifted", x)
+    # percentile scaling hands the model nearly the same input: the check must read the raw values
+    assert np.abs(to_unit_range(dim, SPEC) - to_unit_range(x, SPEC)).mean() < 0.01
+    assert _p_values(dim, fitted)["histogram"] < _p_values(x, fitted)["histogram"]
+
+
+def test_no_check_fires_on_normal_crops(fitted):
+    _, scores, normal = fitted
+    p = [_p_values(x, fitted) for x in normal]
+    for check in CHECKS:
+        values = np.array([q[check] for q in p])
+        # exchangeable with the calibration crops: p is uniform, so about 1 in 61 sits at the bottom
+        assert np.sum(values <= smallest_p(len(scores[check]))) <= 2, (check, values)
+        assert np.median(values) >= 0.25, (check, values)
+
+
+def test_reference_is_json_and_measures_alike_after_a_round_trip(fitted):
+    reference, _, normal = fitted
+    again = json.loads(json.dumps(reference))
+    unit = to_unit_range(normal[1], SPEC)
+    assert measure(normal[1], unit, again) == measure(normal[1], unit, reference)
+    assert set(measure(normal[1], unit, reference)) == set(CHECKS)
+
+
+def test_a_12_bit_camera_saturates_at_4095_not_65535():
+    rng = np.random.default_rng(0)
+    training = [rng.integers(100, 3000, (32, 32)).astype(np.uint16) for _ in range(4)]
+    reference = fit_reference(training, [16])
+    assert full_scale(training[0], reference) == 4095.0
+    clipped = training[0].copy()
+    clipped[:8] = 4095  # a quarter at the 12-bit ceiling
+    assert measure(clipped, to_unit_range(clipped, SPEC), reference)["saturated"] == pytest.approx(0.25)
+
+
+def test_rules_name_another_bit_depth_or_pixel_size():
+    reference = fit_reference([np.zeros((16, 16), np.uint8) + 9], [8], pixel_sizes_um=[1.3, None])
+    assert rule_reasons(8, 1.3, reference) == [] and rule_reasons(8, None, reference) == []
+    assert rule_reasons(8, 1.31, reference) == []  # within 2%: the same pixel size
+    [depth] = rule_reasons(16, None, reference)
+    assert "16-bit" in depth and "8-bit" in depth
+    [size] = rule_reasons(8, 0.65, reference)
+    assert "0.65" in size and "1.3" in size
+    assert rule_reasons(8, 0.65, reference, rescaled=True) == []  # the station brings it to the trained scale
+    unknown = fit_reference([np.zeros((16, 16), np.uint8)], [8])  # training pixel size never stated
+    assert rule_reasons(8, 0.65, unknown) == []
+
+
+def test_measure_refuses_other_channels_than_the_reference(fitted):
+    reference, _, normal = fitted
+    rgb = np.repeat(normal[0][:, :, None], 3, axis=2)
+    with pytest.raises(ValueError, match="channel"):
+        measure(rgb, to_unit_range(rgb[:, :, :1], SPEC), reference)
+
+
+def test_reasons_say_what_was_measured_against_what():
+    text = check_reason("focus_low", -np.log(0.003), 0.001, -np.log(0.05))
+    assert "focus 0.003 far below" in text and "0.05" in text and "p=0.001" in text
+    assert "12.0% of pixels saturated" in check_reason("saturated", 0.12, 0.01, 0.0)
