@@ -115,19 +115,23 @@ def fit_learned(deploy: nn.Module, rows: list[dict], tasks: list[Task], spec: Pr
                              f"at most {MAX_BANK_IMAGES}); calibration: val split, {len(calibration)} images "
                              "(groups never trained on), scored by this graph",
                 "reference": f"mscvision.core.ood_scores.{method}_score"}
-    if method == "knn":
-        used_k = min(k, len(bank))
-        head = KnnScore(features, used_k)
-        settings.update(k=used_k, k_configured=k, bank_size=len(bank), similarity="cosine (L2-normalised features)",
-                        score="1 - the k-th largest cosine similarity to the bank (Sun et al. 2022)")
-    else:
-        task = tasks[0]
-        head, classes = mahalanobis_head(features, bank.targets[task.name], RIDGE)
-        settings.update(task=task.name, classes=[task.classes[c] for c in classes], ridge=RIDGE,
-                        bank_size=len(bank), score="min over the classes of the Mahalanobis distance, one shared "
-                                                   "covariance + ridge * its mean eigenvalue (Lee et al. 2018)")
+    head, parameters = _score_head(method, features, bank, tasks[0], k)
+    settings.update(parameters)
     log(f"learned OOD score: {method} on {len(bank)} training images, calibrated on {len(calibration)} val images")
     return LearnedOod(head, settings, calibration, bank.paths, bank.bit_depths)
+
+
+def _score_head(method: str, features: np.ndarray, bank: Samples, task: Task, k: int) -> tuple[nn.Module, dict]:
+    """The head for ``method`` and its parameters, as the metadata states them."""
+    if method == "knn":
+        used_k = min(k, len(bank))
+        return KnnScore(features, used_k), {
+            "k": used_k, "k_configured": k, "bank_size": len(bank), "similarity": "cosine (L2-normalised features)",
+            "score": "1 - the k-th largest cosine similarity to the bank (Sun et al. 2022)"}
+    head, classes = mahalanobis_head(features, bank.targets[task.name], RIDGE)
+    return head, {"task": task.name, "classes": [task.classes[c] for c in classes], "ridge": RIDGE,
+                  "bank_size": len(bank), "score": "min over the classes of the Mahalanobis distance, one shared "
+                                                   "covariance + ridge * its mean eigenvalue (Lee et al. 2018)"}
 
 
 def mahalanobis_head(features: np.ndarray, labels: np.ndarray, ridge: float) -> tuple[MahalanobisScore, list[int]]:
