@@ -80,13 +80,15 @@ def test_mahalanobis_score_of_a_tta_graph_equals_the_numpy_reference(mahalanobis
     """Under TTA the head reads the view-mean features, which is what the features output reports."""
     model = load_model(mahalanobis_tta, threads=1)
     learned = model.metadata.raw["ood"]["learned"]
-    assert learned["method"] == "mahalanobis" and learned["task"] == "shape" and "8 dihedral views" in learned["features"]
+    assert learned["method"] == "mahalanobis" and learned["task"] == "shape"  # the default method, the first task
+    assert "8 dihedral views" in learned["features"]
     assert model.metadata.raw["test_time_augmentation"]
     run_dir = Path(model.metadata.raw["provenance"]["run_dir"])
     features, score = _features_and_score(model, _split_paths(run_dir, "test", "val"))
     stored = _initialisers(mahalanobis_tta)
     whitening = stored["ood.whitening"]
-    means = next(v for v in stored.values() if v.ndim == 3 and v.shape[2] == whitening.shape[1]).reshape(-1, len(whitening))
+    # the class means times W, folded by the exporter into one (1, C, D) initialiser
+    means = next(v for v in stored.values() if v.ndim == 3 and v.shape[2] == len(whitening)).reshape(-1, len(whitening))
     assert means.shape == (len(learned["classes"]), whitening.shape[1]) == (2, whitening.shape[1])
     np.testing.assert_allclose(score, mahalanobis_score(features, means, whitening), rtol=1e-5)
     # the precision matrix is W Wᵀ, symmetric positive definite

@@ -1,4 +1,5 @@
-"""The deployable graph: backbone → heads → softmax(logits / temperature) (+ the learned OOD score), as one ONNX file.
+"""The deployable graph: backbone → heads → softmax(logits / temperature), plus the learned OOD score
+(export/ood.py), as one ONNX file.
 
 With ``tta`` the graph itself runs the 8 dihedral views of each input as one batch and averages
 their probabilities (logits and features too), exactly as ``predict_probabilities(tta=True)`` does

@@ -2,8 +2,8 @@
 
 A vectors folder (``NAME.vectors/``) holds a few input images, ``vectors.json`` and, per image, the
 expected preprocessed tensor as raw little-endian float32 (C, h, w); for a model with a learned OOD
-score each case also holds its expected ``ood_score``, checked against ``conformance.ood_max_abs``. A station written in another
-language can check itself against the same files (models/README.md).
+score each case also holds its expected ``ood_score``, checked against ``conformance.ood_max_abs``.
+A station written in another language can check itself against the same files (models/README.md).
 
 The vectors folder is editable; the model file is hashed. So what decides PASS comes from the model:
 the tolerances from its metadata (``conformance``; per-precision defaults for models exported
@@ -69,7 +69,7 @@ def model_tolerances(model: Model) -> Tolerances:
     """The model's own stated tolerances (validated at load), else the defaults for its precision."""
     stated = model.metadata.raw.get("conformance")
     if stated:
-        ood = stated.get("ood_max_abs")  # present whenever the model has a score (checked at load)
+        ood = stated.get("ood_max_abs")  # export writes it with the score; a case fails without it
         return Tolerances(float(stated["tensor_max_abs"]), float(stated["probability_max_abs"]),
                           "the model's metadata", float(ood) if ood is not None else None)
     precision = model.metadata.precision
