@@ -23,7 +23,7 @@ def run_export(args: argparse.Namespace) -> int:
     from mscvision.export import export_run
 
     export_run(args.run, args.out, args.precision, threads=args.threads, parity_images=args.parity_images,
-               calibration_images=args.calibration_images)
+               calibration_images=args.calibration_images, ood_method=args.ood_method)
     return 0
 
 
@@ -46,6 +46,8 @@ def _add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=0, help="onnxruntime threads for the parity check")
     parser.add_argument("--parity-images", type=int, default=1024, help="most held-out images to check")
     parser.add_argument("--calibration-images", type=int, default=256, help="training images for int8")
+    parser.add_argument("--ood-method", choices=("knn", "mahalanobis"), default=None,
+                        help="the learned OOD score inside the graph (default: the run's ood.method)")
 
 
 def _synth_arguments(parser: argparse.ArgumentParser) -> None:

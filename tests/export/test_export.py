@@ -136,7 +136,7 @@ def assert_variant_follows_its_gate(out: Path, precision: str) -> bool:
     if gate["passed"]:
         assert main(["verify", str(files[0]), "--threads", "1"]) == 0
     else:
-        assert all(f.startswith(("shape:", "count:", "conformance")) for f in gate["failures"]), gate
+        assert all(f.startswith(("shape:", "count:", "ood.score:", "conformance")) for f in gate["failures"]), gate
     return gate["passed"]
 
 
@@ -220,7 +220,8 @@ def test_fp16_variant_keeps_float32_io(exported):
 
 
 def test_every_model_carries_its_conformance_tolerances(exported):
-    from mscvision.export.metadata import CONFORMANCE_PROBABILITY_MAX_ABS
+    from mscvision.core.ood_scores import score_spread
+    from mscvision.export.metadata import CONFORMANCE_PROBABILITY_MAX_ABS, OOD_CONFORMANCE_OVER_SPREAD
 
     for stem in ("tiny", "tiny.int8"):
         path = exported.with_name(f"{stem}.onnx")
@@ -228,9 +229,11 @@ def test_every_model_carries_its_conformance_tolerances(exported):
             continue
         meta = load_model(path).metadata.raw
         vectors = json.loads(path.with_name(f"{stem}.vectors").joinpath("vectors.json").read_text())
+        spread = score_spread(meta["ood"]["learned"]["calibration_scores"])  # the tiny run has a val split
         assert meta["conformance"] == {"tensor_max_abs": 1e-5, "top1": "must match", "labels": "must match",
                                        "probability_max_abs": CONFORMANCE_PROBABILITY_MAX_ABS[meta["precision"]],
-                                       "min_cases": len(vectors["cases"])}
+                                       "min_cases": len(vectors["cases"]),
+                                       "ood_max_abs": OOD_CONFORMANCE_OVER_SPREAD[meta["precision"]] * spread}
         assert {k: v for k, v in vectors["tolerances"].items() if k != "note"} == meta["conformance"]
         assert vectors["self_check"]["passed"] and vectors["self_check"]["n_cases"] == len(vectors["cases"])
     assert CONFORMANCE_PROBABILITY_MAX_ABS["fp32"] < CONFORMANCE_PROBABILITY_MAX_ABS["int8"] <= 1e-2

@@ -51,6 +51,9 @@ def test_dotted_overrides_are_typed():
     ("preprocess.fit=stretch", r"preprocess.fit='stretch'"),
     ("data.synthetic.bit_depth=12", r"data.synthetic.bit_depth=12: use one of 8, 16"),
     ("model.backbone=resnet19", r"model.backbone='resnet19': use one of resnet18, resnet34, resnet50, efficientnet_b0"),
+    ("ood.method=energy", r"ood.method='energy': use one of knn, mahalanobis"),
+    ("ood.k=0", r"ood.k=0: use a whole number >= 1"),
+    ("ood.alpha=1.5", r"ood.alpha=1.5: use a number between 0 and 1"),
 ])
 def test_bad_config_names_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
@@ -86,6 +89,14 @@ def test_default_yaml_lists_every_default_with_its_value():
     listed = yaml.safe_load((CONFIG_DIR / "default.yaml").read_text())
     assert _keys(listed) == _keys(RunConfig().to_dict())
     assert load_config([CONFIG_DIR / "default.yaml"]) == RunConfig() == load_config()
+
+
+def test_ood_gate_defaults_are_listed_and_overridable():
+    listed = yaml.safe_load((CONFIG_DIR / "default.yaml").read_text())["ood"]
+    assert listed == RunConfig().to_dict()["ood"] and listed["alpha"] == 0.05
+    assert RunConfig().ood.method == "mahalanobis"  # measured the better score on the default model
+    cfg = load_config(None, ["ood.method=knn", "ood.k=10", "ood.alpha=0.1"])
+    assert (cfg.ood.method, cfg.ood.k, cfg.ood.alpha) == ("knn", 10, 0.1)
 
 
 def test_a_layer_alone_starts_from_the_defaults(tmp_path):

@@ -1,4 +1,5 @@
-"""The deployable graph: backbone → heads → softmax(logits / temperature), as one ONNX file.
+"""The deployable graph: backbone → heads → softmax(logits / temperature), plus the learned OOD score
+(export/ood.py), as one ONNX file.
 
 With ``tta`` the graph itself runs the 8 dihedral views of each input as one batch and averages
 their probabilities (logits and features too), exactly as ``predict_probabilities(tta=True)`` does
@@ -20,7 +21,8 @@ from torch import nn
 
 from mscvision.core.fileio import atomic_path
 from mscvision.core.preprocess import PreprocessSpec
-from mscvision.runtime.metadata import FEATURES_OUTPUT, INPUT_NAME, METADATA_KEY, logits_output, probability_output
+from mscvision.runtime.metadata import (FEATURES_OUTPUT, INPUT_NAME, METADATA_KEY, OOD_OUTPUT, logits_output,
+                                        probability_output)
 from mscvision.training.evaluate import dihedral_views
 
 OPSET = 18  # the dynamo exporter's floor; ≥ 17 as the contract asks, and stated explicitly
@@ -28,19 +30,24 @@ EXPORT_BATCH = 2  # > 1, so nothing in the trace can specialise on a batch of on
 
 
 class DeployNet(nn.Module):
-    """Outputs, in order: probabilities per task (temperature applied), logits per task, features."""
+    """Outputs, in order: probabilities per task (temperature applied), logits per task, features and,
+    once an OOD score head is attached (``ood``: features (N, D) → score (N,), export/ood.py), the
+    learned OOD score. The head reads the features output itself (the view mean under TTA), so the
+    score is a function of what the graph reports as ``features``."""
 
-    def __init__(self, net: nn.Module, tasks: list[str], temperatures: list[float], tta: bool = False):
+    def __init__(self, net: nn.Module, tasks: list[str], temperatures: list[float], tta: bool = False,
+                 ood: nn.Module | None = None):
         super().__init__()
         self.net = net
         self.tasks = list(tasks)
         self.tta = tta
+        self.ood = ood
         # a buffer, not a Python float, so the temperature is part of the graph's weights
         self.register_buffer("inverse_temperature", torch.tensor([1.0 / t for t in temperatures]))
 
     def output_names(self) -> list[str]:
         return ([probability_output(t) for t in self.tasks] + [logits_output(t) for t in self.tasks]
-                + [FEATURES_OUTPUT])
+                + [FEATURES_OUTPUT] + ([OOD_OUTPUT] if self.ood is not None else []))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         batch = dihedral_views(x) if self.tta else [x]
@@ -48,7 +55,9 @@ class DeployNet(nn.Module):
         features, logits = self.net(torch.cat(batch) if views > 1 else x)
         probabilities = [_view_mean(torch.softmax(logits[t] * self.inverse_temperature[i], dim=1), views)
                          for i, t in enumerate(self.tasks)]
-        return (*probabilities, *(_view_mean(logits[t], views) for t in self.tasks), _view_mean(features, views))
+        features = _view_mean(features, views)
+        outputs = (*probabilities, *(_view_mean(logits[t], views) for t in self.tasks), features)
+        return outputs if self.ood is None else (*outputs, self.ood(features))
 
 
 def _view_mean(value: torch.Tensor, views: int) -> torch.Tensor:

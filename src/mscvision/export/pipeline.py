@@ -18,14 +18,17 @@ import onnx
 from mscvision.core.errors import EXIT_INTERNAL, ConfigError, MscvisionError
 from mscvision.core.fileio import sha256_file, write_json_atomic
 from mscvision.core.tasks import Task
-from mscvision.export import parity
+from mscvision.export import ood, parity
 from mscvision.export.graph import OPSET, DeployNet, embed_metadata, export_proto, save_single_file
-from mscvision.export.metadata import build_metadata, conformance, gate_measured_on, model_card, provenance
+from mscvision.export.metadata import (build_metadata, conformance, gate_measured_on, model_card, ood_tolerance,
+                                      provenance)
 from mscvision.export.quantize import INT8_RECIPES, to_fp16, to_int8
 from mscvision.export.samples import Samples, load_samples, read_split
 from mscvision.export.vectors import write_vectors
 from mscvision.core.machine import cpu_flags
+from mscvision.runtime.metadata import OOD_OUTPUT
 from mscvision.training.config import EXPORT_PRECISIONS as PRECISIONS  # one tuple: config checks it too
+from mscvision.training.config import OOD_METHODS
 from mscvision.training.run_files import RunFiles, load_classifier, locate_run
 
 PARITY_SCHEMA = "mscvision.parity/1"
@@ -46,6 +49,8 @@ class _Export:
     heldout: Samples
     deploy: DeployNet
     reference: dict[str, np.ndarray]  # torch probabilities on ``heldout``
+    reference_scores: np.ndarray | None  # torch's learned OOD score on ``heldout`` (None: no score head)
+    learned: ood.LearnedOod | None
     metadata: dict
     threads: int
     log: object
@@ -57,19 +62,22 @@ class _Export:
 
 def export_run(run_dir_or_ckpt: str | Path, out: str | Path | None = None, precision: str = "fp32", *,
                threads: int = 0, parity_images: int = 1024, calibration_images: int = 256,
-               log=print) -> Path:
+               ood_method: str | None = None, log=print) -> Path:
     """Export a trained run; returns the fp32 model's path (the default model, always written).
 
     ``precision`` fp16 / int8 adds that variant beside it when it meets its parity gate. Raises
-    ``ParityError`` (and removes the file) when the fp32 graph fails its gate.
+    ``ParityError`` (and removes the file) when the fp32 graph fails its gate. ``ood_method``: the
+    learned OOD score in the graph (knn / mahalanobis), default the run's ``ood.method``.
     """
     if precision not in PRECISIONS:
         raise ConfigError(f"--precision {precision!r}: use one of {PRECISIONS}")
+    if ood_method is not None and ood_method not in OOD_METHODS:
+        raise ConfigError(f"--ood-method {ood_method!r}: use one of {', '.join(OOD_METHODS)}")
     run = locate_run(run_dir_or_ckpt)
     out = Path(out) if out else run.run_dir / "model.onnx"
     if out.suffix != ".onnx":
         raise ConfigError(f"--out {out}: the model file must end in .onnx")
-    job = _prepare(run, out.stem, parity_images, threads, log)
+    job = _prepare(run, out.stem, parity_images, threads, ood_method, log)
     report = {"schema": PARITY_SCHEMA, "split": "+".join(job.heldout.splits), "n_images": len(job.heldout),
               "setup": f"{'dihedral x8 TTA inside the graph' if job.deploy.tta else 'plain single pass'}; "
                        "reference: the torch model as evaluated (fp32, CPU)",
@@ -80,23 +88,38 @@ def export_run(run_dir_or_ckpt: str | Path, out: str | Path | None = None, preci
     return out
 
 
-def _prepare(run: RunFiles, name: str, parity_images: int, threads: int, log) -> _Export:
+def _prepare(run: RunFiles, name: str, parity_images: int, threads: int, ood_method: str | None,
+             log) -> _Export:
     module = _load_evaluated_model(run.checkpoint)
-    tasks, spec = module.tasks, module.config.preprocess
+    tasks, spec, config = module.tasks, module.config.preprocess, module.config
     rows = read_split(run.run_dir)
     heldout = load_samples(rows, ("test", "val"), tasks, spec, parity.MIN_PARITY_IMAGES, parity_images)
     settings = task_settings(run.run_dir, tasks)
     deploy = DeployNet(module.eval_net, [t.name for t in tasks],
-                       [settings[t.name]["temperature"] for t in tasks], tta=module.config.export.tta)
-    reference = parity.torch_probabilities(deploy, heldout.tensors, tasks)
-    metadata = _metadata(name, module, run, rows, heldout, settings)
+                       [settings[t.name]["temperature"] for t in tasks], tta=config.export.tta)
+    learned = ood.fit_learned(deploy, rows, tasks, spec, ood_method or config.ood.method, config.ood.k, log)
+    deploy.ood = learned.head if learned else None  # the score head reads the features output
+    reference, reference_scores = parity.torch_outputs(deploy, heldout.tensors, tasks)
+    metadata = _metadata(name, module, run, rows, heldout, settings, learned)
     log(f"exporting {run.checkpoint} (opset {OPSET})")
-    return _Export(module, rows, heldout, deploy, reference, metadata, threads, log)
+    return _Export(module, rows, heldout, deploy, reference, reference_scores, learned, metadata, threads, log)
+
+
+def _with_own_calibration(job: _Export, proto, metadata: dict, precision: str) -> dict:
+    """``metadata`` with this graph's own scores of the calibration images (a variant's quantised
+    features score differently from fp32's: its p-values must come from its own scores) and the
+    score's verify tolerance, scaled to them."""
+    if job.learned is None:
+        return metadata
+    scores = ood.graph_scores(proto.SerializeToString(), job.learned.calibration.tensors, job.threads)
+    return {**metadata, "ood": ood.with_calibration(metadata["ood"], scores),
+            "conformance": {**metadata["conformance"], "ood_max_abs": ood_tolerance(precision, scores)}}
 
 
 def _export_fp32(job: _Export, out: Path, report: dict) -> None:
     _remove_variants(out)
     proto = export_proto(job.deploy, job.module.config.preprocess)
+    job.metadata = _with_own_calibration(job, proto, job.metadata, "fp32")
     embed_metadata(proto, job.metadata)
     save_single_file(proto, out)
     failures = _measure(job, out, "fp32", report)
@@ -138,8 +161,8 @@ def _try_variant(job: _Export, out: Path, precision: str, proto, settings: dict,
     """Write one candidate variant, measure it against its gate; keep it, or remove it and say why."""
     path = out.with_name(f"{out.stem}.{precision}.onnx")
     settings["gate_measured_on"] = gate_measured_on()
-    metadata = {**job.metadata, "precision": precision, "quantization": settings,
-                "conformance": conformance(precision, len(job.heldout))}
+    metadata = _with_own_calibration(job, proto, {**job.metadata, "precision": precision, "quantization": settings,
+                                                  "conformance": conformance(precision, len(job.heldout))}, precision)
     embed_metadata(proto, metadata)
     save_single_file(proto, path)
     report["gates"][precision] = {"variant": settings}
@@ -175,7 +198,8 @@ def task_settings(run_dir: Path, tasks: list[Task]) -> dict[str, dict]:
     return settings
 
 
-def _metadata(name: str, module, run: RunFiles, rows: list[dict], heldout: Samples, settings: dict) -> dict:
+def _metadata(name: str, module, run: RunFiles, rows: list[dict], heldout: Samples, settings: dict,
+              learned: ood.LearnedOod | None) -> dict:
     config, metrics = module.config, run.metrics
     manifest = metrics.get("run", {}).get("data_manifest")  # what training read, recorded by the run
     n_split = {s: sum(r["split"] == s for r in rows) for s in ("train", "val", "test")}
@@ -185,17 +209,28 @@ def _metadata(name: str, module, run: RunFiles, rows: list[dict], heldout: Sampl
                           card=model_card(config, module.tasks, metrics, n_split, manifest), tta=config.export.tta)
     meta["conformance"] = conformance("fp32", len(heldout))  # the held-out images are the vector candidates
     meta["graph"] = {"opset": OPSET, "exporter": "torch.onnx.export (dynamo)", "export_batch": "dynamic"}
+    if learned:
+        meta["outputs"]["ood_score"] = learned.settings["output"]
+    meta["ood"] = ood.ood_metadata(learned, config.ood.alpha, config.preprocess)
+    if learned is None:
+        meta["model_card"]["known_limits"] += f" No out-of-distribution gate: {ood.NO_VAL_SPLIT}."
     return meta
 
 
 def _measure(job: _Export, path: Path, precision: str, report: dict) -> list[str]:
     """Parity of the file at ``path`` against the torch reference, into ``report``; the gate's failures."""
-    candidate = parity.onnx_probabilities(path, job.heldout.tensors, job.threads)
+    candidate, scores = parity.onnx_outputs(path, job.heldout.tensors, job.threads)
     figures = parity.parity_figures(job.reference, candidate, job.heldout.targets, job.tasks)
     failures = parity.gate_failures(figures, precision)
     report[precision] = figures
+    if job.reference_scores is not None:  # the learned OOD score is gated with the probabilities
+        score_figures = parity.ood_figures(job.reference_scores, scores)
+        report.setdefault("ood", {})[precision] = score_figures
+        failures += parity.ood_gate_failures(score_figures, precision)
+        job.log(f"parity {precision:4} {OOD_OUTPUT}: max|Δ| {score_figures['max_abs_diff']:.2e}, rank correlation "
+                f"{score_figures['rank_correlation']:.4f}")
     extra = {"cpu_flags": cpu_flags()} if precision == "int8" else {}
-    report["gates"][precision] = {**parity.gate_entry(precision, failures, extra),
+    report["gates"][precision] = {**parity.gate_entry(precision, failures, extra, ood=job.learned is not None),
                                   **report["gates"].get(precision, {})}
     for task, f in figures.items():
         job.log(f"parity {precision:4} {task}: max|Δp| {f['max_abs_diff']:.2e}, top-1 agreement "

@@ -120,7 +120,8 @@ def _write_case(model: Model, folder: Path, source: Path, i: int) -> dict:
     tensor = load_input(folder / image, model.metadata)
     tensor_file = f"{i:02d}.input.f32"
     tensor.astype("<f4").tofile(folder / tensor_file)
-    probs = model.predict(tensor[None])
-    return {"image": image, "tensor": tensor_file, "shape": list(tensor.shape),
+    probs, score = model.predict_with_ood(tensor[None])
+    case = {"image": image, "tensor": tensor_file, "shape": list(tensor.shape),
             "probabilities": {t: [float(v) for v in p[0]] for t, p in probs.items()},
             "labels": {t.name: t.classes[int(probs[t.name][0].argmax())] for t in model.metadata.tasks}}
+    return case if score is None else {**case, "ood_score": float(score[0])}

@@ -35,6 +35,9 @@ def logits_output(task: str) -> str:
 
 
 FEATURES_OUTPUT = "features"  # reserved: the penultimate feature vector
+# The learned OOD score, float32 (N,), higher = more unusual (issue 16): optional, declared in the
+# metadata's ``ood.learned``; a model exported before it (or without a val split) has none.
+OOD_OUTPUT = "ood.score"
 
 
 @dataclass(frozen=True)

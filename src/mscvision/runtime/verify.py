@@ -1,8 +1,9 @@
 """Conformance vectors: prove that this station decodes, preprocesses and runs a model as export did.
 
 A vectors folder (``NAME.vectors/``) holds a few input images, ``vectors.json`` and, per image, the
-expected preprocessed tensor as raw little-endian float32 (C, h, w). A station written in another
-language can check itself against the same files (models/README.md).
+expected preprocessed tensor as raw little-endian float32 (C, h, w); for a model with a learned OOD
+score each case also holds its expected ``ood_score``, checked against ``conformance.ood_max_abs``.
+A station written in another language can check itself against the same files (models/README.md).
 
 The vectors folder is editable; the model file is hashed. So what decides PASS comes from the model:
 the tolerances from its metadata (``conformance``; per-precision defaults for models exported
@@ -43,6 +44,7 @@ class Tolerances:
     tensor_max_abs: float
     probability_max_abs: float
     source: str  # where they come from, for the report
+    ood_max_abs: float | None = None  # the learned OOD score's; None for a model without one
 
 
 @dataclass
@@ -67,8 +69,9 @@ def model_tolerances(model: Model) -> Tolerances:
     """The model's own stated tolerances (validated at load), else the defaults for its precision."""
     stated = model.metadata.raw.get("conformance")
     if stated:
+        ood = stated.get("ood_max_abs")  # export writes it with the score; a case fails without it
         return Tolerances(float(stated["tensor_max_abs"]), float(stated["probability_max_abs"]),
-                          "the model's metadata")
+                          "the model's metadata", float(ood) if ood is not None else None)
     precision = model.metadata.precision
     if precision not in PROBABILITY_TOLERANCE:
         raise ModelError(f"{model.path}: precision {precision!r} has no stated conformance tolerance.")
@@ -179,7 +182,8 @@ def _check_case(model: Model, folder: Path, case: object, tol: Tolerances, repor
     tensor_diff = float(np.abs(tensor - expected).max())
     problems = [] if tensor_diff <= tol.tensor_max_abs else \
         [f"tensor differs by {tensor_diff:.2e} > {tol.tensor_max_abs:.0e}"]
-    probs = model.predict(expected[None])  # the expected tensor: a preprocessing slip cannot mask a runtime one
+    # the expected tensor: a preprocessing slip cannot mask a runtime one
+    probs, score = model.predict_with_ood(expected[None])
     worst = 0.0
     for task in model.metadata.tasks:
         task_worst, task_problems = _compare_task(task, probs[task.name][0], case)
@@ -188,9 +192,15 @@ def _check_case(model: Model, folder: Path, case: object, tol: Tolerances, repor
     report.probability_max_abs = max(report.probability_max_abs, worst)
     if not worst <= tol.probability_max_abs:
         problems.append(f"probabilities differ by {worst:.2e} > {tol.probability_max_abs:.0e}")
+    score_note = ""
+    if score is not None:
+        score_diff = _compare_score(score[0], case, tol)
+        score_note = f", OOD score |Δ| {score_diff:.1e}"
+        if not score_diff <= tol.ood_max_abs:
+            problems.append(f"OOD score differs by {score_diff:.2e} > {tol.ood_max_abs:.1e}")
     status = "FAIL" if problems else "ok"
     report.lines.append(f"{status:4} {name}: tensor max|Δ| {tensor_diff:.1e}, probability max|Δ| {worst:.1e}"
-                        + (f" — {'; '.join(problems)}" if problems else ""))
+                        + score_note + (f" — {'; '.join(problems)}" if problems else ""))
     report.failures += [f"{name}: {p}" for p in problems]
 
 
@@ -214,6 +224,18 @@ def _compare_task(task, got: np.ndarray, case: dict) -> tuple[float, list[str]]:
     if top != label:
         problems.append(f"{task.name}: label {top} != recorded label {label}")
     return worst, problems
+
+
+def _compare_score(got: float, case: dict, tol: Tolerances) -> float:
+    """|Δ| of the learned OOD score against the case's ``ood_score``: a model with a score needs one per
+    case (export writes it), and a tolerance in its metadata; either missing makes the case unverifiable."""
+    want = case.get("ood_score")
+    if not isinstance(want, (int, float)) or isinstance(want, bool):
+        raise VectorError("'ood_score' is missing or not a number, but the model has a learned OOD score")
+    if tol.ood_max_abs is None:
+        raise VectorError("the model has a learned OOD score but states no conformance.ood_max_abs")
+    diff = abs(float(got) - float(want))
+    return diff if math.isfinite(diff) else math.inf
 
 
 def _field(case: dict, key: str, kind: type):

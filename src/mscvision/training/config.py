@@ -33,6 +33,7 @@ ACCELERATORS = ("auto", "cpu", "gpu")
 STRATEGIES = ("auto", "ddp", "ddp_spawn")  # trainer.strategy: Lightning's names
 TRAINER_PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true")  # Lightning's
 EXPORT_PRECISIONS = ("fp32", "fp16", "int8")
+OOD_METHODS = ("knn", "mahalanobis")  # the learned OOD scores export can build into the graph
 AUTO = "auto"  # preprocess.mean / std: measured on the training split, then frozen (training/normalization.py)
 REPLACED_SECTIONS = ("tasks",)  # a layer's task set replaces the defaults' (merging would add tasks)
 
@@ -221,6 +222,27 @@ class DecideConfig:
 
 
 @dataclass(frozen=True)
+class OodConfig:
+    """The out-of-distribution gate export builds into the model (export/ood.py, issue 16): a learned
+    score inside the graph, calibrated on the val split (groups never trained on)."""
+
+    method: str = "mahalanobis"  # the learned score: mahalanobis (distance to the nearest first-task
+    #   class mean, shared covariance) | knn (1 − cosine similarity to the k-th nearest training
+    #   feature). Measured on the default model: far-OOD noise AUROC 0.85 / 0.995 (uniform / Gaussian)
+    #   vs kNN's 0.51 / 0.89, blank / saturated alike, both near chance on blur (the image checks' job)
+    k: int = 50  # knn: which neighbour (Sun et al. 2022's CIFAR-10 choice); at most the bank size
+    alpha: float = 0.05  # the gate's false-alarm rate on in-distribution images: conformal p-values
+    #   from the val split's scores; how the image checks and the score share it: runtime/gate.py
+
+    def __post_init__(self) -> None:
+        check_choice("ood.method", self.method, OOD_METHODS)
+        if not (isinstance(self.k, int) and self.k >= 1):
+            raise ConfigError(f"ood.k={self.k!r}: use a whole number >= 1")
+        if not 0 < self.alpha < 1:
+            raise ConfigError(f"ood.alpha={self.alpha!r}: use a number between 0 and 1 (e.g. 0.05)")
+
+
+@dataclass(frozen=True)
 class RunConfig:
     name: str = "default"
     seed: int = 0
@@ -242,6 +264,7 @@ class RunConfig:
     export: ExportConfig = field(default_factory=ExportConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     decide: DecideConfig = field(default_factory=DecideConfig)
+    ood: OodConfig = field(default_factory=OodConfig)
 
     def __post_init__(self) -> None:
         if self.data.val_fraction == 0 and self.trainer.select != "last":
