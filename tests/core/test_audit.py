@@ -161,6 +161,16 @@ def test_a_reformatted_line_is_an_edited_line(log, keys):
     assert (f.kind, f.record) == ("edited", 2) and "canonical" in f.message
 
 
+@pytest.mark.parametrize("edit", [(b'"status":"ok"', b'"status":"\\ud800"'), (b'"seq":2', b'"seq":"2"'),
+                                  (b'"station":"line-1"', b'"station":7')])
+def test_a_line_no_record_of_ours_could_be_is_an_edited_line(log, keys, edit):
+    content = lines(log)
+    content[2] = content[2].replace(*edit)
+    write_lines(log, content)
+    f = finding(log, keys)
+    assert (f.kind, f.record) == ("edited", 2)
+
+
 def test_a_deleted_record_is_named(log, keys):
     content = lines(log)
     del content[6]

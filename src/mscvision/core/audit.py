@@ -114,12 +114,17 @@ def record_problem(line: bytes) -> tuple[dict | None, str | None]:
         return None, "not a JSON object (the line was edited or corrupted)"
     if not isinstance(record, dict) or tuple(sorted(record)) != tuple(sorted(ENVELOPE)):
         return None, f"not an audit record (its keys are not {', '.join(ENVELOPE)})"
+    texts = ("prev", "hash", "run_id", "time", "station", "key")
     if not (isinstance(record["seq"], int) and not isinstance(record["seq"], bool) and record["seq"] >= 0
-            and isinstance(record["prev"], str) and isinstance(record["hash"], str) and record["kind"] in KINDS
+            and all(isinstance(record[k], str) for k in texts) and record["kind"] in KINDS
             and isinstance(record["body"], dict) and record["v"] == FORMAT):
-        return record, "a field has the wrong type (seq, prev, hash, kind, body or v)"
-    if canonical_json(record) + b"\n" != line:
-        return record, "not in canonical form (sorted keys, no spaces): the line was rewritten by hand"
+        return None, f"a field has the wrong type (seq, kind, body, v or one of {', '.join(texts)})"
+    try:
+        canonical = canonical_json(record) + b"\n"
+    except AuditError:  # e.g. an escaped lone surrogate: no record of ours holds one
+        canonical = b""
+    if canonical != line:
+        return record, "not in canonical form (sorted keys, no spaces, plain UTF-8): the line was rewritten by hand"
     if record_hash(record) != record["hash"]:
         return record, "its content does not match its hash: the record was edited"
     return record, None
