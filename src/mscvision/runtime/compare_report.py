@@ -243,7 +243,8 @@ def changed_block(task: dict, changed: list[dict], thumbnails: dict[str, str]) -
                    "</tr>" for c in changed[:MAX_CHANGED_ROWS])
     more = f"<p>… {len(changed) - MAX_CHANGED_ROWS} more in decisions_changed.csv.</p>" if len(changed) > \
         MAX_CHANGED_ROWS else ""
-    return (f"<p>{summary['n']} decisions changed: {esc(kinds_text(summary['by_kind']))}.</p>"
+    return (f"<p>{summary['n']} decision{'' if summary['n'] == 1 else 's'} changed: "
+            f"{esc(kinds_text(summary['by_kind']))}.</p>"
             f"<table><tr><th>approved said</th><th>candidate says</th><th>images</th></tr>{transitions}</table>"
             f"<div class='grid'>{grid}</div>"
             f"<table><tr><th>image</th><th>group</th><th>true</th><th>approved (p)</th><th>candidate (p)</th>"
