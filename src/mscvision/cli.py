@@ -66,7 +66,7 @@ def _subcommands() -> list[tuple]:
     """(name, help, add its arguments, handler); export needs mscvision[train], predict/info/verify
     are the bare station install. ``commands.train`` and ``runtime.commands`` import nothing heavy
     at the top."""
-    from mscvision.commands import evaluate, train
+    from mscvision.commands import audit, compare, evaluate, train
     from mscvision.runtime import commands
 
     return [
@@ -80,6 +80,10 @@ def _subcommands() -> list[tuple]:
          commands.run_verify),
         ("evaluate", "evaluate a model on labelled images: metrics.json and report.html",
          evaluate.add_evaluate_arguments, evaluate.run_evaluate),
+        ("compare", "compare an approved model with a candidate on labelled images: the paired report",
+         compare.add_compare_arguments, compare.run_compare),
+        ("audit", "the station's audit trail (keygen, verify, show, repair) and model approvals",
+         audit.add_audit_arguments, audit.run_audit),
         ("bench", "benchmark trained runs (needs mscvision[train])", _bench_arguments, run_bench),
     ]
 

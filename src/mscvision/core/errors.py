@@ -6,6 +6,10 @@ EXIT_USAGE = 2
 EXIT_INPUTS_FAILED = 3
 EXIT_QC_FAIL = 4
 EXIT_QC_REVIEW = 5
+# 6, not 2: a log that fails verification is a finding about the record, not a mistake in the command
+# (2 would read as "fix your arguments"), and not 3 (inputs) or 4/5 (verdicts). A station that cannot
+# append its record exits 6 too: a verdict that leaves no audit trail must not read as PASS.
+EXIT_AUDIT = 6
 
 
 class MscvisionError(Exception):
@@ -42,3 +46,10 @@ class ImageError(MscvisionError):
 
 class ModelError(MscvisionError):
     """A model file that is missing, unreadable or not an mscvision model of a known version."""
+
+
+class AuditTrailBroken(MscvisionError):
+    """The audit log fails verification (edited, reordered, truncated, rewritten, cut short by a kill),
+    or an append is refused because of it: nothing more is written until a person has looked."""
+
+    exit_code = EXIT_AUDIT

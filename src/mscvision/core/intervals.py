@@ -89,3 +89,63 @@ def _intervals(scored: list[dict], matrices: np.ndarray, classes, level: float) 
         out["per_class"][cls] = {f: interval(values[f][defined[f]]) for f in CLASS_FIGURES}
         out["per_class_draws"][cls] = {f: int(defined[f].sum()) for f in CLASS_FIGURES}
     return out
+
+
+def paired_group_bootstrap(y_true: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray, groups: np.ndarray | list,
+                           classes: tuple[str, ...] | list[str], n_boot: int = 1000, seed: int = 0,
+                           level: float = 0.95) -> dict:
+    """Percentile intervals of the DIFFERENCE b − a of two models' figures on the same images.
+
+    Paired: each draw resamples the groups once and scores both models on that same draw, so what
+    the two share (the hard groups, the easy ones) cancels, and the interval is of the change, not
+    of two independent noises added up. Returns ``{"method", "level", "n_boot", "seed", "n_groups",
+    "n_images", "difference", "intervals", "b_better", "reason"}``: ``difference`` is b − a on all
+    images for each of SUMMARY_FIGURES (and ``per_class`` recall and F1), ``intervals`` their
+    ``[low, high]``, ``b_better`` the share of draws in which b − a > 0. Fewer than 2 groups: no
+    interval, ``reason`` says why.
+    """
+    y_true, pred_a, pred_b = np.asarray(y_true), np.asarray(pred_a), np.asarray(pred_b)
+    groups = np.asarray(groups, dtype=object)
+    if not (len(y_true) == len(pred_a) == len(pred_b) == len(groups)):
+        raise ValueError("y_true, the two predictions and the groups must have one entry per image")
+    keep = y_true != IGNORE_INDEX
+    names, group_index = np.unique(groups[keep].astype(str), return_inverse=True)
+    full_a = metrics_from_confusion(_confusion(y_true[keep], pred_a[keep], len(classes)), classes)
+    full_b = metrics_from_confusion(_confusion(y_true[keep], pred_b[keep], len(classes)), classes)
+    result = {"method": "paired percentile bootstrap: the same resampled groups score both models",
+              "level": level, "n_boot": n_boot, "seed": seed, "n_groups": len(names), "n_images": int(keep.sum()),
+              "difference": _differences(full_a, full_b, classes), "intervals": None, "b_better": None,
+              "reason": None}
+    if len(names) < 2:
+        result["reason"] = f"{len(names)} group(s): an interval of the difference needs at least 2 independent groups"
+        return result
+    cm_a = group_confusions(y_true[keep], pred_a[keep], group_index, len(names), len(classes))
+    cm_b = group_confusions(y_true[keep], pred_b[keep], group_index, len(names), len(classes))
+    draws = np.random.default_rng(seed).multinomial(len(names), np.full(len(names), 1 / len(names)), size=n_boot)
+    drawn_a, drawn_b = np.einsum("bg,gij->bij", draws, cm_a), np.einsum("bg,gij->bij", draws, cm_b)
+    diffs = [_differences(metrics_from_confusion(a, classes), metrics_from_confusion(b, classes), classes)
+             for a, b in zip(drawn_a, drawn_b)]
+    present = drawn_a.sum(axis=2) > 0  # (draws, classes): the true counts are the same for both models
+    tail = 100 * (1 - level) / 2
+
+    def summarise(values: np.ndarray) -> list[float] | None:
+        return [float(x) for x in np.percentile(values, (tail, 100 - tail))] if len(values) else None
+
+    result["intervals"] = {name: summarise(np.array([d[name] for d in diffs])) for name in SUMMARY_FIGURES}
+    result["b_better"] = {name: float(np.mean([d[name] > 0 for d in diffs])) for name in SUMMARY_FIGURES}
+    # a class's difference only over the draws that hold it (absent, both models score 0: no evidence)
+    result["intervals"]["per_class"] = {
+        cls: {f: summarise(np.array([d["per_class"][cls][f] for d in diffs])[present[:, i]]) for f in ("recall", "f1")}
+        for i, cls in enumerate(classes)}
+    return result
+
+
+def _confusion(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
+    return group_confusions(y_true, y_pred, np.zeros(len(y_true), np.int64), 1, n_classes)[0]
+
+
+def _differences(a: dict, b: dict, classes) -> dict:
+    out = {name: b[name] - a[name] for name in SUMMARY_FIGURES}
+    out["per_class"] = {cls: {f: b["per_class"][cls][f] - a["per_class"][cls][f] for f in ("recall", "f1")}
+                        for cls in classes}
+    return out

@@ -157,15 +157,16 @@ def evaluate_model(model: Model, data: LabelledData, *, batch_size: int = 32, wo
                "tasks": {}}
     metrics["data"]["relation_to_model"] = relation_to_model(data, metrics["provenance"] or {})
     problems = len(metrics["errors"])
+    task_inputs = {}  # per task, the scored images behind the figures: `compare` pairs two models on them
     for task in model.metadata.tasks:
         if task.name not in data.labels:
             continue
-        inputs = TaskInputs.gather(task, data, rows, scored, outputs)
+        inputs = task_inputs[task.name] = TaskInputs.gather(task, data, rows, scored, outputs)
         metrics["tasks"][task.name] = task_figures(task, inputs, model.metadata.raw,
                                                    n_boot, seed, n_errors)
         problems += metrics["tasks"][task.name]["unknown_labels"]["n"]
     columns, out_rows = prediction_rows(model, data, rows)
-    return Evaluation(metrics, out_rows, columns, problems)
+    return Evaluation(metrics, out_rows, columns, problems, {"task_inputs": task_inputs})
 
 
 def second_pass(model: Model, paths: list[str], batch_size: int, budget: DecodeBudget) -> dict[str, np.ndarray]:

@@ -1,0 +1,70 @@
+"""The station's start-up self-check, before a lot is judged: the right model, unchanged, on a station
+that runs it as export did. ``qc`` calls ``station_startup`` once, before reading any image; any
+failure is a refusal with no verdict (exit 2).
+
+In order: the spec's signature (when the station has approver keys), the model file read once and
+hashed (``load_model``: the session is built from those same bytes, so the hash is of what runs),
+its approval (``core.approval.check_approved``: SHA-256 pinned by the spec, metadata matching the
+approval record), a ``MODEL.sig`` if present, and the model's conformance vectors
+(``runtime.verify``): a station whose decoding, preprocessing or kernels differ from export's
+would judge with numbers nobody validated.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from mscvision.core.approval import check_approved, check_file_signature
+from mscvision.core.errors import ConfigError
+from mscvision.runtime.model import Model, load_model
+from mscvision.runtime.verify import default_vectors_dir, verify_model
+
+
+class StationRefused(ConfigError):
+    """The start-up self-check failed: this station does not judge with this model (exit 2)."""
+
+
+@dataclass(frozen=True)
+class StartupCheck:
+    model: Model
+    approval: dict  # the spec's approval entry for this model
+    spec_sha256: str
+    signatures: dict  # {"spec": record or None, "model": record or None}
+    conformance: dict  # {"passed", "cases", "probability_max_abs", "vectors"}
+
+    def audit_fields(self, spec_path: str | os.PathLike) -> dict:
+        """The run record's ``model`` and ``spec`` entries (core.audit.RUN_FIELDS)."""
+        return {"model": {"path": str(self.model.path), "sha256": self.model.sha256,
+                          "name": self.model.metadata.raw.get("name"), "precision": self.model.metadata.precision,
+                          "approval": self.approval, "signature": self.signatures["model"],
+                          "conformance": self.conformance, "providers": self.model.providers},
+                "spec": {"path": str(spec_path), "sha256": self.spec_sha256, "signature": self.signatures["spec"]}}
+
+
+def station_startup(model_path: str | os.PathLike, spec: object, spec_path: str | os.PathLike, *,
+                    spec_sha256: str | None = None, vectors: str | os.PathLike | None = None,
+                    approver_keys=(), threads: int = 0, device: str = "auto") -> StartupCheck:
+    """Load the model only if it is approved and passes its conformance vectors; ``spec`` is the parsed
+    spec (its ``approval`` section), ``spec_sha256`` the hash of the bytes it was parsed from (computed
+    from ``spec_path`` when not given). ``ApprovalError`` / ``StationRefused`` / ``ModelError`` otherwise."""
+    from mscvision.core.fileio import sha256_file
+
+    spec_sha256 = spec_sha256 or sha256_file(spec_path)
+    spec_signature = check_file_signature(spec_path, spec_sha256, approver_keys, required=bool(approver_keys))
+    model = load_model(model_path, threads, device)
+    approval = check_approved(model.path, model.sha256, model.metadata.raw, spec, where=str(spec_path))
+    model_signature = check_file_signature(model.path, model.sha256, approver_keys, required=False)
+    folder = Path(vectors) if vectors is not None else default_vectors_dir(model.path)
+    report = verify_model(model, folder)
+    if not report.passed:
+        shown = "; ".join(report.failures[:3]) + (f"; … {len(report.failures) - 3} more" if len(report.failures) > 3
+                                                   else "")
+        raise StationRefused(f"{model.path}: the start-up self-check against its conformance vectors ({folder}) "
+                             f"failed: {shown or 'no case was checked'}. No lot is judged on this station until "
+                             "`mscvision verify MODEL` passes (same model, its own NAME.vectors folder, the station's "
+                             "onnxruntime build).")
+    conformance = {"passed": True, "cases": report.cases, "probability_max_abs": report.probability_max_abs,
+                   "vectors": str(folder)}
+    return StartupCheck(model, approval, spec_sha256, {"spec": spec_signature, "model": model_signature}, conformance)
