@@ -39,7 +39,8 @@ def main() -> int:
     labels = np.array([classes.index(r[f"{task}.true"]) for r in known])
     groups = np.array([r["group"] for r in known])
     report = {"task": task, "source": str(args.cv_dir), "checks": [
-        redraw_guarantee(probs, labels, groups, target, args.delta, args.draws) for target in args.target or [0.99]]}
+        redraw_guarantee(probs, labels, groups, target, args.delta, args.draws, by_group=by_group)
+        for by_group in (True, False) for target in args.target or [0.99]]}
     for check in report["checks"]:
         print(json.dumps(check))
     write_json_atomic(args.cv_dir / "guarantee_check.json", report)

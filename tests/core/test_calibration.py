@@ -152,3 +152,22 @@ def test_group_redraws_report_how_often_the_target_is_missed():
     assert report["certified_draws"] > 25 and 0 < report["mean_coverage"] < 1
     assert report["below_target"] <= 0.1 + 3 * np.sqrt(0.1 * 0.9 / 40)
     assert report["clearly_below"] <= report["below_target"]
+
+
+def test_design_effect_counts_clustered_errors_as_fewer_independent_images():
+    from mscvision.core.selective import design_effect
+
+    groups = np.arange(1000) % 20  # every group spans every confidence
+    spread = np.zeros(1000, bool)
+    spread[[200 + 21 * j for j in range(8)]] = True  # 8 errors below the 200 most confident, in 8 groups
+    clustered = np.zeros(1000, bool)
+    clustered[[200 + 20 * j for j in range(8)]] = True  # about the same ranks, all in group 0
+    assert design_effect(groups, spread) == pytest.approx(1.0, abs=0.1)
+    assert design_effect(groups, clustered) > 3
+    assert design_effect(groups, np.zeros(1000, bool)) == 1.0 and design_effect(np.zeros(1000), clustered) == 1.0
+    # the same errors certify less once their clustering is allowed for; spread errors cost nothing
+    confidence = np.linspace(1.0, 0.9, 1000)
+    alone = certify_threshold(confidence, ~clustered, 0.95, 0.05)
+    grouped = certify_threshold(confidence, ~clustered, 0.95, 0.05, groups)
+    assert alone.coverage == 1.0 and grouped.coverage < 0.3 and "design effect" in grouped.reason
+    assert certify_threshold(confidence, ~spread, 0.95, 0.05, groups).coverage == 1.0

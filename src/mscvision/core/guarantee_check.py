@@ -24,8 +24,10 @@ _EPS = 1e-12
 
 
 def redraw_guarantee(probs: np.ndarray, labels: np.ndarray, groups: np.ndarray, target_accuracy: float,
-                     delta: float, draws: int = 200, calibration_share: float = 0.5, seed: int = 0) -> dict:
-    """Per draw: certify on a random ``calibration_share`` of the groups, measure on the rest."""
+                     delta: float, draws: int = 200, calibration_share: float = 0.5, seed: int = 0,
+                     by_group: bool = True) -> dict:
+    """Per draw: certify on a random ``calibration_share`` of the groups, measure on the rest
+    (``by_group``: the bound allows for the groups' design effect, as training does)."""
     rng = np.random.default_rng(seed)
     log_probs = np.log(np.maximum(np.asarray(probs, dtype=np.float64), _EPS))
     labels, groups = np.asarray(labels), np.asarray(groups)
@@ -37,7 +39,7 @@ def redraw_guarantee(probs: np.ndarray, labels: np.ndarray, groups: np.ndarray, 
         t = fit_temperature(log_probs[calibration], labels[calibration])
         cal_p, test_p = apply_temperature(log_probs[calibration], t), apply_temperature(log_probs[~calibration], t)
         certificate = certify_threshold(cal_p.max(axis=1), cal_p.argmax(axis=1) == labels[calibration],
-                                        target_accuracy, delta)
+                                        target_accuracy, delta, groups[calibration] if by_group else None)
         confidence, correct = test_p.max(axis=1), test_p.argmax(axis=1) == labels[~calibration]
         labelled = confidence >= certificate.threshold if certificate.certified else np.zeros(len(correct), bool)
         n, right = int(labelled.sum()), int(correct[labelled].sum())
@@ -49,6 +51,7 @@ def redraw_guarantee(probs: np.ndarray, labels: np.ndarray, groups: np.ndarray, 
     below = [r for r in certified if r["selective_accuracy"] < target_accuracy]
     clearly = [r for r in certified if r["accuracy_upper_95"] < target_accuracy]
     return {"draws": draws, "target_accuracy": target_accuracy, "delta": delta, "calibration_share": calibration_share,
+            "bound": "design effect over groups" if by_group else "images counted as independent",
             "groups": int(len(names)), "images": int(len(labels)), "certified_draws": len(certified),
             "below_target": len(below) / draws, "clearly_below": len(clearly) / draws,
             "mean_coverage": float(np.mean([r["coverage"] for r in results])),

@@ -51,45 +51,85 @@ class Certificate:
         return asdict(self)
 
 
-def clopper_pearson_upper(errors: int, n: int, delta: float) -> float:
+def clopper_pearson_upper(errors: float, n: float, delta: float) -> float:
     """One-sided (1 - delta) upper confidence bound on an error rate from ``errors`` of ``n``.
 
-    The p solving P(Binomial(n, p) <= errors) = delta, by bisection on the exact binomial CDF
-    (no scipy at the station). 1.0 when n == 0 or errors == n.
+    The (1 - delta) quantile of Beta(errors + 1, n - errors), by bisection on the regularized
+    incomplete beta function (no scipy at the station). Real-valued counts are accepted: an
+    effective sample size (``design_effect``) gives them. 1.0 when n == 0 or errors == n.
     """
     if n <= 0 or errors >= n:
         return 1.0
-    if errors == 0:
+    if errors <= 0:
         return 1.0 - delta ** (1.0 / n)
-    log_choose = _log_choose(n, errors)
     low, high = errors / n, 1.0
     for _ in range(60):
         mid = (low + high) / 2
-        if _binomial_cdf(log_choose, n, mid) > delta:
+        if regularized_beta(errors + 1, n - errors, mid) < 1.0 - delta:
             low = mid
         else:
             high = mid
     return high
 
 
-def _log_factorials(n: int) -> np.ndarray:
-    """log(i!) for i = 0..n."""
-    return np.r_[0.0, np.cumsum(np.log(np.arange(1, n + 1, dtype=np.float64)))]
+def _bound_within(errors: float, n: float, delta: float, allowed: float) -> bool:
+    """Clopper-Pearson upper bound <= ``allowed``, from one incomplete-beta value (no bisection)."""
+    if n <= 0 or errors >= n:
+        return False
+    return regularized_beta(errors + 1, n - errors, allowed) >= 1.0 - delta
 
 
-def _log_choose(n: int, k: int, log_factorial: np.ndarray | None = None) -> np.ndarray:
-    """log C(n, i) for i = 0..k (``log_factorial``: ``_log_factorials(N)`` for some N >= n, reused)."""
-    f = _log_factorials(n) if log_factorial is None else log_factorial
-    i = np.arange(k + 1)
-    return f[n] - f[i] - f[n - i]
+def regularized_beta(a: float, b: float, x: float) -> float:
+    """I_x(a, b), the Beta(a, b) CDF at x: Lentz's continued fraction (Numerical Recipes 6.4)."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
+    if x < (a + 1) / (a + b + 2):
+        return front * _beta_fraction(a, b, x) / a
+    return 1.0 - front * _beta_fraction(b, a, 1.0 - x) / b
 
 
-def _binomial_cdf(log_choose: np.ndarray, n: int, p: float) -> float:
-    """P(Binomial(n, p) <= k) with k = len(log_choose) - 1, summed in log space."""
-    i = np.arange(len(log_choose))
-    log_terms = log_choose + i * math.log(p) + (n - i) * math.log1p(-p)
-    top = log_terms.max()
-    return float(np.exp(top) * np.exp(log_terms - top).sum())
+def _beta_fraction(a: float, b: float, x: float) -> float:
+    tiny, c = 1e-300, 1.0
+    d = 1.0 - (a + b) * x / (a + 1)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 1000):
+        for numerator in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+                          -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+            d = 1.0 + numerator * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + numerator / c
+            c = c if abs(c) > tiny else tiny
+            h *= d * c
+        if abs(d * c - 1.0) < 3e-14:
+            break
+    return h
+
+
+def design_effect(groups: np.ndarray, errors: np.ndarray) -> float:
+    """Kish's design effect of clustered 0/1 errors, 1 + (m - 1) rho: m the size-weighted mean group
+    size, rho the ANOVA estimate of the intra-group correlation (clipped to [0, 1]).
+
+    Images of one well or donor share their errors (focus, staining, a hard culture): n of them
+    carry the information of about n / deff independent images, and a bound that counts them as
+    independent is too narrow. 1 when there are no errors, all errors, or fewer than 2 groups.
+    """
+    _, index = np.unique(groups, return_inverse=True)
+    m = np.bincount(index).astype(np.float64)
+    e = np.bincount(index, weights=np.asarray(errors, dtype=np.float64))
+    n, g, total = m.sum(), len(m), e.sum()
+    if g < 2 or total <= 0 or total >= n or n <= g:
+        return 1.0
+    p, rate = total / n, e / m
+    between = float(np.sum(m * (rate - p) ** 2) / (g - 1))
+    within = float(np.sum(m * rate * (1 - rate)) / (n - g))
+    m0 = (n - np.sum(m ** 2) / n) / (g - 1)
+    denominator = between + (m0 - 1) * within
+    rho = (between - within) / denominator if denominator > 0 else 0.0
+    return float(1.0 + (np.sum(m ** 2) / n - 1.0) * min(max(rho, 0.0), 1.0))
 
 
 def minimum_labelled(target_accuracy: float, delta: float) -> int:
@@ -106,28 +146,35 @@ def first_tested_count(target_accuracy: float, delta: float) -> int:
 
 
 def certify_threshold(confidence: np.ndarray, correct: np.ndarray, target_accuracy: float = 0.99,
-                      delta: float = 0.05) -> Certificate:
-    """The most permissive grid threshold certified by fixed-sequence testing (module docstring)."""
+                      delta: float = 0.05, groups: np.ndarray | None = None) -> Certificate:
+    """The most permissive grid threshold certified by fixed-sequence testing (module docstring).
+
+    ``groups`` (per image): the bound counts the labelled images as n / deff independent ones, with
+    the design effect of their errors over the groups (``design_effect``), so that a calibration
+    set of a few wells is not taken for thousands of independent images.
+    """
     if not (0.0 < target_accuracy < 1.0 and 0.0 < delta < 1.0):
         raise ValueError(f"target_accuracy {target_accuracy} and delta {delta} must lie in (0, 1)")
     confidence, correct = np.asarray(confidence, dtype=np.float64), np.asarray(correct, dtype=bool)
     n_min, allowed = first_tested_count(target_accuracy, delta), 1.0 - target_accuracy
-    ranked = np.sort(confidence)[::-1]
-    errors_within = np.cumsum(~correct[np.argsort(-confidence, kind="stable")])
-    log_factorial = _log_factorials(len(confidence))
-    best: tuple[float, int, int] | None = None
+    order = np.argsort(-confidence, kind="stable")
+    ranked, wrong = confidence[order], ~correct[order]
+    ranked_groups = None if groups is None else np.asarray(groups)[order]
+    errors_within = np.cumsum(wrong)
+    best: tuple[float, int, int, float] | None = None
     stopped = ""
     for threshold in THRESHOLD_GRID:
         n = int(np.searchsorted(-ranked, -threshold, side="right"))  # images with confidence >= threshold
         if n < n_min:
             continue
         errors = int(errors_within[n - 1])
-        # bound <= allowed  ⇔  P(Binomial(n, allowed) <= errors) <= delta: one CDF, no bisection
-        if _binomial_cdf(_log_choose(n, errors, log_factorial), n, allowed) > delta:
-            stopped = (f"at threshold {threshold:.4f}: {errors} errors among {n} labelled calibration images, "
-                       f"error bound {clopper_pearson_upper(errors, n, delta):.4f} > {allowed:.4f}")
+        deff = 1.0 if ranked_groups is None else design_effect(ranked_groups[:n], wrong[:n])
+        if not _bound_within(errors / deff, n / deff, delta, allowed):
+            stopped = (f"at threshold {threshold:.4f}: {errors} errors among {n} labelled calibration images"
+                       f"{f' (design effect {deff:.2f})' if deff > 1 else ''}, error bound "
+                       f"{clopper_pearson_upper(errors / deff, n / deff, delta):.4f} > {allowed:.4f}")
             break
-        best = (threshold, n, errors)
+        best = (threshold, n, errors, deff)
     total = len(confidence)
     if best is None:
         why = stopped or (f"{int((confidence >= THRESHOLD_GRID[-1]).sum())} calibration images; the scan needs "
@@ -135,12 +182,13 @@ def certify_threshold(confidence: np.ndarray, correct: np.ndarray, target_accura
         return Certificate(1.0, False, target_accuracy, delta, total, 0.0, None, None,
                            f"no threshold certifies accuracy >= {target_accuracy} at delta {delta} ({why}): "
                            "every image goes to review")
-    threshold, n, errors = best
-    bound = clopper_pearson_upper(errors, n, delta)
+    threshold, n, errors, deff = best
+    bound = clopper_pearson_upper(errors / deff, n / deff, delta)
+    counted = f", counted as {n / deff:.0f} for their design effect {deff:.2f} over groups" if deff > 1 else ""
     return Certificate(threshold, True, target_accuracy, delta, total, n / total, 1 - errors / n, bound,
                        f"accuracy of labelled images >= {target_accuracy} with probability >= {1 - delta:.2f} "
-                       f"(Clopper-Pearson bound {bound:.4f} on the error of {n} of {total} calibration images; "
-                       f"fixed-sequence scan{', stopped ' + stopped if stopped else ''})")
+                       f"(Clopper-Pearson bound {bound:.4f} on the error of {n} of {total} calibration images"
+                       f"{counted}; fixed-sequence scan{', stopped ' + stopped if stopped else ''})")
 
 
 def selective_figures(confidence: np.ndarray, correct: np.ndarray, threshold: float,

@@ -29,16 +29,19 @@ class Calibration:
 
 def fit_calibration(val_views: dict[str, np.ndarray], val_targets: dict[str, np.ndarray],
                     test_views: dict[str, np.ndarray], test_targets: dict[str, np.ndarray], tasks: list[Task],
-                    decide) -> Calibration:
+                    decide, val_groups: np.ndarray | None = None) -> Calibration:
     """Per task: T by NLL on val, the threshold certified on val's calibrated probabilities
-    (``decide``: target_accuracy, delta), and the before/after and coverage figures on test."""
+    (``decide``: target_accuracy, delta; ``val_groups``: the bound allows for their design effect),
+    and the before/after and coverage figures on test."""
     temperatures, settings, calibration, abstention = {}, {}, {}, {}
     for task in tasks:
         name = task.name
         y_val, y_test = val_targets[name], test_targets[name]
         t = fit_temperature(val_views[name], y_val)
         val_p, test_p = apply_temperature(val_views[name], t), apply_temperature(test_views[name], t)
-        certificate = certify_threshold(*_confidence_and_correct(val_p, y_val), decide.target_accuracy, decide.delta)
+        known = y_val != IGNORE_INDEX
+        certificate = certify_threshold(*_confidence_and_correct(val_p, y_val), decide.target_accuracy, decide.delta,
+                                        None if val_groups is None else np.asarray(val_groups)[known])
         temperatures[name] = t
         settings[name] = {"temperature": t, "threshold": certificate.threshold, "abstention": certificate.to_dict()}
         calibration[name] = {

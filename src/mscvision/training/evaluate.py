@@ -52,7 +52,8 @@ def evaluate_run(checkpoint: Path, data: PreparedData, loaders: Loaders, run_dir
              for side in sides for name, use_tta in setups(side, tta)}
     deployed = ("val_tta", "test_tta") if deployed_tta else ("val", "test")
     calibration = (fit_calibration(views[deployed[0]], targets["val"], views[deployed[1]], targets["test"], data.tasks,
-                                   decide) if decide is not None and deployed[0] in views else None)
+                                   decide, np.asarray(data.manifest.groups)[loaders.rows("val")])
+                   if decide is not None and deployed[0] in views else None)
     metrics: dict = {"schema": METRICS_SCHEMA,
                      "setup": {**{name: PASS_NAMES[use_tta] for side in sides for name, use_tta in setups(side, tta)},
                                "weights": "EMA" if model.ema_net is not None else "trained",
