@@ -36,6 +36,9 @@ WARNINGS = (
     (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning),
     # a small data set has fewer batches per epoch than log_every_n_steps: epoch figures are still logged
     (r"The number of training batches \(\d+\) is smaller than the logging interval", UserWarning),
+    # with data.val_fraction 0 fit passes no val loader on purpose: the val split is then the
+    # calibration slice, which must not pick epochs (training/fit.py)
+    (r"You defined a `validation_step` but have no `val_dataloader`", UserWarning),
 )
 
 
