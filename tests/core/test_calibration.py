@@ -75,27 +75,27 @@ def test_clopper_pearson_matches_the_beta_quantile():
 
 
 def test_threshold_search_finds_the_known_answer():
-    """600 confident, all correct; 400 unsure, half wrong: the certified threshold admits exactly the
-    600 (the strictest grid point above 0.6 would too, but the search goes as far as it may)."""
-    confidence = np.r_[np.full(600, 0.995), np.full(400, 0.6)]
-    correct = np.r_[np.ones(600, bool), np.arange(400) % 2 == 0]
+    """700 confident, all correct; 300 unsure, half wrong: the certified threshold admits exactly the
+    700 (the strictest grid point above 0.6 would too, but the search goes as far as it may)."""
+    confidence = np.r_[np.full(700, 0.995), np.full(300, 0.6)]
+    correct = np.r_[np.ones(700, bool), np.arange(300) % 2 == 0]
     cert = certify_threshold(confidence, correct, 0.99, 0.05)
     assert cert.certified
     assert cert.threshold == min(t for t in THRESHOLD_GRID if t > 0.6)
-    assert cert.coverage == pytest.approx(0.6) and cert.selective_accuracy == 1.0
-    assert cert.risk_bound == pytest.approx(1 - 0.05 ** (1 / 600))
+    assert cert.coverage == pytest.approx(0.7) and cert.selective_accuracy == 1.0
+    assert cert.risk_bound == pytest.approx(1 - 0.05 ** (1 / 700))
     test = selective_figures(confidence, correct, cert.threshold)
-    assert test["coverage"] == pytest.approx(0.6) and test["n_labelled"] == 600
-    assert oracle_coverage(confidence, correct, 0.99) == {"threshold": 0.995, "coverage": 0.6,
+    assert test["coverage"] == pytest.approx(0.7) and test["n_labelled"] == 700
+    assert oracle_coverage(confidence, correct, 0.99) == {"threshold": 0.995, "coverage": 0.7,
                                                           "selective_accuracy": 1.0}
 
 
 def test_the_bound_refuses_what_the_data_cannot_support():
     # too few images: zero errors among 100 cannot show 99% at delta 0.05 (it takes 299); the scan
-    # starts where one error could still be certified (about 474)
+    # starts where two errors could still be certified (about 630)
     assert minimum_labelled(0.99, 0.05) == 299
-    assert clopper_pearson_upper(1, first_tested_count(0.99, 0.05), 0.05) <= 0.01
-    assert clopper_pearson_upper(1, first_tested_count(0.99, 0.05) - 5, 0.05) > 0.01
+    assert clopper_pearson_upper(2, first_tested_count(0.99, 0.05), 0.05) <= 0.01
+    assert clopper_pearson_upper(2, first_tested_count(0.99, 0.05) - 7, 0.05) > 0.01
     few = certify_threshold(np.full(100, 0.999), np.ones(100, bool), 0.99, 0.05)
     assert not few.certified and "every image goes to review" in few.reason
     assert selective_figures(np.full(100, 0.999), np.ones(100, bool), few.threshold, few.certified)["n_labelled"] == 0

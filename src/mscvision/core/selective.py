@@ -13,9 +13,9 @@ How it is chosen (Learn then Test, Angelopoulos et al. 2021, with fixed-sequence
   test runs at the full delta; stopping at the first failure is what keeps the family-wise error
   at delta (fixed-sequence testing spends nothing on the scan).
 - thresholds that too few calibration images pass are passed over before the first test: the scan
-  starts where one error among the labelled images could still be certified
-  (``first_tested_count``), so that a single unlucky error among the very first images does not end
-  it. That count depends on the confidences only, never on the labels; when the selective error
+  starts where ``START_ERRORS`` (2) errors among the labelled images could still be certified
+  (``first_tested_count``), so that an unlucky error or two among the very first images (whose
+  bound the design effect also widens) does not end it. That count depends on the confidences only, never on the labels; when the selective error
   falls as the threshold rises (the premise of thresholding on confidence) it only makes the first
   tested threshold a safer one. The guarantee is checked empirically on real data by re-drawing
   calibration and test groups (docs/calibration.md).
@@ -33,6 +33,7 @@ import numpy as np
 # strict → permissive, dense near 1 where confident classifiers put their thresholds
 THRESHOLD_GRID = tuple(float(t) for t in np.unique(np.round(1 - np.geomspace(1e-4, 1.0, 400), 6))[::-1])
 MAX_CURVE_POINTS = 200
+START_ERRORS = 2  # the scan starts where this many errors could still be certified (first_tested_count)
 
 
 @dataclass(frozen=True)
@@ -138,9 +139,10 @@ def minimum_labelled(target_accuracy: float, delta: float) -> int:
 
 
 def first_tested_count(target_accuracy: float, delta: float) -> int:
-    """The fewest labelled images with which ONE error can still certify the target: the scan's start."""
+    """The fewest labelled images with which ``START_ERRORS`` errors can still certify the target: the
+    scan's start (a choice made before the data, from the target and delta alone)."""
     n = minimum_labelled(target_accuracy, delta)
-    while clopper_pearson_upper(1, n, delta) > 1.0 - target_accuracy:
+    while clopper_pearson_upper(START_ERRORS, n, delta) > 1.0 - target_accuracy:
         n += max(1, n // 100)
     return n
 
@@ -178,7 +180,7 @@ def certify_threshold(confidence: np.ndarray, correct: np.ndarray, target_accura
     total = len(confidence)
     if best is None:
         why = stopped or (f"{int((confidence >= THRESHOLD_GRID[-1]).sum())} calibration images; the scan needs "
-                          f"{n_min}, the fewest with which one error could still be certified")
+                          f"{n_min}, the fewest with which {START_ERRORS} errors could still be certified")
         return Certificate(1.0, False, target_accuracy, delta, total, 0.0, None, None,
                            f"no threshold certifies accuracy >= {target_accuracy} at delta {delta} ({why}): "
                            "every image goes to review")
