@@ -107,6 +107,11 @@ def test_the_in_distribution_flag_rate_is_that_of_the_station_rows(evaluated):
     rows = read_rows(evaluated / "predictions.csv")
     assert block["in_distribution"]["n"] == len(rows) == 16
     assert block["in_distribution"]["flag_rate"][COMBINED] == sum(r["gate"] == "flagged" for r in rows) / len(rows)
+    # the ceiling: the AUROC of the smallest adjusted p-value (6 x 1/201, image checks alone) against the rows'
+    floor = 6 / 201
+    adjusted = [6 * float(r["gate.p"]) for r in rows]
+    expected = np.mean([1.0 if q > floor + 1e-9 else 0.5 if abs(q - floor) <= 1e-9 else 0.0 for q in adjusted])
+    assert block["in_distribution"]["combined_auroc_ceiling"] == pytest.approx(expected)
 
 
 def test_the_combined_auroc_ranks_the_stations_own_p_values(evaluated, gated, frames, tmp_path):
@@ -179,6 +184,7 @@ def test_the_learned_score_is_measured_alone_and_in_the_combined_gate(model, ood
     metadata = parse_metadata(json.dumps(_with_ood(block)))
     labelled = load_labelled_data(data, metadata.tasks)
     in_scores = np.linspace(0.1, 0.9, len(labelled.paths))
+    in_scores[-1] = 2.0  # one in-distribution image beyond every calibration score: p = 1/401
     source = load_ood_source("frames", frames, metadata.tasks)
     ood_scores = [0.5, 3.0, 4.0, 5.0]
     in_rows = list(predict.predict_files(LearnedScoreModel(model, metadata, in_scores), list(labelled.paths),
@@ -190,6 +196,8 @@ def test_the_learned_score_is_measured_alone_and_in_the_combined_gate(model, ood
     assert figures["gate"]["scores"][0] == "learned" and figures["gate"]["levels"]["learned"] == pytest.approx(0.025)
     assert learned["auroc"] == pytest.approx(auroc(in_scores, ood_scores))
     assert learned["flag_rate"] == 0.75  # 3, 4 and 5 lie beyond every calibration score: p = 1/401 <= 0.025
+    # the smallest adjusted p-value is the learned score's (1/401) / (1/2); that one image of 16 ties with it
+    assert figures["in_distribution"]["combined_auroc_ceiling"] == pytest.approx(1 - 0.5 / 16)
     gate = load_gate(metadata)
     values, flags = gate_scores(gate, ood_rows)[COMBINED]
     for row, value, flag in zip(ood_rows, values, flags):

@@ -192,8 +192,10 @@ def ood_summary_lines(block: dict) -> list[str]:
     if not block["gate"]:
         return [f"OOD: {block['note']}"]
     rate = block["in_distribution"]["flag_rate"][COMBINED]
+    ceiling = block["in_distribution"]["combined_auroc_ceiling"]
     lines = [f"OOD gate (alpha {block['gate']['alpha']:g}): {'-' if rate is None else f'{rate:.1%}'} of the evaluated "
-             "data flagged"]
+             f"data flagged; combined AUROC at most {'-' if ceiling is None else f'{ceiling:.3f}'} (the calibration "
+             "sets' resolution)"]
     if block["sources"]:
         lines.append(f"{'OOD source':18} {'n':>6} {'AUROC':>6} {'FPR95':>6} {'flagged':>8}  balanced accuracy "
                      "(drop from the evaluated data)")

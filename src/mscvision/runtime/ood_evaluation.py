@@ -16,7 +16,12 @@ Ranking scores: a score alone is ranked by its raw value (higher = more unusual:
 p-value, which ties every image beyond the calibration set). The combined gate is ranked by its
 Bonferroni-adjusted p-value ``q = min_k p_k / w_k`` (w_k: score k's share of alpha), which is <= alpha
 exactly when some score fires; an image flagged by a deterministic rule (another bit depth or
-stated pixel size) gets q = 0. AUROC ranks -q.
+stated pixel size) gets q = 0. AUROC ranks -q. Its resolution is the calibration set's: an image
+beyond every calibration image on its most unusual score gets the smallest q there is,
+q_min = min_k 1 / ((n_k + 1) w_k), and so do about k / (n + 1) of the in-distribution images (k
+scores, exchangeable with their calibration sets); a source that is perfectly separated ties with
+them, so its combined AUROC is at most ``combined_auroc_ceiling`` (the AUROC of q_min against the
+in-distribution q; ~0.99 for 6 checks and 300 calibration images). A larger calibration set raises it.
 
 Error rows (an image the station refused: wrong size, channels, unreadable) have no scores: they are
 counted per source (``n_error``) and left out of the figures; they never get a label either.
@@ -35,7 +40,8 @@ from mscvision.core.conformal import ALPHA_SHARING
 from mscvision.core.errors import DataError
 from mscvision.core.manifest import manifest_from_csv
 from mscvision.core.metrics import classification_metrics
-from mscvision.core.ood_metrics import DEFAULT_TPR, flag_rate, separation
+from mscvision.core.conformal import smallest_p
+from mscvision.core.ood_metrics import DEFAULT_TPR, auroc, flag_rate, separation
 from mscvision.runtime.evaluate import _header, task_columns  # the labelled data's own column rule
 from mscvision.runtime.gate import LEARNED, NO_GATE_DETAIL, Gate, load_gate
 from mscvision.runtime.inputs import DecodeBudget, collect_inputs
@@ -113,6 +119,7 @@ def ood_figures(model: Model, in_rows: list[dict], in_labels: dict[str, tuple[st
     if gate:
         in_scores = gate_scores(gate, in_rows)
         block["in_distribution"]["flag_rate"] = {name: flag_rate(flags) for name, (_, flags) in in_scores.items()}
+        block["in_distribution"]["combined_auroc_ceiling"] = auroc(in_scores[COMBINED][0], [-smallest_q(gate)])
     block["in_distribution"]["accuracy"] = in_accuracy
     for source, rows in sources:
         entry = {"path": str(source.path), "kind": source.kind, "labelled": bool(source.labels),
@@ -126,6 +133,12 @@ def ood_figures(model: Model, in_rows: list[dict], in_labels: dict[str, tuple[st
         entry["accuracy"] = source_accuracy(tasks, rows, source.labels, in_accuracy) if source.labels else None
         block["sources"][source.name] = entry
     return block
+
+
+def smallest_q(gate: Gate) -> float:
+    """The smallest adjusted p-value an image can get without a rule: beyond every calibration score."""
+    return min(smallest_p(len(gate.learned_calibration if name == LEARNED else gate.check_calibration[name]))
+               / gate.shares[name] for name in score_names(gate))
 
 
 def gate_record(gate: Gate, raw: dict) -> dict:

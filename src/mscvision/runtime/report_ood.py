@@ -62,8 +62,13 @@ def _in_distribution(block: dict) -> str:
                    "</tr>" for n in gate["scores"])
     rows += (f"<tr><th>{_label(COMBINED, gate)}</th><td>≤ {gate['alpha']:g}</td><td><b>{percent(rates[COMBINED])}"
              "</b></td></tr>")
+    ceiling = ind.get("combined_auroc_ceiling")
     return (text + " An in-distribution image should be flagged with probability at most its level.</p>"
-            "<table><tr><th>score</th><th>level (share of alpha)</th><th>flagged</th></tr>" + rows + "</table>")
+            "<table><tr><th>score</th><th>level (share of alpha)</th><th>flagged</th></tr>" + rows + "</table>"
+            f"<p class='explain'>The combined gate's AUROC against a source is at most {number(ceiling)} on this "
+            "data: a source beyond every calibration image gets the smallest adjusted p-value there is, and so do "
+            "the in-distribution images beyond their calibration set on some score (about one in n + 1 per score, "
+            "by exchangeability), which tie with it. More calibration images raise this ceiling.</p>")
 
 
 def _sources_summary(block: dict) -> str:
