@@ -192,10 +192,12 @@ def ood_summary_lines(block: dict) -> list[str]:
     if not block["gate"]:
         return [f"OOD: {block['note']}"]
     rate = block["in_distribution"]["flag_rate"][COMBINED]
-    ceiling = block["in_distribution"]["combined_auroc_ceiling"]
+    by_value: dict[str, list[str]] = {}  # the ceilings, each named by the scores that share it
+    for name, value in block["in_distribution"]["combined_auroc_ceiling"].items():
+        by_value.setdefault("-" if value is None else f"{value:.3f}", []).append(name)
+    ceilings = "; ".join(f"{value} ({', '.join(names)})" for value, names in by_value.items())
     lines = [f"OOD gate (alpha {block['gate']['alpha']:g}): {'-' if rate is None else f'{rate:.1%}'} of the evaluated "
-             f"data flagged; combined AUROC at most {'-' if ceiling is None else f'{ceiling:.3f}'} (the calibration "
-             "sets' resolution)"]
+             f"data flagged; combined AUROC at most {ceilings} for a source only that score catches"]
     if block["sources"]:
         lines.append(f"{'OOD source':18} {'n':>6} {'AUROC':>6} {'FPR95':>6} {'flagged':>8}  balanced accuracy "
                      "(drop from the evaluated data)")

@@ -16,12 +16,13 @@ Ranking scores: a score alone is ranked by its raw value (higher = more unusual:
 p-value, which ties every image beyond the calibration set). The combined gate is ranked by its
 Bonferroni-adjusted p-value ``q = min_k p_k / w_k`` (w_k: score k's share of alpha), which is <= alpha
 exactly when some score fires; an image flagged by a deterministic rule (another bit depth or
-stated pixel size) gets q = 0. AUROC ranks -q. Its resolution is the calibration set's: an image
-beyond every calibration image on its most unusual score gets the smallest q there is,
-q_min = min_k 1 / ((n_k + 1) w_k), and so do about k / (n + 1) of the in-distribution images (k
-scores, exchangeable with their calibration sets); a source that is perfectly separated ties with
-them, so its combined AUROC is at most ``combined_auroc_ceiling`` (the AUROC of q_min against the
-in-distribution q; ~0.99 for 6 checks and 300 calibration images). A larger calibration set raises it.
+stated pixel size) gets q = 0. AUROC ranks -q. Its resolution is the calibration sets': an image
+beyond every calibration image of score k gets q_k = 1 / ((n_k + 1) w_k) from it, and no smaller q
+from k; about one in n_k + 1 of the in-distribution images does the same (exchangeability), so a
+source that score k alone catches, however clearly, ties with them: its combined AUROC is at most
+``combined_auroc_ceiling[k]``, the AUROC of q_k against the in-distribution q (~0.99 for an image
+check with 300 calibration images beside five others; higher for the learned score, whose share is
+larger). A larger calibration set raises it.
 
 Error rows (an image the station refused: wrong size, channels, unreadable) have no scores: they are
 counted per source (``n_error``) and left out of the figures; they never get a label either.
@@ -119,7 +120,8 @@ def ood_figures(model: Model, in_rows: list[dict], in_labels: dict[str, tuple[st
     if gate:
         in_scores = gate_scores(gate, in_rows)
         block["in_distribution"]["flag_rate"] = {name: flag_rate(flags) for name, (_, flags) in in_scores.items()}
-        block["in_distribution"]["combined_auroc_ceiling"] = auroc(in_scores[COMBINED][0], [-smallest_q(gate)])
+        block["in_distribution"]["combined_auroc_ceiling"] = {
+            name: auroc(in_scores[COMBINED][0], [-smallest_q(gate, name)]) for name in score_names(gate)}
     block["in_distribution"]["accuracy"] = in_accuracy
     for source, rows in sources:
         entry = {"path": str(source.path), "kind": source.kind, "labelled": bool(source.labels),
@@ -135,10 +137,10 @@ def ood_figures(model: Model, in_rows: list[dict], in_labels: dict[str, tuple[st
     return block
 
 
-def smallest_q(gate: Gate) -> float:
-    """The smallest adjusted p-value an image can get without a rule: beyond every calibration score."""
-    return min(smallest_p(len(gate.learned_calibration if name == LEARNED else gate.check_calibration[name]))
-               / gate.shares[name] for name in score_names(gate))
+def smallest_q(gate: Gate, name: str) -> float:
+    """The smallest adjusted p-value score ``name`` can give: beyond every one of its calibration scores."""
+    return smallest_p(len(gate.learned_calibration if name == LEARNED else gate.check_calibration[name])) / \
+        gate.shares[name]
 
 
 def gate_record(gate: Gate, raw: dict) -> dict:

@@ -58,17 +58,18 @@ def _in_distribution(block: dict) -> str:
     if not gate:
         return text + "</p>"
     rates = ind["flag_rate"]
+    ceiling = ind["combined_auroc_ceiling"]
     rows = "".join(f"<tr><td>{esc(_label(n, gate))}</td><td>{gate['levels'][n]:.3g}</td><td>{percent(rates[n])}</td>"
-                   "</tr>" for n in gate["scores"])
+                   f"<td>{number(ceiling[n])}</td></tr>" for n in gate["scores"])
     rows += (f"<tr><th>{_label(COMBINED, gate)}</th><td>≤ {gate['alpha']:g}</td><td><b>{percent(rates[COMBINED])}"
-             "</b></td></tr>")
-    ceiling = ind.get("combined_auroc_ceiling")
+             "</b></td><td></td></tr>")
     return (text + " An in-distribution image should be flagged with probability at most its level.</p>"
-            "<table><tr><th>score</th><th>level (share of alpha)</th><th>flagged</th></tr>" + rows + "</table>"
-            f"<p class='explain'>The combined gate's AUROC against a source is at most {number(ceiling)} on this "
-            "data: a source beyond every calibration image gets the smallest adjusted p-value there is, and so do "
-            "the in-distribution images beyond their calibration set on some score (about one in n + 1 per score, "
-            "by exchangeability), which tie with it. More calibration images raise this ceiling.</p>")
+            "<table><tr><th>score</th><th>level (share of alpha)</th><th>flagged</th><th>combined AUROC at most, for "
+            "a source only this score catches</th></tr>" + rows + "</table>"
+            "<p class='explain'>The ceiling: an image beyond every calibration image of a score gets the smallest "
+            "adjusted p-value that score can give, and so does about one in n + 1 of the in-distribution images "
+            "(by exchangeability); a source that only this score catches ties with them, however clearly it is "
+            "caught. More calibration images raise the ceiling.</p>")
 
 
 def _sources_summary(block: dict) -> str:
