@@ -23,6 +23,7 @@ import numpy as np
 
 from mscvision.core.conformal import bonferroni_shares, combine, p_value
 from mscvision.core.image_checks import CHECKS, fit_reference, measure_image
+from mscvision.core.image_shifts import as_dtype, blurred, fewer_photons, gamma
 from mscvision.core.imageio import decode_image
 from mscvision.core.preprocess import PreprocessSpec
 
@@ -33,36 +34,19 @@ SPECS = {"mitocheck": PreprocessSpec(in_channels=1, percentile_low=0.5, percenti
          "synth": PreprocessSpec(in_channels=1, size=(112, 112), fit="resize")}
 
 
-def gaussian_blur(x: np.ndarray, sigma: float) -> np.ndarray:
-    radius = int(np.ceil(3 * sigma))
-    k = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
-    k /= k.sum()
-    y = x.astype(np.float64)
-    for axis in (0, 1):
-        pad = [(radius, radius) if a == axis else (0, 0) for a in range(y.ndim)]
-        padded = np.pad(y, pad, mode="reflect")
-        y = np.apply_along_axis(lambda v: np.convolve(v, k, mode="valid"), axis, padded)
-    return y
-
-
-def as_dtype(x: np.ndarray, like: np.ndarray) -> np.ndarray:
-    top = np.iinfo(like.dtype).max
-    return np.clip(np.round(x), 0, top).astype(like.dtype)
-
-
 def shifted_sources(test: list[np.ndarray], rng) -> dict[str, list[np.ndarray]]:
     top = float(np.iinfo(test[0].dtype).max)
-    shape = test[0].shape
+    shape, dtype = test[0].shape, test[0].dtype
     return {
-        "blank": [as_dtype(np.full(shape, np.median(x)) + rng.normal(0, 0.5, shape), x) for x in test],
-        "saturated": [np.full(shape, int(top), test[0].dtype) for _ in test],
-        "pure noise": [as_dtype(rng.uniform(0, top, shape), x) for x in test],
-        "blur sigma 1": [as_dtype(gaussian_blur(x, 1.0), x) for x in test],
-        "blur sigma 2": [as_dtype(gaussian_blur(x, 2.0), x) for x in test],
-        "gamma 0.5": [as_dtype(top * (x / top) ** 0.5, x) for x in test],
-        "gamma 2": [as_dtype(top * (x / top) ** 2.0, x) for x in test],
-        "exposure x0.5": [as_dtype(x * 0.5, x) for x in test],
-        "poisson 10x fewer photons": [as_dtype(rng.poisson(x.astype(np.float64) / 10.0) * 10.0, x) for x in test],
+        "blank": [as_dtype(np.full(shape, np.median(x)) + rng.normal(0, 0.5, shape), dtype, top) for x in test],
+        "saturated": [np.full(shape, int(top), dtype) for _ in test],
+        "pure noise": [as_dtype(rng.uniform(0, top, shape), dtype, top) for x in test],
+        "blur sigma 1": [blurred(x, 1.0, top) for x in test],
+        "blur sigma 2": [blurred(x, 2.0, top) for x in test],
+        "gamma 0.5": [gamma(x, 0.5, top) for x in test],
+        "gamma 2": [gamma(x, 2.0, top) for x in test],
+        "exposure x0.5": [as_dtype(x * 0.5, dtype, top) for x in test],
+        "poisson 10x fewer photons": [fewer_photons(x, 10.0, top, rng) for x in test],
     }
 
 

@@ -2,7 +2,9 @@
 
 Runs the exported model on labelled images exactly as a station does and writes, into DIR:
 ``metrics.json`` (schema ``mscvision.evaluation/1``), ``predictions.csv`` (the station's rows plus
-the true labels and the group) and a self-contained ``report.html``; each file atomically.
+the true labels and the group) and a self-contained ``report.html``; each file atomically. With
+``--ood NAME=PATH`` (repeatable) the OOD gate is also measured against each source
+(runtime/ood_evaluation.py): metrics.json's ``"ood"`` block and the report's OOD section.
 
 The bare station install runs it (no torch, no matplotlib). Given a run directory or a checkpoint
 instead of a .onnx file (training install), it evaluates the run's exported ``model.onnx`` the same
@@ -29,7 +31,11 @@ EPILOG = """exit codes:
 
 DATA: a manifest.csv (or a folder holding one) with a column per task named like the model's tasks
 (a one-task model also reads a `label` column) and a `group` column; a run's split.csv with
---split test; or a class-per-folder tree (one task)."""
+--split test; or a class-per-folder tree (one task). DATA is the in-distribution data of the OOD figures.
+
+--ood NAME=PATH: PATH a folder of images (unlabelled) or a manifest.csv (labelled when it has the task
+columns: its accuracy is reported beside the gate's flag rate); scripts/ood_sources.py writes the
+sources of issue 16."""
 
 
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,6 +55,9 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", choices=("train", "val", "test", "all"),
                         help="rows of this split only (required when DATA has a split column, e.g. split.csv)")
     parser.add_argument("--task", action="append", metavar="NAME", help="evaluate only this task (repeatable)")
+    parser.add_argument("--ood", action="append", metavar="NAME=PATH", default=[],
+                        help="an out-of-distribution source to measure the OOD gate on: a folder of images or a "
+                             "manifest (repeatable)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=0, help="intra-op threads (0 = all cores)")
     parser.add_argument("--bootstrap", type=int, default=1000, metavar="N", help="group-bootstrap draws")
@@ -74,15 +83,18 @@ def run_evaluate(args: argparse.Namespace) -> int:
     model = load_model(onnx_path, args.threads, args.device, expect_sha256=args.expect_sha256)
     tasks = chosen_tasks(model, args.task)
     data = load_labelled_data(args.data, tasks, args.split)
+    sources = ood_sources(args.ood, tasks)  # before the work: a bad --ood is refused at once
     print(f"evaluating {onnx_path} (sha256 {model.sha256[:16]}…) on {len(data.paths)} images of {data.source} "
           f"({', '.join(data.labels)}) on {', '.join(model.providers)}", file=sys.stderr)
     out.mkdir(parents=True, exist_ok=True)
     with output_lock(out / "metrics.json"):  # a second evaluation into the same folder is refused
         evaluation = evaluate_model(model, data, batch_size=args.batch_size, workers=min(4, max(1, args.threads or 2)),
                                     n_boot=args.bootstrap, seed=args.seed, n_errors=args.errors)
-        extra = [gradcam(run, model, evaluation, args.gradcam, args.seed)] if want_gradcam(run, args.gradcam) else []
+        extra = [ood(model, evaluation, data, sources, args)]
+        if want_gradcam(run, args.gradcam):
+            extra.append(gradcam(run, model, evaluation, args.gradcam, args.seed))
         write_outputs(out, model, evaluation, extra)
-    for line in summary_lines(evaluation.metrics):
+    for line in summary_lines(evaluation.metrics) + ood_summary_lines(evaluation.metrics["ood"]):
         print(line)
     print(f"wrote {', '.join(str(out / name) for name in OUTPUT_FILES)}", file=sys.stderr)
     return EXIT_INPUTS_FAILED if evaluation.problems else EXIT_OK
@@ -139,6 +151,67 @@ def chosen_tasks(model, names: list[str] | None):
         raise ConfigError(f"--task {', '.join(unknown)}: {model.path} has no such task; its tasks are "
                           f"{', '.join(known)}. Fix: name one of them.")
     return tuple(known[n] for n in dict.fromkeys(names))
+
+
+def ood_sources(items: list[str], tasks) -> list:
+    """``--ood NAME=PATH`` values → loaded sources; a malformed, repeated or missing one is a usage error."""
+    from mscvision.core.errors import ConfigError
+    from mscvision.runtime.ood_evaluation import load_ood_source
+
+    sources, seen = [], set()
+    for item in items:
+        name, sep, path = item.partition("=")
+        name = name.strip()
+        if not sep or not name or not path:
+            raise ConfigError(f"--ood {item!r}: expected NAME=PATH, e.g. --ood blur2=ood/blur2. Fix: name the source.")
+        if name in seen:
+            raise ConfigError(f"--ood {name}: given twice. Fix: give each source its own name.")
+        seen.add(name)
+        sources.append(load_ood_source(name, path, tasks))
+    return sources
+
+
+def ood(model, evaluation, data, sources, args):
+    """metrics.json's "ood" block (into ``evaluation.metrics``) and the report's OOD section."""
+    from mscvision.runtime.inputs import decode_budget
+    from mscvision.runtime.ood_evaluation import ood_figures, source_rows
+    from mscvision.runtime.report_ood import ood_section
+
+    workers = min(4, max(1, args.threads or 2))
+    scored = []
+    for source in sources:
+        print(f"OOD source {source.name}: {len(source.paths)} images of {source.path}", file=sys.stderr)
+        scored.append((source, source_rows(model, source, args.batch_size, workers, decode_budget())))
+    evaluation.metrics["ood"] = ood_figures(model, evaluation.rows, data.labels, scored)
+    return ood_section(evaluation.metrics["ood"])
+
+
+def ood_summary_lines(block: dict) -> list[str]:
+    from mscvision.runtime.ood_evaluation import COMBINED, FPR_KEY
+
+    if not block["gate"]:
+        return [f"OOD: {block['note']}"]
+    rate = block["in_distribution"]["flag_rate"][COMBINED]
+    by_value: dict[str, list[str]] = {}  # the ceilings, each named by the scores that share it
+    for name, value in block["in_distribution"]["combined_auroc_ceiling"].items():
+        by_value.setdefault("-" if value is None else f"{value:.3f}", []).append(name)
+    ceilings = "; ".join(f"{value} ({', '.join(names)})" for value, names in by_value.items())
+    lines = [f"OOD gate (alpha {block['gate']['alpha']:g}): {'-' if rate is None else f'{rate:.1%}'} of the evaluated "
+             f"data flagged; combined AUROC at most {ceilings} for a source only that score catches"]
+    if block["sources"]:
+        lines.append(f"{'OOD source':18} {'n':>6} {'AUROC':>6} {'FPR95':>6} {'flagged':>8}  balanced accuracy "
+                     "(drop from the evaluated data)")
+    for name, s in block["sources"].items():
+        c = s["scores"][COMBINED]
+
+        def show(value, fmt):
+            return "-" if value is None else format(value, fmt)
+
+        accuracy = "; ".join(f"{task} {a['balanced_accuracy']:.3f} (drop {show(a.get('balanced_accuracy_drop'), '.3f')})"
+                             for task, a in (s["accuracy"] or {}).items() if a and a["balanced_accuracy"] is not None)
+        lines.append(f"{name:18} {s['n']:6d} {show(c['auroc'], '.3f'):>6} {show(c[FPR_KEY], '.3f'):>6} "
+                     f"{show(c['flag_rate'], '.1%'):>8}  {accuracy or '-'}")
+    return lines
 
 
 def want_gradcam(run, per_class: int) -> bool:

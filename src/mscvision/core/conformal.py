@@ -42,6 +42,10 @@ class GateDecision:
     flagged: bool
     reasons: list[str] = field(default_factory=list)  # one per score that fired, in the order given
     p_values: dict[str, float] = field(default_factory=dict)  # every score's p-value, fired or not
+    # every score as judged (higher = more unusual; NaN: not measured) and the deterministic rules'
+    # reasons (also in ``reasons``), for evaluation's per-score figures (runtime/ood_evaluation.py)
+    scores: dict[str, float] = field(default_factory=dict)
+    rules: list[str] = field(default_factory=list)
 
     @property
     def smallest_p(self) -> float | None:

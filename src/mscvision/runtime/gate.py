@@ -76,7 +76,7 @@ class Gate:
 
         decision = combine(p_values, self.alpha, self.shares, describe)
         reasons = [*rules, *decision.reasons]
-        return GateDecision(bool(reasons), reasons, decision.p_values)
+        return GateDecision(bool(reasons), reasons, decision.p_values, scores, list(rules))
 
     def _reason(self, name: str, score: float, p: float, level: float) -> str:
         calibration = self.learned_calibration if name == LEARNED else self.check_calibration[name]

@@ -54,6 +54,9 @@ from mscvision.runtime.inputs import DEFAULT_MAX_PIXELS, DecodeBudget, PreparedI
 
 NOTES = "notes"
 GATE, GATE_P = "gate", "gate.p"
+# Not a column (the writers write prediction_columns only): the gate's whole decision for the row, its
+# every p-value and score, kept on the row object for evaluation's OOD figures (runtime/ood_evaluation.py)
+GATE_DECISION = "_gate_decision"
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # OWASP's list for CSV injection
 # ...and our own prefix: a text that already begins with ' gets one more, so that "a leading ' is
 # always ours: strip exactly one" gives back every text, '=a.png included
@@ -135,8 +138,11 @@ def _predicted_rows(model: Model, chunk: list[str], loaded: list[tuple[PreparedI
             rows.append(error_row(path, reason, model.metadata))
             continue
         judged = gate.judge(prepared.checks, prepared.rules, None if ood is None else float(ood[k])) if gate else None
-        rows.append(result_row(path, {t: p[k] for t, p in probs.items()}, model.metadata, prepared.notes,
-                               prepared.doubts, judged))
+        row = result_row(path, {t: p[k] for t, p in probs.items()}, model.metadata, prepared.notes,
+                         prepared.doubts, judged)
+        if judged is not None and row["status"] != "error":
+            row[GATE_DECISION] = judged
+        rows.append(row)
         k += 1
     return rows
 
