@@ -164,3 +164,31 @@ def test_cross_validation_pools_both_setups_and_headlines_the_deployed_one(tmp_p
         assert trust["abstention"]["n_labelled"] == labelled  # each fold's own threshold on its own test images
     tta_wf1 = [f["test_tta"]["shape"]["weighted_f1"] for f in saved["folds"]]
     assert saved["spread"]["shape"]["weighted_f1"]["min"] == min(tta_wf1)  # spread of the deployed setup
+
+
+def test_cross_validation_script_calibrates_exports_and_reports_every_fold(tmp_path):
+    """scripts/cross_validate.py by default: each fold calibrated on its calibration slice, exported,
+    and judged from its ONNX file on its own test groups (FOLD_DIR/evaluation/)."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    manifest = make_shapes_dataset(tmp_path / "shapes", n=36, groups=9)
+    done = subprocess.run([sys.executable, str(REPO / "scripts" / "cross_validate.py"), "--folds", "3",
+                           *tiny_overrides(manifest, tmp_path / "runs", epochs=1), "data.val_fraction=0",
+                           "trainer.select=last"], capture_output=True, text=True, cwd=REPO, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    cv_dir = next((tmp_path / "runs").iterdir())
+    report = json.loads((cv_dir / "crossval.json").read_text())
+    assert {"calibration", "abstention"} <= set(report["pooled"]["shape"])
+    for fold in range(3):
+        fold_dir = cv_dir / f"fold{fold}"
+        assert (fold_dir / "calibration.json").is_file() and (fold_dir / "model.onnx").is_file()
+        evaluation = json.loads((fold_dir / "evaluation" / "metrics.json").read_text())
+        fold_metrics = json.loads((fold_dir / "metrics.json").read_text())
+        for task in ("shape", "count"):  # the file alone reproduces the fold's test figures
+            assert evaluation["tasks"][task]["metrics"]["confusion_matrix"] == \
+                fold_metrics["test"][task]["confusion_matrix"]
+        assert (fold_dir / "evaluation" / "report.html").is_file()
+    assert "calibration (pooled): ECE" in done.stdout
