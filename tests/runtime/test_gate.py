@@ -234,3 +234,23 @@ def test_the_station_measures_what_export_calibrates_with(gated, images):
         decoded = decode_image(path)
         assert prepare_input(path, metadata).checks == measure_image(decoded.array, metadata.spec,
                                                                      decoded.pixel_size_um, reference)
+
+
+def test_an_unmeasured_score_flags_even_when_its_calibration_set_is_too_small_to_fire(ood_block):
+    """With 20 calibration scores a check's smallest p-value (1/21) is above its level (alpha/6), so
+    as a p-value a missing measure could never flag: it is a rule instead, and the station warns
+    that those checks can never fire on their own."""
+    from mscvision.runtime.commands import station_warnings
+
+    small = copy.deepcopy(ood_block)
+    small["image_checks"]["calibration_scores"] = {c: v[:20] for c, v in small["image_checks"]["calibration_scores"].items()}
+    metadata = parse_metadata(json.dumps(_with_ood(small)))
+    gate = load_gate(metadata)
+    typical = {c: float(np.median(v)) for c, v in small["image_checks"]["calibration_scores"].items()}
+    assert not gate.judge(typical).flagged
+    missing = dict(typical, focus_low=float("nan"))
+    decision = gate.judge(missing)
+    assert decision.flagged and any("focus_low could not be measured" in r for r in decision.reasons)
+    warnings = station_warnings(metadata)
+    assert any("can never fire" in line for line in warnings)
+    assert any("no certified review threshold" in line for line in warnings)  # the fixture states none

@@ -369,3 +369,28 @@ def test_recalibrate_an_existing_run_from_its_checkpoint_and_split(tmp_path, sha
     assert json.loads((result.run_dir / "calibration.json").read_text())["decide"]["target_accuracy"] == 0.9
     for task in ("shape", "count"):  # argmax of a single pass is unchanged by a temperature
         assert metrics["test"][task]["confusion_matrix"] == result.metrics["test"][task]["confusion_matrix"]
+
+
+def test_a_task_without_val_labels_is_left_uncalibrated_not_a_crash():
+    """A partly labelled manifest can leave a task with no labelled val image: that task gets no
+    temperature and no certificate (every image reviewed); the others are calibrated as usual."""
+    from mscvision.core.tasks import Task
+    from mscvision.training.calibrate import fit_calibration
+    from mscvision.training.config import DecideConfig
+
+    rng = np.random.default_rng(0)
+    views = {"a": np.log(rng.dirichlet([1, 1], (1, 50))), "b": np.log(rng.dirichlet([1, 1], (1, 50)))}
+    val = {"a": rng.integers(0, 2, 50), "b": np.full(50, -1)}
+    result = fit_calibration(views, val, views, val, [Task("a", ("x", "y"), "a"), Task("b", ("x", "y"), "b")],
+                             DecideConfig(0.9, 0.05))
+    assert result.settings["tasks"]["b"]["abstention"]["certified"] is False
+    assert "no val image has a b label" in result.settings["tasks"]["b"]["abstention"]["reason"]
+    assert "a" in result.metrics["calibration"] and "b" not in result.metrics["calibration"]
+
+
+def test_an_uncalibrated_run_exports_a_certificate_that_reviews_everything(tmp_path):
+    from mscvision.core.tasks import Task
+    from mscvision.export.pipeline import task_settings
+
+    settings = task_settings(tmp_path, [Task("a", ("x", "y"), "a")])  # no calibration.json
+    assert settings["a"]["temperature"] == 1.0 and settings["a"]["abstention"]["certified"] is False

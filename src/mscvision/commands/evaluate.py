@@ -263,7 +263,10 @@ def summary_lines(metrics: dict) -> list[str]:
     lines = [f"{'task':18} {'n':>6} {'bal.acc (95% CI, groups)':>28} {'macroF1':>8} {'ECE':>6} {'coverage':>8} "
              f"{'sel.acc':>7}"]
     for name, task in metrics["tasks"].items():
-        m, ab, cal = task["metrics"], task["abstention"]["measured"], task["calibration"]["after"]
+        # what the station labelled (threshold, OOD gate and input doubts together), not the threshold alone
+        m, station, cal = task["metrics"], task["abstention"]["station"], task["calibration"]["after"]
+        ab = {"coverage": station["labelled"] / station["n"] if station["n"] else 0.0,
+              "selective_accuracy": station["selective_accuracy"]}
         sel = "-" if ab["selective_accuracy"] is None else f"{ab['selective_accuracy']:.3f}"
         ece = "-" if not cal or cal["ece"] is None else f"{cal['ece']:.3f}"
         lines.append(f"{name:18} {m['n']:6d} {m['balanced_accuracy']:.3f}{ci(task, 'balanced_accuracy'):>22} "

@@ -102,6 +102,11 @@ def _prepare(run: RunFiles, name: str, parity_images: int, threads: int, ood_met
     reference, reference_scores = parity.torch_outputs(deploy, heldout.tensors, tasks)
     metadata = _metadata(name, module, run, rows, heldout, settings, learned)
     log(f"exporting {run.checkpoint} (opset {OPSET})")
+    for task, entry in settings.items():
+        certificate = entry["abstention"]
+        log(f"review threshold {task}: " + (f"p >= {entry['threshold']:.4f} ({certificate.get('reason', '')})"
+                                            if certificate.get("certified") else
+                                            f"none certified, every image goes to review ({certificate.get('reason', '')})"))
     return _Export(module, rows, heldout, deploy, reference, reference_scores, learned, metadata, threads, log)
 
 
@@ -180,10 +185,15 @@ def _load_evaluated_model(checkpoint: Path):
     return load_classifier(checkpoint)  # weights only: an exported checkpoint may come from anywhere
 
 
+UNCALIBRATED = {"certified": False, "reason": "not calibrated: the run has no calibration.json (calibration.enabled "
+                                             "false, or no val groups); every image goes to review. Fix: "
+                                             "scripts/calibrate.py RUN_DIR, then export again"}
+
+
 def task_settings(run_dir: Path, tasks: list[Task]) -> dict[str, dict]:
     """Temperature, review threshold and its certificate per task, from the run's ``calibration.json``
     (training/calibrate.py). A run without it (calibration off, no val split, an older run) exports
-    temperature 1 and threshold 0, and the metadata then states no guarantee."""
+    temperature 1 and an uncertified certificate (``UNCALIBRATED``): the station reviews every image."""
     fitted = {}
     path = run_dir / "calibration.json"
     if path.is_file():
@@ -193,8 +203,8 @@ def task_settings(run_dir: Path, tasks: list[Task]) -> dict[str, dict]:
         entry = fitted.get(t.name, {})
         settings[t.name] = {"temperature": float(entry.get("temperature", 1.0)),
                             "threshold": float(entry.get("threshold", 0.0))}
-        if "abstention" in entry:
-            settings[t.name]["abstention"] = entry["abstention"]
+        # without a certificate the station must not hand out labels as if one had been given
+        settings[t.name]["abstention"] = entry.get("abstention", UNCALIBRATED)
     return settings
 
 

@@ -66,7 +66,6 @@ def run_predict(args: argparse.Namespace) -> int:
     import contextlib
     import itertools
 
-    from mscvision.runtime.gate import NO_GATE_DETAIL, has_gate
     from mscvision.runtime.model import load_model
     from mscvision.runtime.inputs import DEFAULT_MAX_PIXELS, collect_inputs, decode_budget
     from mscvision.runtime.predict import (Tally, check_not_an_input, check_output_path, error_row, output_lock,
@@ -95,8 +94,8 @@ def run_predict(args: argparse.Namespace) -> int:
               f"{len(collected.problems)} unusable; decode cap {max_pixels} px", file=sys.stderr)
         for path, problem in collected.problems:
             print(f"warning: {path}: {problem}", file=sys.stderr)
-        if not has_gate(model.metadata):
-            print(f"note: {NO_GATE_DETAIL} (column gate=none)", file=sys.stderr)
+        for line in station_warnings(model.metadata):
+            print(line, file=sys.stderr)
         tally = Tally()
         problem_rows = (error_row(path, problem, model.metadata) for path, problem in collected.problems)
         rows = predict_files(model, collected.paths, args.batch_size, workers=min(4, max(1, args.threads or 2)),
@@ -110,6 +109,20 @@ def run_predict(args: argparse.Namespace) -> int:
             raise
     print(tally.line() + (f" → {args.out}" if args.out else ""), file=sys.stderr)
     return EXIT_INPUTS_FAILED if tally.counts["error"] else EXIT_OK
+
+
+def station_warnings(metadata) -> list[str]:
+    """What a station must know before trusting this model's rows: no OOD gate, gate scores that can
+    never fire (too few calibration images), tasks whose labels carry no certified accuracy."""
+    from mscvision.runtime.gate import NO_GATE_DETAIL, has_gate, load_gate
+
+    lines = [] if has_gate(metadata) else [f"note: {NO_GATE_DETAIL} (column gate=none)"]
+    gate = load_gate(metadata)
+    lines += [f"warning: OOD gate: {line}" for line in (gate.never_fire() if gate else [])]
+    lines += [f"warning: {task.name}: the model states no certified review threshold (exported without "
+              f"calibration): its labels carry no accuracy guarantee" for task in metadata.tasks
+              if task.abstention is None]
+    return lines
 
 
 def run_info(args: argparse.Namespace) -> int:

@@ -75,6 +75,12 @@ class Gate:
             return self._reason(name, scores[name], p, level)
 
         decision = combine(p_values, self.alpha, self.shares, describe)
+        # a score that could not be measured is a rule, not a p-value: with a small calibration set
+        # its smallest p-value, 1/(n+1), could stay above its level and let the image pass
+        unmeasured = [f"{'the learned OOD score' if name == LEARNED else f'image check {name}'} could not be "
+                      "measured" for name, score in scores.items() if not math.isfinite(score)
+                      and not any(r.startswith(("the learned OOD score", f"image check {name}")) for r in decision.reasons)]
+        rules = [*rules, *unmeasured]
         reasons = [*rules, *decision.reasons]
         return GateDecision(bool(reasons), reasons, decision.p_values, scores, list(rules))
 

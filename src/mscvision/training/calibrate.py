@@ -37,6 +37,12 @@ def fit_calibration(val_views: dict[str, np.ndarray], val_targets: dict[str, np.
     for task in tasks:
         name = task.name
         y_val, y_test = val_targets[name], test_targets[name]
+        if not (y_val != IGNORE_INDEX).any():  # a partly labelled manifest: nothing to calibrate this task on
+            temperatures[name] = 1.0
+            settings[name] = {"temperature": 1.0, "threshold": 1.0, "abstention": {
+                "certified": False, "reason": f"no val image has a {name} label: not calibrated, every image "
+                                              "goes to review"}}
+            continue
         t = fit_temperature(val_views[name], y_val)
         val_p, test_p = apply_temperature(val_views[name], t), apply_temperature(test_views[name], t)
         known = y_val != IGNORE_INDEX
