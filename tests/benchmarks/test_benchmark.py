@@ -26,7 +26,9 @@ def _report():
              "cpu_inference": {"torch_eager": _engine(10.0, 100, 110.0), "ort_fp32": _engine(4.0, 120, 132.0),
                                "ort_int8": _engine(2.0, 360, 396.0)},
              "end_to_end": {"n_images": 1024, "predict_img_s": 300, "session_img_s": 360, "ratio": 0.833,
-                            "model": "model.int8.onnx", "threads": 2, "decode_workers": 1, "batch_size": 32},
+                            "model": "model.int8.onnx", "threads": 2, "decode_workers": 1, "batch_size": 32,
+                            "gate_cost": {"n_images": 400, "rounds": 3, "gated_img_s": 98.0, "no_gate_img_s": 100.0,
+                                          "ratio": 0.98}},
              "training": {"pipeline_img_s": 95, "in_memory_img_s": 100, "ratio": 0.95, "device": "cpu",
                           "batch_size": 64, "augment": True, "workers": 2},
              "parity": {"split": "test", "n_images": 600,
@@ -44,6 +46,7 @@ def test_headline_ratios_use_the_right_figures():
     assert h["ort_fp32_vs_torch_b1_latency"] == 0.4
     assert h["int8_vs_fp32_b32_throughput"] == 3.0
     assert h["predict_vs_session_throughput"] == 0.833
+    assert h["predict_with_vs_without_ood_gate"] == 0.98
     assert h["train_pipeline_vs_in_memory"] == 0.95
     assert h["best_model_gflops_vs_gemm_peak"] == 0.88  # fp32 engines only: 132 / 150
     assert set(h["per_model"]["m"]) == {k for k in h if k != "per_model"}
@@ -56,6 +59,7 @@ def test_markdown_table_names_every_engine():
     for engine in ("torch_eager", "ort_fp32", "ort_int8"):
         assert f"| {engine} |" in text
     assert "150.0 GFLOP/s" in text
+    assert "OOD gate: predict 98.0 img/s with it vs 100.0 without → **0.98**" in text
     assert "int8 t max|Δp| 3.0e-02, top-1 99.50% (3 changed)" in text
 
 

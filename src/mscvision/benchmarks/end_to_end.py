@@ -57,3 +57,35 @@ def predict_vs_session(model_path: Path, paths: list[Path], threads: int, batch_
     return {"n_images": len(paths), "predict_img_s": round(predict_rate, 1),
             "session_img_s": round(session_rate, 1), "ratio": round(predict_rate / session_rate, 3),
             "threads": threads, "decode_workers": decode_workers, "batch_size": batch_size}
+
+
+def gate_cost(model_path: Path, paths: list[Path], threads: int, work: Path, rounds: int = 3,
+              batch_size: int = 32) -> dict:
+    """`predict` throughput with the OOD gate vs without it (the same file with its ``ood`` metadata
+    block removed: no image checks, no learned-score judging), rounds alternating, median of each."""
+    import json
+
+    import onnx
+
+    from mscvision.runtime.metadata import METADATA_KEY
+
+    gated = load_model(model_path, threads=threads, device="cpu")
+    if gated.metadata.raw.get("ood") is None:
+        return {"ratio": None, "note": f"{model_path.name} has no OOD gate"}
+    proto = onnx.load(str(model_path))
+    for prop in proto.metadata_props:
+        if prop.key == METADATA_KEY:
+            prop.value = json.dumps({**json.loads(prop.value), "ood": None})
+    plain_path = work / "no-gate.onnx"
+    onnx.save_model(proto, str(plain_path))
+    plain = load_model(plain_path, threads=threads, device="cpu")
+    rates: dict[str, list[float]] = {"gated": [], "plain": []}
+    files = [str(p) for p in paths]
+    for _ in range(rounds):
+        for name, model in (("plain", plain), ("gated", gated)):
+            start = time.perf_counter()
+            rows = list(predict_files(model, files, batch_size=batch_size, workers=1))
+            rates[name].append(len(rows) / (time.perf_counter() - start))
+    gated_rate, plain_rate = float(np.median(rates["gated"])), float(np.median(rates["plain"]))
+    return {"n_images": len(paths), "rounds": rounds, "gated_img_s": round(gated_rate, 1),
+            "no_gate_img_s": round(plain_rate, 1), "ratio": round(gated_rate / plain_rate, 3)}

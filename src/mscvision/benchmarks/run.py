@@ -52,6 +52,8 @@ def benchmark_model(run_dir: Path, threads: int, quick: bool, work: Path, log=pr
     log(f"  predict vs bare session on {n_files} files ({e2e_model.name})")
     e2e = end_to_end.predict_vs_session(e2e_model, paths, threads)
     e2e["model"] = e2e_model.name
+    log(f"  predict with the OOD gate vs without it ({models['fp32'].name})")
+    e2e["gate_cost"] = end_to_end.gate_cost(models["fp32"], paths[:128 if quick else 400], threads, work)
     log("  training pipeline vs in-memory")
     train = training_throughput(module.config, steps=5 if quick else 20)
     return {"run": str(run_dir), "input_shape": list(shape), "gflops_per_image": round(flops / 1e9, 3),
@@ -100,6 +102,7 @@ def headline(report: dict) -> dict:
             "int8_vs_fp32_b32_throughput": (round(cpu["ort_int8"]["b32_img_s"] / cpu["ort_fp32"]["b32_img_s"], 3)
                                             if "ort_int8" in cpu else None),
             "predict_vs_session_throughput": m["end_to_end"]["ratio"],
+            "predict_with_vs_without_ood_gate": m["end_to_end"].get("gate_cost", {}).get("ratio"),
             "train_pipeline_vs_in_memory": m["training"]["ratio"],
             "best_model_gflops_vs_gemm_peak": round(best_gflops / peak, 3),
         }
@@ -125,6 +128,8 @@ def markdown(report: dict) -> str:
         e, t = m["end_to_end"], m["training"]
         lines += ["", f"End to end ({e['n_images']} PNG files, {e['model']}): `mscvision predict` "
                   f"{e['predict_img_s']} img/s vs bare session {e['session_img_s']} img/s → **{e['ratio']}**", "",
+                  f"OOD gate: predict {e.get('gate_cost', {}).get('gated_img_s')} img/s with it vs "
+                  f"{e.get('gate_cost', {}).get('no_gate_img_s')} without → **{e.get('gate_cost', {}).get('ratio')}**", "",
                   f"Training ({t['device']}, batch {t['batch_size']}, augmentation {'on' if t['augment'] else 'off'}, "
                   f"{t['workers']} loader workers): pipeline {t['pipeline_img_s']} img/s vs in-memory "
                   f"{t['in_memory_img_s']} img/s → **{t['ratio']}**", ""]
