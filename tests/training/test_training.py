@@ -6,12 +6,12 @@ import csv
 import json
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import pytest
 import torch
 
 from conftest import make_shapes_dataset, tiny_overrides
+from ddp_stop_after import StopAfter  # simulates an interruption: stops cleanly after N epochs, checkpoints saved
 from mscvision.cli import main
 from mscvision.core.preprocess import PreprocessSpec
 from mscvision.core.tasks import Task
@@ -130,17 +130,6 @@ def test_unknown_labels_are_masked_from_the_loss(tmp_path):
     counted = sum(result.metrics[s]["count"]["n"] for s in ("val", "test"))
     assert counted < sum(result.metrics[s]["shape"]["n"] for s in ("val", "test"))
     assert counted <= n_known
-
-
-class StopAfter(L.Callback):
-    """Simulates an interruption: stop cleanly after ``epochs`` epochs (checkpoints are saved)."""
-
-    def __init__(self, epochs: int):
-        self.epochs = epochs
-
-    def on_train_epoch_end(self, trainer, module):
-        if trainer.current_epoch + 1 >= self.epochs:
-            trainer.should_stop = True
 
 
 def _weights(run_dir: Path) -> dict:

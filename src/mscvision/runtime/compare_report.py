@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mscvision.runtime.report import CSS, Section, facts_table, figure, number, percent, png_data_uri, model_view
+from mscvision.runtime.report import (CSS, Section, facts_table, figure, image_tag, model_view, number, percent,
+                                      png_data_uri)
 from mscvision.runtime.svg import BLUE, GREY, RED, esc, heatmap
 
 FIGURES = (("balanced_accuracy", "balanced accuracy"), ("macro_f1", "macro F1"), ("weighted_f1", "weighted F1"),
@@ -233,7 +234,7 @@ def changed_block(task: dict, changed: list[dict], thumbnails: dict[str, str]) -
         return "<p>No image's decision changed for this task.</p>"
     transitions = "".join(f"<tr><td>{esc(t['approved'])}</td><td>{esc(t['candidate'])}</td><td>{t['n']}</td></tr>"
                           for t in summary["transitions"])
-    grid = "".join(f"<figure>{_image(thumbnails.get(c['path']), c['path'])}<figcaption>true <b>{esc(c['true'] or '?')}"
+    grid = "".join(f"<figure>{image_tag(thumbnails.get(c['path']), c['path'])}<figcaption>true <b>{esc(c['true'] or '?')}"
                    f"</b><br>{esc(c['approved'])} → <b>{esc(c['candidate'])}</b> ({esc(c['change'])})<br>"
                    f"<span class='path'>{esc(Path(c['path']).name)} · {esc(c['group'])}</span></figcaption></figure>"
                    for c in changed[:MAX_THUMBNAILS])
@@ -252,12 +253,6 @@ def changed_block(task: dict, changed: list[dict], thumbnails: dict[str, str]) -
             "<p class='explain'>The station's own decision per image: a class, or review (below the threshold, or an "
             "input doubt). fixed: the candidate's label is right where the approved one was wrong; broken: the "
             "reverse. Thumbnails show the image as the approved model sees it.</p>")
-
-
-def _image(uri: str | None, alt: str) -> str:
-    if not uri:
-        return "<div class='missing'>(image not shown)</div>"
-    return f"<img src='{esc(uri)}' alt='{esc(alt)}' width='112' height='112'>"
 
 
 def lot_section(lot: dict) -> Section:

@@ -74,21 +74,18 @@ class Gate:
         def describe(name: str, p: float, level: float) -> str:
             return self._reason(name, scores[name], p, level)
 
-        decision = combine(p_values, self.alpha, self.shares, describe)
         # a score that could not be measured is a rule, not a p-value: with a small calibration set
         # its smallest p-value, 1/(n+1), could stay above its level and let the image pass
-        unmeasured = [f"{'the learned OOD score' if name == LEARNED else f'image check {name}'} could not be "
-                      "measured" for name, score in scores.items() if not math.isfinite(score)
-                      and not any(r.startswith(("the learned OOD score", f"image check {name}")) for r in decision.reasons)]
-        rules = [*rules, *unmeasured]
+        unmeasured = [name for name, score in scores.items() if not math.isfinite(score)]
+        decision = combine({n: p for n, p in p_values.items() if n not in unmeasured}, self.alpha, self.shares,
+                           describe)
+        rules = [*rules, *(f"{'the learned OOD score' if name == LEARNED else f'image check {name}'} could not be "
+                           "measured" for name in unmeasured)]
         reasons = [*rules, *decision.reasons]
-        return GateDecision(bool(reasons), reasons, decision.p_values, scores, list(rules))
+        return GateDecision(bool(reasons), reasons, p_values, scores, list(rules))
 
     def _reason(self, name: str, score: float, p: float, level: float) -> str:
         calibration = self.learned_calibration if name == LEARNED else self.check_calibration[name]
-        if not math.isfinite(score):
-            what = f"the learned OOD score ({self.learned_method})" if name == LEARNED else f"image check {name}"
-            return f"{what} could not be measured (p={p:.2g} <= {level:.2g})"
         typical = float(np.median(calibration))
         if name == LEARNED:
             return (f"learned OOD score ({self.learned_method}) {score:.3g} above the training images' (typical "
