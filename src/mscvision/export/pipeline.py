@@ -205,6 +205,8 @@ def task_settings(run_dir: Path, tasks: list[Task]) -> dict[str, dict]:
                             "threshold": float(entry.get("threshold", 0.0))}
         # without a certificate the station must not hand out labels as if one had been given
         settings[t.name]["abstention"] = entry.get("abstention", UNCALIBRATED)
+        if "quantification" in entry:  # the val confusions a QC station corrects class fractions with
+            settings[t.name]["quantification"] = entry["quantification"]
     return settings
 
 

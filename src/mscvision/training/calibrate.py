@@ -49,7 +49,8 @@ def fit_calibration(val_views: dict[str, np.ndarray], val_targets: dict[str, np.
         certificate = certify_threshold(*_confidence_and_correct(val_p, y_val), decide.target_accuracy, decide.delta,
                                         None if val_groups is None else np.asarray(val_groups)[known])
         temperatures[name] = t
-        settings[name] = {"temperature": t, "threshold": certificate.threshold, "abstention": certificate.to_dict()}
+        settings[name] = {"temperature": t, "threshold": certificate.threshold, "abstention": certificate.to_dict(),
+                          "quantification": quantification_block(val_p, y_val, len(task.classes))}
         calibration[name] = {
             "temperature": t, "fitted_on": f"val: {int((y_val != IGNORE_INDEX).sum())} images of groups never trained on",
             "test": {"before": calibration_figures(apply_temperature(test_views[name], 1.0), y_test),
@@ -64,6 +65,25 @@ def fit_calibration(val_views: dict[str, np.ndarray], val_targets: dict[str, np.
                        {"schema": CALIBRATION_SCHEMA, "tasks": settings,
                         "decide": {"target_accuracy": decide.target_accuracy, "delta": decide.delta}},
                        {"calibration": calibration, "abstention": abstention})
+
+
+def quantification_block(probs: np.ndarray, labels: np.ndarray, n_classes: int) -> dict:
+    """What a QC station needs to correct class fractions for the model's own confusions
+    (core/quantify.py): per true class of the val images, the mean calibrated probability vector
+    (probabilistic adjusted classify-and-count) and the argmax confusion counts, with the counts."""
+    keep = labels != IGNORE_INDEX
+    probs, labels = probs[keep], labels[keep]
+    mean_p = np.zeros((n_classes, n_classes))
+    confusion = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(confusion, (labels, probs.argmax(axis=1)), 1)
+    counts = np.bincount(labels, minlength=n_classes)
+    for c in range(n_classes):
+        if counts[c]:
+            mean_p[c] = probs[labels == c].mean(axis=0)
+    return {"fitted_on": "val: calibrated probabilities of images of groups never trained on",
+            "rows": "true class, in output order", "columns": "predicted class, in output order",
+            "n_per_class": counts.tolist(), "mean_probability": np.round(mean_p, 6).tolist(),
+            "confusion": confusion.tolist()}
 
 
 def _confidence_and_correct(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
