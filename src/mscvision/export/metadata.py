@@ -39,7 +39,7 @@ OOD_CONFORMANCE_OVER_SPREAD = {"fp32": 1e-3, "fp16": 2e-2, "int8": 0.1}
 
 def build_metadata(*, name: str, tasks: list[Task], settings: dict[str, dict], spec: PreprocessSpec,
                    max_side: int, bit_depths: tuple[int, ...], provenance: dict, card: dict,
-                   tta: bool = False) -> dict:
+                   tta: bool = False, training_side: int | None = None) -> dict:
     return {
         "format": FORMAT, "format_version": FORMAT_VERSION, "name": name, "precision": "fp32",
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -49,7 +49,10 @@ def build_metadata(*, name: str, tasks: list[Task], settings: dict[str, dict], s
         "input": {"name": INPUT_NAME, "dtype": "float32", "layout": "NCHW", "batch": "dynamic",
                   "channels": spec.in_channels, "height": spec.size[0], "width": spec.size[1],
                   "max_image_side": max(TOO_LARGE_FACTOR * max_side, *spec.size),
-                  "training_bit_depths": list(bit_depths)},
+                  "training_bit_depths": list(bit_depths),
+                  # the median side of the held-out images (decoded, before preprocessing): a QC station cuts
+                  # whole fields into tiles of this side at the trained pixel size (runtime/tiles.py)
+                  "training_image_side": training_side},
         "outputs": {"probabilities": {t.name: probability_output(t.name) for t in tasks},
                     "logits": {t.name: logits_output(t.name) for t in tasks}, "features": FEATURES_OUTPUT,
                     "notes": "probabilities = softmax(logits / temperature); logits and features are reserved; "

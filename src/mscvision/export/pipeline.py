@@ -217,6 +217,7 @@ def _metadata(name: str, module, run: RunFiles, rows: list[dict], heldout: Sampl
     n_split = {s: sum(r["split"] == s for r in rows) for s in ("train", "val", "test")}
     meta = build_metadata(name=name, tasks=module.tasks, settings=settings, spec=config.preprocess,
                           max_side=heldout.max_side, bit_depths=heldout.bit_depths,
+                          training_side=heldout.median_side or None,
                           provenance=provenance(config, run.run_dir, run.checkpoint, metrics, manifest),
                           card=model_card(config, module.tasks, metrics, n_split, manifest), tta=config.export.tta)
     meta["conformance"] = conformance("fp32", len(heldout))  # the held-out images are the vector candidates

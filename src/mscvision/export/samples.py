@@ -23,6 +23,7 @@ class Samples:
     splits: tuple[str, ...]  # which splits they came from, for the reports
     max_side: int  # largest decoded side seen, to size the runtime's "too large" limit
     bit_depths: tuple[int, ...]
+    median_side: int = 0  # the typical decoded side: a QC station cuts whole fields into tiles of it
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -70,7 +71,8 @@ def _decode_all(rows: list[dict], splits: tuple[str, ...], tasks: list[Task], sp
         sides.append(max(decoded.array.shape[:2]))
         depths.add(decoded.bit_depth)
     targets = {t.name: np.array([_index(t, r.get(t.name, "")) for r in rows], np.int64) for t in tasks}
-    return Samples([r["path"] for r in rows], np.stack(tensors), targets, splits, max(sides), tuple(sorted(depths)))
+    return Samples([r["path"] for r in rows], np.stack(tensors), targets, splits, max(sides), tuple(sorted(depths)),
+                   int(np.median(sides)))
 
 
 def _index(task: Task, label: str) -> int:

@@ -255,8 +255,11 @@ class RunConfig:
     # 128-px synthetic crops shrunk a little for CPU speed (droplets and granules survive); mean/std
     # centre the percentile-scaled [0, 1] intensities. PreprocessSpec's own defaults (no mean/std)
     # are the artifact contract's, for models that did not record a key; these are the run's.
+    # pixel_size_um: the synthetic microscope's nominal 1.3 um/px (synth/dataset.py PIXEL_SIZE_UM), so the
+    # model states the scale it was trained at and a station rescales (or doubts) fields of another scale;
+    # a layer for other data states its own (configs/mitocheck.yaml: null, the crops carry none)
     preprocess: PreprocessConfig = field(default_factory=lambda: PreprocessConfig(size=(112, 112), mean=(0.5,),
-                                                                                  std=(0.25,)))
+                                                                                  std=(0.25,), pixel_size_um=1.3))
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
