@@ -63,7 +63,8 @@ def test_the_example_loads_with_its_hash_and_no_approval():
 
 
 def test_defaults_fill_the_optional_keys(tmp_path):
-    spec = load_spec(_write(tmp_path, {"format": "mscvision.qc-spec/1", "name": "minimal", "criteria": ["tiles >= 10"]}))
+    minimal = {"format": "mscvision.qc-spec/1", "name": "minimal", "criteria": ["tiles >= 10"]}
+    spec = load_spec(_write(tmp_path, minimal))
     assert (spec.confidence, spec.unit, spec.evaluation_margin, spec.quantification) == (0.95, "tiles", 0.02, "model")
     assert (spec.tiling.overlap_px, spec.tiling.min_foreground, spec.tiling.block_tiles) == (0, 0.05, 4)
 
@@ -162,7 +163,8 @@ def test_the_hash_is_of_the_bytes_parsed(tmp_path):
     path = _write(tmp_path, _with())
     first = load_spec(path).sha256
     path.write_text(path.read_text() + "# a comment changes the bytes, not the meaning\n")
-    assert load_spec(path).sha256 != first == hashlib.sha256(yaml.safe_dump(_with(), sort_keys=False).encode()).hexdigest()
+    assert first == hashlib.sha256(yaml.safe_dump(_with(), sort_keys=False).encode()).hexdigest()
+    assert load_spec(path).sha256 != first
 
 
 def test_an_unknown_task_or_class_is_named(tmp_path):

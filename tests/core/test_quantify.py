@@ -44,7 +44,8 @@ def calibration() -> dict:
 
 def _well(rng, fraction: float, clusters: int = 30, per_cluster: int = 16, spread: float = 20.0):
     """Tiles of a well whose blocks differ in their local fraction (Beta around ``fraction``)."""
-    local = rng.beta(fraction * spread, (1 - fraction) * spread, clusters) if 0 < fraction < 1 else np.full(clusters, fraction)
+    local = (rng.beta(fraction * spread, (1 - fraction) * spread, clusters) if 0 < fraction < 1
+             else np.full(clusters, fraction))
     cluster = np.repeat(np.arange(clusters), per_cluster)
     truth = (rng.random(len(cluster)) < local[cluster]).astype(int)
     probs = _model_probabilities(truth, rng)

@@ -260,6 +260,9 @@ def estimate_fractions(probs: np.ndarray, labels: np.ndarray, clusters: np.ndarr
     classes = list(classes) if classes is not None else [str(c) for c in range(k)]
     if len(classes) != k:
         raise ValueError(f"task {task}: {k} probability columns for {len(classes)} classes")
+    if len(labels) != n or (clusters is not None and len(clusters) != n):
+        raise ValueError(f"task {task}: {n} tiles of probabilities, {len(labels)} labels, "
+                         f"{'no' if clusters is None else len(clusters)} cluster ids: one of each per tile")
     naive = naive_fractions(labels, k)
     if n == 0:
         return [Fraction(task, c, math.nan, 0.0, 1.0, math.nan, math.nan, 0, 0.0, 1.0, NO_TILES) for c in classes]

@@ -43,7 +43,7 @@ class UnitTiles:
     name: str
     level: str                             # "well" | "lot"
     images: list[str]
-    counts: dict[str, int]                 # COUNT_KEYS: tiles, background, evaluated, usable, flagged, abstained, errors
+    counts: dict[str, int]                 # COUNT_KEYS (tiles, background, evaluated, usable, flagged, ...)
     problems: list[str]                    # image errors / doubts, each naming the image
     probabilities: dict[str, np.ndarray]   # per task (n_usable, K), calibrated
     labels: dict[str, np.ndarray]          # per task (n_usable,) class index, -1 = abstained
@@ -139,7 +139,8 @@ def _fmt(x: float) -> str:
     return f"{x:.3f}"
 
 
-def _fraction_result(c: Criterion, fractions: Mapping[str, Mapping[str, Fraction]], confidence: float) -> CriterionResult:
+def _fraction_result(c: Criterion, fractions: Mapping[str, Mapping[str, Fraction]],
+                     confidence: float) -> CriterionResult:
     level = f"{confidence:.0%}"
     f = fractions.get(c.task, {}).get(c.cls)
     if f is None:
@@ -209,7 +210,9 @@ def _reasons(results: Sequence[CriterionResult], verdict: str, confidence: float
         return [f"every criterion is met: {fractions} fraction criteri{'a' if fractions != 1 else 'on'} with the "
                 f"whole {confidence:.0%} interval inside the limit, quality and images in order"]
     order = (REVIEW, FAIL) if verdict == REVIEW else (FAIL,)
-    return [f"{r.result}: {r.criterion}: {r.reason}" for wanted in order for r in results if r.result == wanted]
+    # each reason states its criterion's figures and limit; only the images' needs its subject named
+    return [f"{r.result}: {'images: ' if r.kind == 'images' else ''}{r.reason}"
+            for wanted in order for r in results if r.result == wanted]
 
 
 # --- a lot -----------------------------------------------------------------------------------------------
