@@ -22,6 +22,13 @@ LAYER_OF = {"__init__": "root", "core": "core", "synth": "synth", "runtime": "ru
             "export": "export", "benchmarks": "benchmarks", "commands": "commands", "cli": "commands",
             "__main__": "commands"}
 
+# third-party packages (import names) each station layer may import: docs/architecture.md's table. A
+# station installs only the base dependencies of pyproject.toml; anything else in core, synth or
+# runtime breaks `pip install mscvision`. yaml: the QC acceptance spec (core/qcspec.py).
+CORE_THIRD_PARTY = {"numpy", "PIL", "tifffile", "cryptography", "yaml"}
+THIRD_PARTY = {"core": CORE_THIRD_PARTY, "synth": CORE_THIRD_PARTY,
+               "runtime": CORE_THIRD_PARTY | {"onnxruntime"}}
+
 
 def _module_name(path: Path, root: Path) -> list[str]:
     parts = list(path.relative_to(root).with_suffix("").parts)
@@ -69,6 +76,35 @@ def upward_imports(root: Path = PACKAGE) -> list[str]:
                 problems.append(f"{path.relative_to(root.parent)}:{line}: {own} (rank {RANKS[own]}) imports "
                                 f"{name}, layer {other} (rank {RANKS[other]})")
     return problems
+
+
+def third_party_imports(path: Path) -> set[str]:
+    """Top-level names of the absolute, non-mscvision, non-stdlib imports of a file, at any depth."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            names.add(node.module.split(".")[0])
+    return names - set(sys.stdlib_module_names) - {"mscvision", "__future__"}
+
+
+def test_station_layers_import_only_their_declared_third_party_packages():
+    problems = [f"{path.relative_to(PACKAGE.parent)}: imports {name} (allowed in {layer}: "
+                f"{', '.join(sorted(THIRD_PARTY[layer]))})"
+                for layer in THIRD_PARTY for path in sorted((PACKAGE / layer).rglob("*.py"))
+                for name in sorted(third_party_imports(path) - THIRD_PARTY[layer])]
+    assert not problems, ("station layers import packages a station install lacks (add the package to "
+                          "pyproject.toml's base dependencies and THIRD_PARTY, or move the code up a layer):\n"
+                          + "\n".join(problems))
+
+
+def test_the_third_party_scan_sees_lazy_imports(tmp_path):
+    module = tmp_path / "m.py"
+    module.write_text("import os, yaml\nfrom numpy import linalg\nfrom . import x\n"
+                      "def f():\n    import torch.nn\n")
+    assert third_party_imports(module) == {"yaml", "numpy", "torch"}
+    assert third_party_imports(module) - THIRD_PARTY["core"] == {"torch"}
 
 
 def test_every_top_level_package_has_a_layer():

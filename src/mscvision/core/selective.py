@@ -111,22 +111,25 @@ def _beta_fraction(a: float, b: float, x: float) -> float:
 
 
 def design_effect(groups: np.ndarray, errors: np.ndarray) -> float:
-    """Kish's design effect of clustered 0/1 errors, 1 + (m - 1) rho: m the size-weighted mean group
-    size, rho the ANOVA estimate of the intra-group correlation (clipped to [0, 1]).
+    """Kish's design effect of clustered values in [0, 1] (0/1 errors, or a per-tile probability),
+    1 + (m - 1) rho: m the size-weighted mean group size, rho the ANOVA estimate of the intra-group
+    correlation (clipped to [0, 1]).
 
     Images of one well or donor share their errors (focus, staining, a hard culture): n of them
     carry the information of about n / deff independent images, and a bound that counts them as
-    independent is too narrow. 1 when there are no errors, all errors, or fewer than 2 groups.
+    independent is too narrow. 1 when the values are all 0, all 1, or there are fewer than 2 groups.
+    The within-group sum of squares is measured (for 0/1 values it equals m * rate * (1 - rate)).
     """
+    values = np.asarray(errors, dtype=np.float64)
     _, index = np.unique(groups, return_inverse=True)
     m = np.bincount(index).astype(np.float64)
-    e = np.bincount(index, weights=np.asarray(errors, dtype=np.float64))
+    e = np.bincount(index, weights=values)
     n, g, total = m.sum(), len(m), e.sum()
     if g < 2 or total <= 0 or total >= n or n <= g:
         return 1.0
     p, rate = total / n, e / m
     between = float(np.sum(m * (rate - p) ** 2) / (g - 1))
-    within = float(np.sum(m * rate * (1 - rate)) / (n - g))
+    within = max(float(np.sum(values ** 2) - np.sum(m * rate ** 2)), 0.0) / (n - g)
     m0 = (n - np.sum(m ** 2) / n) / (g - 1)
     denominator = between + (m0 - 1) * within
     rho = (between - within) / denominator if denominator > 0 else 0.0
