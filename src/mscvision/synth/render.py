@@ -54,11 +54,12 @@ def render_crop(rng, donor: Donor, dominant: tuple[int, int], size: int, modalit
 
 def render_field(rng, donor: Donor, size: int, modality: str, bit_depth: int, zones: int = 9,
                  planner=None) -> Rendered:
-    """A whole-well field; ``planner(rng, side) -> ZonePlan`` lays out its zones (default ``random_zones``)."""
+    """A whole-well field; ``planner(rng, side, scale) -> ZonePlan`` lays out its zones (default
+    ``random_zones``); ``scale`` is the field's magnification times the donor's cell size."""
     scale = rng.uniform(0.8, 1.2) * donor.size
     side = size + 2 * MARGIN
     canvas = Canvas(side, side)
-    plan = planner(rng, side) if planner is not None else random_zones(rng, side, zones)
+    plan = planner(rng, side, scale) if planner is not None else random_zones(rng, side, zones)
     cells = place_cells(rng, plan.zones, plan.zone_of, canvas, scale,
                         max_attempts=int(40 * side * side / 128 ** 2), reach=plan.reach)
     box = (MARGIN, MARGIN, MARGIN + size, MARGIN + size)
