@@ -351,3 +351,32 @@ def _write_pillow(tmp: Path, arr: np.ndarray, suffix: str) -> None:
     else:
         raise ValueError(f"{suffix} holds 1 channel (8/16-bit) or 3 channels (8-bit); use .tif for {arr.shape[2]}")
     im.save(tmp, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+
+
+def write_tiled_tiff(path: str | Path, array: np.ndarray, pixel_size_um: float | None, tile: int = 256,
+                     compression: str = "zlib") -> None:
+    """Write one grey (H, W) or (H, W, 1) uint8/uint16 image as a tiled, compressed TIFF, atomically.
+
+    The layout of a stitched whole-well field: a reader fetches the tiles a window needs instead of
+    decoding the file. The pixel size goes into the TIFF resolution tags (pixels per cm), which
+    ``decode_image`` reads back; not OME-XML, whose random UUID would make two writes of the same
+    pixels differ byte for byte. ``pixel_size_um=None`` writes none (a field of unknown scale).
+    """
+    from mscvision.core.fileio import atomic_path
+
+    arr = array[:, :, 0] if array.ndim == 3 and array.shape[2] == 1 else array
+    if arr.ndim != 2 or arr.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"write_tiled_tiff takes one grey uint8/uint16 image, not {array.dtype} {array.shape}")
+    if tile < 16 or tile % 16:
+        raise ValueError(f"tile {tile}: TIFF tiles are a multiple of 16 px")
+    if pixel_size_um is not None and not (math.isfinite(pixel_size_um) and pixel_size_um > 0):
+        raise ValueError(f"pixel_size_um {pixel_size_um}: give a positive size or None")
+    import tifffile
+
+    extra: dict = {}
+    if pixel_size_um is not None:
+        per_cm = 1e4 / pixel_size_um
+        extra = {"resolution": (per_cm, per_cm), "resolutionunit": "CENTIMETER"}
+    with atomic_path(Path(path)) as tmp:
+        tifffile.imwrite(tmp, np.ascontiguousarray(arr), photometric="minisblack", tile=(tile, tile),
+                         compression=compression, metadata=None, **extra)

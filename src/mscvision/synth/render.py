@@ -2,7 +2,9 @@
 
 ``render_crop`` makes a training crop (one dominant state per task plus a minority);
 ``render_field`` makes a whole-well field: a Voronoi mosaic of zones, each with its own
-dominant states, so that tiles of the field disagree the way regions of a real well do.
+dominant states, so that tiles of the field disagree the way regions of a real well do. The
+zones are drawn from ``JOINT`` (``random_zones``) unless a planner is given: ``synth/lot.py``
+plans small zones whose states hit a well's target fractions.
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ from mscvision.synth.labels import JOINT, Donor
 from mscvision.synth.optics import (blur, draw_spots, expose, fluorescence_tone, illumination, phase_contrast,
                                     tone_curve)
 from mscvision.synth.organelles import add_cell_organelles, add_debris, add_mineral
-from mscvision.synth.scene import (CHONDRO, MARGIN, Canvas, Cell, Zone, crop_areas, enforce_dominance,
-                                   mixture, place_cells, state_fractions)
+from mscvision.synth.scene import (CHONDRO, MARGIN, Canvas, Cell, Zone, ZonePlan, crop_areas, enforce_dominance,
+                                   mixture, place_cells, state_fractions, voronoi_owner)
 
 MODALITIES = ("phase", "fluorescence")
 
@@ -28,6 +30,8 @@ class Rendered:
     image: np.ndarray  # (H, W) phase or (H, W, 2) fluorescence; uint8 or uint16
     morphology: np.ndarray  # cell-area fraction per morphology state, sums to 1
     differentiation: np.ndarray  # cell-area fraction per differentiation state
+    cells: list[Cell] | None = None  # fields: the placed cells, canvas coordinates (for per-tile truth)
+    box: tuple[int, int, int, int] | None = None  # fields: the image's (y0, x0, y1, x1) on the canvas
 
 
 def _coverage(rng) -> float:
@@ -48,26 +52,30 @@ def render_crop(rng, donor: Donor, dominant: tuple[int, int], size: int, modalit
     return Rendered(_form(rng, cells, canvas, donor, scale, modality, bit_depth, box), morph, diff)
 
 
-def render_field(rng, donor: Donor, size: int, modality: str, bit_depth: int, zones: int = 9) -> Rendered:
+def render_field(rng, donor: Donor, size: int, modality: str, bit_depth: int, zones: int = 9,
+                 planner=None) -> Rendered:
+    """A whole-well field; ``planner(rng, side, scale) -> ZonePlan`` lays out its zones (default
+    ``random_zones``); ``scale`` is the field's magnification times the donor's cell size."""
     scale = rng.uniform(0.8, 1.2) * donor.size
     side = size + 2 * MARGIN
     canvas = Canvas(side, side)
+    plan = planner(rng, side, scale) if planner is not None else random_zones(rng, side, zones)
+    cells = place_cells(rng, plan.zones, plan.zone_of, canvas, scale,
+                        max_attempts=int(40 * side * side / 128 ** 2), reach=plan.reach)
+    box = (MARGIN, MARGIN, MARGIN + size, MARGIN + size)
+    morph, diff = state_fractions(cells, crop_areas(cells, box))
+    return Rendered(_form(rng, cells, canvas, donor, scale, modality, bit_depth, box), morph, diff, cells, box)
+
+
+def random_zones(rng, side: int, zones: int) -> ZonePlan:
+    """``zones`` Voronoi zones, each with dominant states drawn from ``JOINT`` and its own confluence."""
     seeds = rng.uniform(0, side, (zones, 2))
-    owner = _nearest(seeds, *np.mgrid[0:side:8, 0:side:8].reshape(2, -1))
-    zone_area = np.bincount(owner, minlength=zones) * 64.0
+    zone_area = np.bincount(voronoi_owner(seeds, side).ravel(), minlength=zones) * 64.0
     plan = []
     for k in range(zones):
         m, d = divmod(int(rng.choice(JOINT.size, p=JOINT.ravel())), JOINT.shape[1])
         plan.append(Zone(mixture(rng, m, 3), mixture(rng, d, 4), _coverage(rng) * zone_area[k], (m, d)))
-    cells = place_cells(rng, plan, lambda y, x: int(_nearest(seeds, np.array([y]), np.array([x]))[0]),
-                        canvas, scale, max_attempts=int(40 * side * side / 128 ** 2))
-    box = (MARGIN, MARGIN, MARGIN + size, MARGIN + size)
-    morph, diff = state_fractions(cells, crop_areas(cells, box))
-    return Rendered(_form(rng, cells, canvas, donor, scale, modality, bit_depth, box), morph, diff)
-
-
-def _nearest(seeds: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
-    return np.argmin((ys[:, None] - seeds[None, :, 0]) ** 2 + (xs[:, None] - seeds[None, :, 1]) ** 2, axis=1)
+    return ZonePlan(seeds, plan)
 
 
 def _form(rng, cells: list[Cell], canvas: Canvas, donor: Donor, scale: float, modality: str, bit_depth: int, box):

@@ -50,6 +50,29 @@ def _behind(rng, deficit: np.ndarray) -> int:
 
 
 @dataclass
+class ZonePlan:
+    """A field's Voronoi mosaic: each zone is the canvas region nearest its seed."""
+
+    seeds: np.ndarray  # (k, 2) canvas (y, x) of each zone's seed
+    zones: list[Zone]
+    reach: float = 96  # how far place_cells may move a cell from its drawn position, px
+
+    def zone_of(self, y: float, x: float) -> int:
+        return int(nearest_seed(self.seeds, np.array([y]), np.array([x]))[0])
+
+
+def nearest_seed(seeds: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+    """Index of the seed nearest each (y, x): which Voronoi zone a position is in."""
+    return np.argmin((ys[:, None] - seeds[None, :, 0]) ** 2 + (xs[:, None] - seeds[None, :, 1]) ** 2, axis=1)
+
+
+def voronoi_owner(seeds: np.ndarray, side: int, step: int = 8) -> np.ndarray:
+    """(side/step, side/step) zone index on a coarse grid of the canvas: zone areas without a full raster."""
+    ys, xs = np.mgrid[0:side:step, 0:side:step]
+    return nearest_seed(seeds, ys.ravel(), xs.ravel()).reshape(ys.shape)
+
+
+@dataclass
 class Cell:
     patch: Patch
     morph: int
@@ -105,12 +128,15 @@ class Canvas:
 
 
 def place_cells(rng, zones: list[Zone], zone_of, canvas: Canvas, scale: float,
-                first_at: tuple[float, float] | None = None, max_attempts: int = 1500) -> list[Cell]:
+                first_at: tuple[float, float] | None = None, max_attempts: int = 1500,
+                reach: float = 96) -> list[Cell]:
     """Fill every zone's area budget with cells; ``zone_of(y, x)`` maps a position to its zone.
 
     With ``first_at`` (crops), the first cell is of the zone's dominant state and sits in view,
     so an image's label is never carried by cells in the margin alone. Positions are drawn
-    first and states second, so a zone's cells land where the zone is.
+    first and states second, so a zone's cells land where the zone is; a cell that does not fit
+    at its drawn position is tried up to ``reach`` px away (small zones need a small reach, or
+    their cells spill into the neighbours).
     """
     cells: list[Cell] = []
     h, w = canvas.shape
@@ -124,7 +150,7 @@ def place_cells(rng, zones: list[Zone], zone_of, canvas: Canvas, scale: float,
         morph, diff = zone.dominant if not cells and first_at else zone.sample_state(rng)
         shape = sample_shape(rng, morph, diff, scale * float(np.exp(rng.normal(0, 0.1))))
         patch = shape.render((rng.uniform(-0.5, 0.5), rng.uniform(-0.5, 0.5)))
-        patch = _find_spot(rng, canvas, patch, zone, diff, (y, x))
+        patch = _find_spot(rng, canvas, patch, zone, diff, (y, x), reach)
         if patch is None:
             continue
         canvas.add(patch)
@@ -134,7 +160,7 @@ def place_cells(rng, zones: list[Zone], zone_of, canvas: Canvas, scale: float,
     return cells
 
 
-def _find_spot(rng, canvas: Canvas, patch: Patch, zone: Zone, diff: int, yx) -> Patch | None:
+def _find_spot(rng, canvas: Canvas, patch: Patch, zone: Zone, diff: int, yx, reach: float) -> Patch | None:
     """Try a few positions; chondrogenic cells condense into nodules, the rest avoid each other."""
     chondro = diff == CHONDRO
     if chondro:
@@ -147,8 +173,8 @@ def _find_spot(rng, canvas: Canvas, patch: Patch, zone: Zone, diff: int, yx) -> 
         if chondro:
             cy, cx = cluster[0] + rng.normal(0, spread), cluster[1] + rng.normal(0, spread)
         else:
-            reach = min(96, canvas.shape[0] / 2)  # stay near the drawn position: in a field, that is its zone
-            cy, cx = yx if attempt == 0 else (yx[0] + rng.uniform(-reach, reach), yx[1] + rng.uniform(-reach, reach))
+            near = min(reach, canvas.shape[0] / 2)  # stay near the drawn position: in a field, that is its zone
+            cy, cx = yx if attempt == 0 else (yx[0] + rng.uniform(-near, near), yx[1] + rng.uniform(-near, near))
         cand = patch.shifted(int(cy), int(cx))
         ov = canvas.overlap(cand)
         if ov < best_overlap:
