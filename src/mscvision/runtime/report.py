@@ -351,10 +351,13 @@ def errors_block(task: dict, thumbnails: dict[str, str]) -> str:
             "the training data lacked.</p>")
 
 
-def image_tag(uri: str | None, alt: str) -> str:
+def image_tag(uri: str | None, alt: str, width: int = THUMBNAIL_SIDE, height: int | None = THUMBNAIL_SIDE) -> str:
+    """An ``<img>`` of ``uri`` (a data URI or a link), or a grey "not shown" box; ``height=None`` keeps the
+    image's own aspect ratio."""
     if not uri:
         return "<div class='missing'>(image not shown)</div>"
-    return f"<img src='{esc(uri)}' alt='{esc(alt)}' width='{THUMBNAIL_SIDE}' height='{THUMBNAIL_SIDE}'>"
+    size = f"width='{width}'" + (f" height='{height}'" if height is not None else "")
+    return f"<img src='{esc(uri)}' alt='{esc(alt)}' {size}>"
 
 
 def notes_section() -> Section:

@@ -33,6 +33,7 @@ class Axes:
     x_label: str = ""
     y_label: str = ""
     margin: tuple[int, int, int, int] = (28, 16, 44, 52)  # top, right, bottom, left (px)
+    y_ticks: bool = True  # False: a strip with no y scale (e.g. one interval against a limit)
     _body: list[str] = field(default_factory=list)
     _legend: list[tuple[str, str, bool]] = field(default_factory=list)  # label, colour, dashed
 
@@ -89,7 +90,7 @@ class Axes:
             gx = self.px(fx, self.y[0])[0]
             parts += [f"<line x1='{gx:.1f}' y1='{top}' x2='{gx:.1f}' y2='{self.height - bottom}' stroke='#eee'/>",
                       f"<text x='{gx:.1f}' y='{self.height - bottom + 14}' text-anchor='middle' {FONT}>{fx:g}</text>"]
-        for fy in nice_ticks(*self.y):
+        for fy in nice_ticks(*self.y) if self.y_ticks else []:
             gy = self.px(self.x[0], fy)[1]
             parts += [f"<line x1='{left}' y1='{gy:.1f}' x2='{self.width - right}' y2='{gy:.1f}' stroke='#eee'/>",
                       f"<text x='{left - 5}' y='{gy + 4:.1f}' text-anchor='end' {FONT}>{fy:g}</text>"]
