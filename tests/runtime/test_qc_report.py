@@ -1,7 +1,7 @@
 """The QC overlay PNG and HTML summary (runtime/qc_report.py), on hand-made scans and verdict documents.
 
-The scans are light stand-ins with the contract's field names (design/QC_DESIGN.md: TileBox,
-TileResult, FieldScan), so these tests also pin that the renderer reads nothing else.
+The tiles sit at core.tiling.TileBox boxes; the scans are light stand-ins with the contract's field names
+(TileResult, FieldScan: runtime/tiles.py is still to come), so these tests also pin that the renderer reads nothing else.
 """
 
 from __future__ import annotations
@@ -18,21 +18,12 @@ from PIL import Image
 from mscvision.runtime import qc_report
 from mscvision.runtime.qc_report import (ABSTAINED_GREY, FILL_ALPHA, fraction_chart, overlay_layout, render_overlay,
                                          render_summary, task_colours, tile_mark, title_lines)
+from mscvision.core.tiling import TileBox
 from mscvision.runtime.svg import GREEN, RED, esc
 
 HOSTILE = "<img src=x onerror=alert(1)>.tif"
 TASKS = [("differentiation", ["undifferentiated", "differentiated"]), ("morphology", ["spindle", "flattened"])]
 GREY_LEVEL = 128
-
-
-@dataclass(frozen=True)
-class TileBox:
-    row: int
-    col: int
-    y0: int
-    x0: int
-    y1: int
-    x1: int
 
 
 @dataclass
