@@ -66,7 +66,7 @@ def _subcommands() -> list[tuple]:
     """(name, help, add its arguments, handler); export needs mscvision[train], predict/info/verify
     are the bare station install. ``commands.train`` and ``runtime.commands`` import nothing heavy
     at the top."""
-    from mscvision.commands import audit, compare, evaluate, train
+    from mscvision.commands import audit, compare, evaluate, qc, train
     from mscvision.runtime import commands
 
     return [
@@ -82,6 +82,8 @@ def _subcommands() -> list[tuple]:
          evaluate.add_evaluate_arguments, evaluate.run_evaluate),
         ("compare", "compare an approved model with a candidate on labelled images: the paired report",
          compare.add_compare_arguments, compare.run_compare),
+        ("qc", "judge whole-field images per well and lot against acceptance criteria: PASS / FAIL / REVIEW",
+         qc.add_qc_arguments, qc.run_qc),
         ("audit", "the station's audit trail (keygen, verify, show, repair) and model approvals",
          audit.add_audit_arguments, audit.run_audit),
         ("bench", "benchmark trained runs (needs mscvision[train])", _bench_arguments, run_bench),

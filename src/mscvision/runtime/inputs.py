@@ -31,7 +31,8 @@ from mscvision.runtime.gate import image_check_reference
 from mscvision.runtime.metadata import ModelMetadata
 
 __all__ = ["DEFAULT_MAX_PIXELS", "DEFAULT_DECODE_BUDGET_BYTES", "MIN_INPUT_SIDE", "CollectedInputs",
-           "DecodeBudget", "PreparedInput", "check_input", "collect_inputs", "decode_budget", "load_input", "prepare_input"]
+           "DecodeBudget", "PreparedInput", "check_input", "collect_inputs", "decode_budget", "load_input", "prepare_decoded",
+           "prepare_input"]
 
 _GLOB_CHARS = "*?["
 # An image (after rescaling to the trained pixel size) must be at least this many pixels a side, and at
@@ -120,13 +121,19 @@ def prepare_input(path: str | Path, metadata: ModelMetadata, budget: DecodeBudge
         with _reserved(budget, working_bytes(header), source):
             decoded = reader.decode()
             check_input(decoded, metadata, source)
-            with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused just below, by name
-                # preprocess() in its two halves: the image checks read the unit-range image
-                unit = to_unit_range(decoded.array, metadata.spec, decoded.pixel_size_um, source=source)
-                tensor = standardize(unit, metadata.spec)
-            check_finite_tensor(tensor, decoded, source)
-            doubts = _doubts(decoded, metadata)
-            checks, rules = _image_checks(decoded, unit, metadata)
+            return prepare_decoded(decoded, metadata, source)
+
+
+def prepare_decoded(decoded: DecodedImage, metadata: ModelMetadata, source: str) -> PreparedInput:
+    """A decoded image (a file, or one tile of a whole field) → the model's input, notes, doubts and
+    the OOD gate's image checks: the one path from pixels to a tensor that predict and qc share."""
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused just below, by name
+        # preprocess() in its two halves: the image checks read the unit-range image
+        unit = to_unit_range(decoded.array, metadata.spec, decoded.pixel_size_um, source=source)
+        tensor = standardize(unit, metadata.spec)
+    check_finite_tensor(tensor, decoded, source)
+    doubts = _doubts(decoded, metadata)
+    checks, rules = _image_checks(decoded, unit, metadata)
     return PreparedInput(tensor, (*decoded.notes, *_rescale_notes(decoded, metadata)), doubts, checks, rules)
 
 
@@ -196,9 +203,9 @@ def check_size(height: int, width: int, pixel_size_um: float | None, metadata: M
         if (h, w) != (height, width) else ""
     if max(h, w) > metadata.max_input_side:
         raise ImageError(source, f"{width}x{height} px{rescaled} is much larger than the images this model was "
-                                 f"trained on (it accepts at most {metadata.max_input_side} px a side). Whole "
-                                 "fields need tiling, which is not supported yet; it is never shrunk silently. "
-                                 "Fix: crop it into fields the size of the training images.")
+                                 f"trained on (it accepts at most {metadata.max_input_side} px a side). It is "
+                                 "never shrunk silently. Fix: judge whole fields with `mscvision qc` (which tiles "
+                                 "them), or crop them into fields the size of the training images.")
     min_h, min_w = (max(MIN_INPUT_SIDE, math.ceil(side / MAX_UPSCALE)) for side in spec.size)
     if h < min_h or w < min_w:
         raise ImageError(source, f"{width}x{height} px{rescaled} is too small: this model needs at least "

@@ -50,7 +50,7 @@ from mscvision.runtime.gate import NOT_TO_BE_USED, Gate, has_gate, load_gate
 from mscvision.runtime.metadata import ModelMetadata
 from mscvision.runtime.model import Model
 
-from mscvision.runtime.inputs import DEFAULT_MAX_PIXELS, DecodeBudget, PreparedInput, prepare_input
+from mscvision.runtime.inputs import DEFAULT_MAX_PIXELS, DecodeBudget, PreparedInput, prepare_decoded, prepare_input
 
 NOTES = "notes"
 GATE, GATE_P = "gate", "gate.p"
@@ -107,6 +107,16 @@ def _try_prepare(path: str, metadata: ModelMetadata, budget: DecodeBudget | None
         return None, exc.reason  # the row's path column already names the file
     except Exception as exc:  # a decoder's surprise on one odd file must not end the run; the row says what
         return None, f"unexpected {type(exc).__name__} while reading it: {exc}"
+
+
+def _try_prepare_decoded(decoded, metadata: ModelMetadata, source: str) -> tuple[PreparedInput | None, str]:
+    """``_try_prepare`` for pixels already decoded (a tile of a whole field, runtime/tiles.py)."""
+    try:
+        return prepare_decoded(decoded, metadata, source), ""
+    except ImageError as exc:
+        return None, exc.reason
+    except Exception as exc:  # as in _try_prepare: one odd tile must not end the field
+        return None, f"unexpected {type(exc).__name__} while preparing it: {exc}"
 
 
 def _batch_rows(model: Model, chunk: list[str], loaded: list[tuple[PreparedInput | None, str]],

@@ -1,0 +1,204 @@
+"""One whole field → tile results, streamed (docs/architecture.md "The QC check").
+
+The field is read band by band (core/fieldio.py: one row of tiles at a time, so a 10k x 10k 16-bit
+field never sits in memory whole) and cut into square tiles (core/tiling.py). A tile covers what a
+training crop covered: ``input.training_image_side`` px at the model's pixel size (the median decoded
+side of the held-out crops; the model's input side for a model that does not record it), i.e.
+``round(side * model_px / file_px)`` px of this file. Each tile is then a decoded image like any
+other and goes through ``runtime.inputs.prepare_decoded`` (rescaling to the model's pixel size,
+per-tile intensity scaling: the scope the model was trained with, since every training crop was
+scaled on its own) and through predict's own batch code: the same OOD gate, abstention and
+probability checks as ``mscvision predict``. Tiles with too little tissue (core.tiling's foreground
+measure) are skipped as background and counted.
+
+Nothing about one field stops the others: an unreadable field, or one cut short by a truncated
+segment, comes back with ``error`` set and the tiles read before it; a field whose scale is unknown
+comes back with a ``doubt`` (its well goes to review).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from mscvision.core.errors import ImageError
+from mscvision.core.fieldio import FieldReader, open_field
+from mscvision.core.imageio import DecodedImage
+from mscvision.core.preprocess import PIXEL_SIZE_RANGE_UM
+from mscvision.core.tiling import TileBox, foreground_fraction, tile_grid
+from mscvision.runtime.gate import load_gate
+from mscvision.runtime.inputs import prepare_decoded
+from mscvision.runtime.metadata import ModelMetadata
+from mscvision.runtime.model import Model
+from mscvision.runtime.predict import GATE, _batch_rows, _try_prepare_decoded
+
+THUMBNAIL_SIDE = 1024  # px: the overlay's base picture, at most this a side
+DEFAULT_MIN_FOREGROUND = 0.05
+
+
+@dataclass
+class TileResult:
+    box: TileBox
+    foreground: float  # core.tiling.foreground_fraction of the tile
+    status: str  # ok | review (a label withheld: abstained, doubted or flagged) | background | error
+    flagged: bool  # the OOD gate flagged it: its probabilities are not to be used
+    abstained: dict[str, bool]  # per task: no label given (below the certified threshold, or doubted)
+    reason: str
+    probabilities: dict[str, np.ndarray] | None  # per task, calibrated; None for background / error
+    labels: dict[str, str]  # per task: a class, or "review"
+    row: dict | None = None  # predict's row for the tile (kept only when asked: it is large)
+
+
+@dataclass
+class FieldScan:
+    path: str
+    height: int
+    width: int
+    channels: int
+    bit_depth: int
+    pixel_size_um: float | None  # what the tiles were cut at: the file's, else the spec's declared one
+    tile_px: int  # tile side in this file's pixels
+    notes: list[str] = field(default_factory=list)
+    doubts: list[str] = field(default_factory=list)  # why no verdict may rest on this field (review)
+    error: str = ""  # why it could not be (wholly) read; tiles read before the failure are kept
+    tiles: list[TileResult] = field(default_factory=list)
+    thumbnail: np.ndarray | None = None  # uint8 (th, tw) grey, for the overlay
+    scale: float = 1.0  # thumbnail px per field px
+
+
+def scan_field(model: Model, path: str, overlap_px: int = 0, min_foreground: float = DEFAULT_MIN_FOREGROUND,
+               declared_pixel_size_um: float | None = None, batch_size: int = 32,
+               progress: Callable[[str], None] | None = None, keep_rows: bool = False) -> FieldScan:
+    """Every tile of one field through the model; never raises for a bad file (``error`` says why)."""
+    scan = FieldScan(str(path), 0, 0, 0, 0, None, 0)
+    try:
+        with open_field(path) as reader:
+            _describe(scan, reader, model.metadata, declared_pixel_size_um)
+            boxes = tile_grid(reader.height, reader.width, scan.tile_px, min(overlap_px, scan.tile_px - 1))
+            thumb = _Thumbnail(reader.height, reader.width)
+            scan.scale = thumb.scale
+            _scan_tiles(model, reader, scan, boxes, thumb, min_foreground, batch_size, progress, keep_rows)
+            scan.thumbnail = thumb.finish()
+    except ImageError as exc:
+        scan.error = exc.reason
+    except ValueError as exc:  # the geometry: a field smaller than one tile
+        scan.error = f"{exc}. Fix: qc judges whole fields; predict single crops with `mscvision predict`"
+    return scan
+
+
+def _describe(scan: FieldScan, reader: FieldReader, metadata: ModelMetadata, declared: float | None) -> None:
+    """Size, scale and tile side of the field; ``ImageError`` for what the model cannot read at all."""
+    scan.height, scan.width, scan.channels, scan.bit_depth = reader.height, reader.width, reader.channels, \
+        reader.bit_depth
+    scan.notes = list(reader.notes)
+    spec = metadata.spec
+    depths = metadata.training_bit_depths
+    if spec.intensity == "fixed" and depths and reader.bit_depth not in depths:
+        raise ImageError(scan.path, f"is {reader.bit_depth}-bit; the model was trained on "
+                                    f"{'/'.join(map(str, depths))}-bit images with fixed intensity scaling. Fix: "
+                                    "supply fields of the training bit depth.")
+    pixel = reader.pixel_size_um
+    if pixel is not None and not (math.isfinite(pixel) and PIXEL_SIZE_RANGE_UM[0] <= pixel <= PIXEL_SIZE_RANGE_UM[1]):
+        raise ImageError(scan.path, f"states a pixel size of {pixel} µm, which is not plausible; tiles cannot be "
+                                    "cut at the model's scale. Fix: correct the file's calibration.")
+    if pixel is None and declared is not None:
+        pixel = declared
+        scan.notes.append(f"pixel size {declared:g} µm/px from the spec (input.pixel_size_um); the file states none")
+    if pixel is None and spec.pixel_size_um is not None:
+        scan.doubts.append(f"the file states no pixel size and the spec declares none, but the model was trained "
+                           f"at {spec.pixel_size_um:g} µm/px: the tiles may be at the wrong scale. Fix: set "
+                           "input.pixel_size_um in the spec, or write the calibration into the files")
+    scan.pixel_size_um = pixel
+    scan.tile_px = tile_side(metadata, pixel)
+
+
+def tile_side(metadata: ModelMetadata, file_pixel_size_um: float | None) -> int:
+    """Tile side in file pixels: the training crops' extent at the model's pixel size."""
+    side = metadata.raw.get("input", {}).get("training_image_side") or metadata.spec.size[0]
+    model_px = metadata.spec.pixel_size_um
+    if model_px is None or file_pixel_size_um is None:
+        return int(side)
+    return max(1, round(side * model_px / file_pixel_size_um))
+
+
+def _scan_tiles(model: Model, reader: FieldReader, scan: FieldScan, boxes: list[TileBox], thumb: "_Thumbnail",
+                min_foreground: float, batch_size: int, progress, keep_rows: bool) -> None:
+    gate = load_gate(model.metadata)
+    pending: list[tuple[TileBox, float, tuple]] = []
+    rows = sorted({(b.y0, b.y1) for b in boxes})
+    by_row: dict[tuple[int, int], list[TileBox]] = {}
+    for b in boxes:
+        by_row.setdefault((b.y0, b.y1), []).append(b)
+    for k, (y0, y1) in enumerate(rows):
+        try:
+            band = reader.read_band(y0, y1)
+        except ImageError as exc:
+            scan.error = exc.reason
+            break
+        thumb.add(band, y0)
+        for box in by_row[(y0, y1)]:
+            window = np.ascontiguousarray(band[:, box.x0:box.x1])
+            fg = foreground_fraction(window, reader.bit_depth)
+            if fg < min_foreground:
+                scan.tiles.append(TileResult(box, fg, "background", False, {}, "too little tissue", None, {}))
+                continue
+            decoded = DecodedImage(window, reader.bit_depth, scan.pixel_size_um, ())
+            pending.append((box, fg, _try_prepare_decoded(decoded, model.metadata, _tile_name(scan, box))))
+            if len(pending) >= batch_size:
+                _flush(model, gate, scan, pending, keep_rows)
+        if progress is not None and (k + 1) % 8 == 0:
+            progress(f"{scan.path}: tile row {k + 1}/{len(rows)}")
+    _flush(model, gate, scan, pending, keep_rows)
+    scan.tiles.sort(key=lambda t: (t.box.row, t.box.col))
+
+
+def _tile_name(scan: FieldScan, box: TileBox) -> str:
+    return f"{scan.path}[y={box.y0}:{box.y1},x={box.x0}:{box.x1}]"
+
+
+def _flush(model: Model, gate, scan: FieldScan, pending: list, keep_rows: bool) -> None:
+    if not pending:
+        return
+    names = [_tile_name(scan, box) for box, _, _ in pending]
+    rows = _batch_rows(model, names, [loaded for _, _, loaded in pending], gate)
+    for (box, fg, _), row in zip(pending, rows):
+        scan.tiles.append(tile_result(box, fg, row, model.metadata, keep_rows))
+    pending.clear()
+
+
+def tile_result(box: TileBox, foreground: float, row: dict, metadata: ModelMetadata, keep_row: bool) -> TileResult:
+    """predict's row for a tile → its TileResult: labels, abstentions, the gate, the probabilities."""
+    if row["status"] == "error":
+        return TileResult(box, foreground, "error", False, {}, row["reason"], None, {}, row if keep_row else None)
+    probs, labels, abstained = {}, {}, {}
+    for task in metadata.tasks:
+        probs[task.name] = np.array([row[f"{task.name}.p.{c}"] for c in task.classes], dtype=np.float64)
+        labels[task.name] = row[f"{task.name}.label"]
+        abstained[task.name] = labels[task.name] not in task.classes
+    return TileResult(box, foreground, row["status"], row.get(GATE) == "flagged", abstained, row["reason"], probs,
+                      labels, row if keep_row else None)
+
+
+class _Thumbnail:
+    """A nearest-neighbour thumbnail gathered band by band; grey, contrast-stretched at the end."""
+
+    def __init__(self, height: int, width: int):
+        self.scale = min(1.0, THUMBNAIL_SIDE / max(height, width))
+        self.th, self.tw = max(1, round(height * self.scale)), max(1, round(width * self.scale))
+        self.src_y = np.minimum((np.arange(self.th) + 0.5) / self.scale, height - 1).astype(np.int64)
+        self.src_x = np.minimum((np.arange(self.tw) + 0.5) / self.scale, width - 1).astype(np.int64)
+        self.values = np.zeros((self.th, self.tw), dtype=np.float32)
+
+    def add(self, band: np.ndarray, y0: int) -> None:
+        rows = np.nonzero((self.src_y >= y0) & (self.src_y < y0 + band.shape[0]))[0]
+        if rows.size:
+            picked = band[self.src_y[rows] - y0][:, self.src_x]
+            self.values[rows] = picked.mean(axis=2) if picked.shape[2] > 1 else picked[:, :, 0]
+
+    def finish(self) -> np.ndarray:
+        low, high = np.percentile(self.values, (0.5, 99.5))
+        scaled = (self.values - low) / max(float(high - low), 1e-12)
+        return (np.clip(scaled, 0, 1) * 255).astype(np.uint8)
