@@ -25,7 +25,7 @@ FOREGROUND_Z = 5.0  # a block is foreground beyond this many noise sigmas from t
 FOREGROUND_CONTRAST = 0.03  # ... and beyond this fraction of the background level (integer images)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a 10k field has ~6,000 of them
 class TileBox:
     """One tile: its grid position and its source-pixel box (end exclusive)."""
 

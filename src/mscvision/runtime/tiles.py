@@ -39,7 +39,7 @@ THUMBNAIL_SIDE = 1024  # px: the overlay's base picture, at most this a side
 DEFAULT_MIN_FOREGROUND = 0.05
 
 
-@dataclass
+@dataclass(slots=True)  # slots: thousands per field are kept for the report
 class TileResult:
     box: TileBox
     foreground: float  # core.tiling.foreground_fraction of the tile
@@ -183,22 +183,33 @@ def tile_result(box: TileBox, foreground: float, row: dict, metadata: ModelMetad
 
 
 class _Thumbnail:
-    """A nearest-neighbour thumbnail gathered band by band; grey, contrast-stretched at the end."""
+    """A nearest-neighbour thumbnail gathered band by band; grey, contrast-stretched at the end. Held in
+    the field's own dtype (2 MiB for a 16-bit field) and stretched in row chunks, so that it adds little
+    to a streamed scan's peak."""
 
     def __init__(self, height: int, width: int):
         self.scale = min(1.0, THUMBNAIL_SIDE / max(height, width))
         self.th, self.tw = max(1, round(height * self.scale)), max(1, round(width * self.scale))
         self.src_y = np.minimum((np.arange(self.th) + 0.5) / self.scale, height - 1).astype(np.int64)
         self.src_x = np.minimum((np.arange(self.tw) + 0.5) / self.scale, width - 1).astype(np.int64)
-        self.values = np.zeros((self.th, self.tw), dtype=np.float32)
+        self.values: np.ndarray | None = None
 
     def add(self, band: np.ndarray, y0: int) -> None:
         rows = np.nonzero((self.src_y >= y0) & (self.src_y < y0 + band.shape[0]))[0]
-        if rows.size:
-            picked = band[self.src_y[rows] - y0][:, self.src_x]
-            self.values[rows] = picked.mean(axis=2) if picked.shape[2] > 1 else picked[:, :, 0]
+        if not rows.size:
+            return
+        if self.values is None:
+            self.values = np.zeros((self.th, self.tw), dtype=band.dtype)
+        picked = band[self.src_y[rows] - y0][:, self.src_x]
+        self.values[rows] = picked.mean(axis=2) if picked.shape[2] > 1 else picked[:, :, 0]
 
     def finish(self) -> np.ndarray:
-        low, high = np.percentile(self.values, (0.5, 99.5))
-        scaled = (self.values - low) / max(float(high - low), 1e-12)
-        return (np.clip(scaled, 0, 1) * 255).astype(np.uint8)
+        out = np.zeros((self.th, self.tw), dtype=np.uint8)
+        if self.values is None:
+            return out
+        low, high = np.percentile(self.values[::4, ::4], (0.5, 99.5))
+        span = max(float(high - low), 1e-12)
+        for y in range(0, self.th, 64):
+            chunk = (self.values[y:y + 64].astype(np.float32) - low) / span
+            out[y:y + 64] = (np.clip(chunk, 0, 1) * 255).astype(np.uint8)
+        return out

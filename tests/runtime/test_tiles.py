@@ -1,0 +1,170 @@
+"""Whole fields, streamed: band reads equal the whole decode, a field larger than a memory limit is
+scanned inside it, broken files keep what was read, and each field's tiles go through predict's code."""
+
+from __future__ import annotations
+
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from mscvision.core.errors import ImageError
+from mscvision.core.fieldio import open_field
+from mscvision.core.imageio import decode_image, write_tiled_tiff
+from mscvision.runtime.qc import scan_counts
+from mscvision.runtime.tiles import scan_field, tile_side
+from mscvision.synth.shapes import draw_shape
+
+from runtime_fixtures import model  # noqa: F401 (pytest fixture)
+
+TILE = 32  # the fixture model's input side (it records no training_image_side and no pixel size)
+
+
+def shapes_field(rows: int, cols: int, shape: str = "disc", seed: int = 0, blank_rows: int = 0) -> np.ndarray:
+    """A uint16 field of ``rows`` x ``cols`` fixture-sized crops (one shape each), then ``blank_rows``
+    rows of camera noise only."""
+    rng = np.random.default_rng(seed)
+    crops = [[draw_shape(rng, TILE, shape, 1) for _ in range(cols)] for _ in range(rows)]
+    field = np.block(crops) if rows else np.zeros((0, cols * TILE), np.float32)
+    blank = rng.normal(0.2, 0.003, (blank_rows * TILE, cols * TILE)).astype(np.float32)
+    return (np.clip(np.vstack([field, blank]), 0, 1) * 60000).astype(np.uint16)
+
+
+@pytest.mark.parametrize("layout", ["tiled-zlib", "strips-zlib", "contiguous"])
+def test_bands_equal_the_whole_decode(tmp_path: Path, layout: str) -> None:
+    rng = np.random.default_rng(1)
+    arr = rng.integers(0, 65535, (300, 217), dtype=np.uint16)
+    path = tmp_path / "f.tif"
+    if layout == "tiled-zlib":
+        write_tiled_tiff(path, arr, 0.65, tile=64)
+    elif layout == "strips-zlib":
+        tifffile.imwrite(path, arr, compression="zlib", rowsperstrip=37)
+    else:
+        tifffile.imwrite(path, arr)
+    whole = decode_image(path).array
+    with open_field(path) as field:
+        assert (field.height, field.width, field.channels, field.bit_depth) == (300, 217, 1, 16)
+        assert (field.memmaps is not None) == (layout == "contiguous")
+        for y0, y1 in [(0, 32), (32, 64), (50, 190), (268, 300), (0, 300)]:
+            np.testing.assert_array_equal(field.read_band(y0, y1), whole[y0:y1])
+    if layout == "tiled-zlib":
+        with open_field(path) as field:
+            assert field.pixel_size_um == pytest.approx(0.65)
+
+
+def test_a_field_larger_than_the_memory_limit_is_scanned_within_it(tmp_path: Path, model) -> None:
+    """3008 x 3008 uint16 = 17 MiB decoded (69 MiB as float32); the scan may allocate at most 12 MiB
+    at once: the thumbnail (2 MiB), two rows of decoded TIFF tiles (3 MiB) and the 8,836 tile results
+    kept for the report (about 3 MiB) included."""
+    arr = shapes_field(4, 94, blank_rows=90)  # 3008 px a side: tissue on top, blank below
+    path = tmp_path / "big.tif"
+    write_tiled_tiff(path, arr, None, tile=256)
+    del arr
+    limit = 12 * 2**20
+    tracemalloc.start()
+    try:
+        scan = scan_field(model, str(path), batch_size=16, min_foreground=0.02)  # one small disc per tile
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert scan.error == "" and len(scan.tiles) == 94 * 94
+    assert peak < limit, f"peak {peak / 2**20:.1f} MiB traced while scanning"
+    counts = scan_counts(scan)
+    assert counts["background"] >= 90 * 94 - 10 and counts["evaluated"] >= 4 * 94 - 10
+    # the limit is one a whole decode could not meet: the check above would catch a non-streaming reader
+    tracemalloc.start()
+    try:
+        decode_image(path, max_pixels=2**30)
+        _, whole_peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert whole_peak > limit
+
+
+def test_tiles_get_the_same_results_as_the_same_crops_through_predict(tmp_path: Path, model) -> None:
+    from mscvision.runtime.predict import predict_files
+
+    arr = shapes_field(2, 3, shape="bar", seed=3)
+    path = tmp_path / "f.tif"
+    write_tiled_tiff(path, arr, None, tile=32)
+    crops = []
+    for r in range(2):
+        for c in range(3):
+            crop = tmp_path / f"crop_{r}_{c}.tif"
+            tifffile.imwrite(crop, arr[r * TILE:(r + 1) * TILE, c * TILE:(c + 1) * TILE])
+            crops.append(str(crop))
+    scan = scan_field(model, str(path), min_foreground=0.0)  # thin bars: every tile evaluated
+    rows = list(predict_files(model, crops))
+    assert [t.status for t in scan.tiles] == [r["status"] for r in rows]
+    for t, row in zip(scan.tiles, rows):
+        for task in model.metadata.tasks:
+            expected = [row[f"{task.name}.p.{k}"] for k in task.classes]
+            np.testing.assert_allclose(t.probabilities[task.name], expected, atol=1e-6)
+            assert t.labels[task.name] == row[f"{task.name}.label"]
+
+
+def test_a_truncated_tiff_keeps_the_tiles_read_before_the_break(tmp_path: Path, model) -> None:
+    path = tmp_path / "cut.tif"
+    write_tiled_tiff(path, shapes_field(8, 8), None, tile=64)
+    data = path.read_bytes()
+    path.write_bytes(data[:int(len(data) * 0.6)])
+    scan = scan_field(model, str(path))
+    assert "truncated or corrupt" in scan.error or "truncated" in scan.error, scan.error
+    assert 0 < len(scan.tiles) < 64  # the rows before the cut are kept; the rest are not invented
+
+
+def test_a_file_that_is_not_an_image_and_a_missing_file_are_errors_not_exceptions(tmp_path: Path, model) -> None:
+    junk = tmp_path / "junk.tif"
+    junk.write_bytes(b"not a tiff at all" * 10)
+    assert scan_field(model, str(junk)).error
+    assert "no such file" in scan_field(model, str(tmp_path / "gone.tif")).error
+
+
+def test_a_field_smaller_than_one_tile_is_an_error_naming_the_fix(tmp_path: Path, model) -> None:
+    path = tmp_path / "small.tif"
+    tifffile.imwrite(path, np.zeros((20, 20), np.uint16))
+    scan = scan_field(model, str(path))
+    assert "shorter than one" in scan.error and "mscvision predict" in scan.error
+
+
+def test_unknown_scale_is_doubted_only_when_the_model_has_a_pixel_size(tmp_path: Path, model) -> None:
+    from dataclasses import replace
+
+    path = tmp_path / "f.tif"
+    write_tiled_tiff(path, shapes_field(2, 2), None, tile=32)
+    assert scan_field(model, str(path)).doubts == []  # the fixture model states no pixel size
+    scaled = replace(model.metadata, spec=replace(model.metadata.spec, pixel_size_um=1.3))
+    twin = replace(model, metadata=scaled) if hasattr(model, "__dataclass_fields__") else None
+    if twin is None:
+        pytest.skip("Model is not a dataclass")
+    doubted = scan_field(twin, str(path))
+    assert doubted.doubts and "no pixel size" in doubted.doubts[0]
+    declared = scan_field(twin, str(path), declared_pixel_size_um=0.65)
+    assert declared.doubts == [] and declared.tile_px == 64  # 32 px at 1.3 µm = 64 px at 0.65 µm
+
+
+def test_tile_side_follows_the_file_pixel_size(model) -> None:
+    from dataclasses import replace
+
+    scaled = replace(model.metadata, spec=replace(model.metadata.spec, pixel_size_um=1.3),
+                     raw={**model.metadata.raw, "input": {**model.metadata.raw["input"], "training_image_side": 40}})
+    assert tile_side(scaled, 1.3) == 40 and tile_side(scaled, 0.65) == 80 and tile_side(scaled, None) == 40
+    assert tile_side(model.metadata, None) == 32
+
+
+def test_the_thumbnail_is_small_and_at_the_stated_scale(tmp_path: Path, model) -> None:
+    path = tmp_path / "f.tif"
+    write_tiled_tiff(path, shapes_field(2, 3), None, tile=32)
+    scan = scan_field(model, str(path))
+    assert scan.thumbnail.dtype == np.uint8 and scan.thumbnail.shape == (64, 96) and scan.scale == 1.0
+    assert scan.thumbnail.max() >= 250 and scan.thumbnail.min() <= 5
+
+
+def test_open_field_names_a_stack(tmp_path: Path) -> None:
+    path = tmp_path / "stack.tif"
+    tifffile.imwrite(path, np.zeros((3, 64, 64), np.uint16), photometric="minisblack", metadata={"axes": "ZYX"})
+    with pytest.raises(ImageError, match="planes"):
+        with open_field(path):
+            pass
