@@ -58,7 +58,7 @@ def test_pass_when_every_whole_interval_meets_its_limit(spec):
     assert v.verdict == PASS and all(r.result == PASS for r in v.criteria)
     r = _result(v, "fraction", "differentiation")
     assert r.low >= 0.90 and r.low <= r.estimate <= r.high
-    assert re.fullmatch(r"undifferentiated 0\.\d{3} \[0\.\d{3}, 0\.\d{3}\] >= 0\.90: the whole 95% interval meets "
+    assert re.fullmatch(r"differentiation=undifferentiated 0\.\d{3} \[0\.\d{3}, 0\.\d{3}\] >= 0\.90: the whole 95% interval meets "
                         r"the limit", r.reason), r.reason
     assert v.reasons and "every criterion is met" in v.reasons[0]
 

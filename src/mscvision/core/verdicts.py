@@ -146,11 +146,11 @@ def _fraction_result(c: Criterion, fractions: Mapping[str, Mapping[str, Fraction
     if f is None:
         return CriterionResult(c.text, c.kind, c.task, c.cls, c.op, c.limit, None, None, None, REVIEW,
                                f"the model has no class {c.cls!r} in task {c.task!r}: this criterion cannot be judged")
-    stated = f"{c.cls} {_fmt(f.estimate)} [{_fmt(f.low)}, {_fmt(f.high)}] {c.op} {c.limit_text}"
+    stated = f"{c.task}={c.cls} {_fmt(f.estimate)} [{_fmt(f.low)}, {_fmt(f.high)}] {c.op} {c.limit_text}"
     why_not = unjudgeable_reason(f)
     if why_not:
         return CriterionResult(c.text, c.kind, c.task, c.cls, c.op, c.limit, f.estimate, f.low, f.high, REVIEW,
-                               f"{c.cls}: {why_not}; a person reviews")
+                               f"{c.task}={c.cls}: {why_not}; a person reviews")
     if c.met_by(f.low) and c.met_by(f.high):
         result, why = PASS, f"the whole {level} interval meets the limit"
     elif not c.met_by(f.low) and not c.met_by(f.high):
