@@ -112,7 +112,7 @@ def test_too_large_image_is_refused_not_shrunk(model, tmp_path):
     out = tmp_path / "pred.csv"
     assert main(["predict", str(FIXTURE), str(big), "--out", str(out)]) == 3
     row = _rows(out)[0]
-    assert row["status"] == "error" and "tiling" in row["reason"] and "400x400" in row["reason"]
+    assert row["status"] == "error" and "mscvision qc" in row["reason"] and "400x400" in row["reason"]
 
 
 def test_missing_input_becomes_an_error_row(tmp_path):

@@ -11,7 +11,6 @@ quality criteria read. A tile that is not usable is counted under its reason, ne
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -22,6 +21,7 @@ from mscvision.core.errors import ConfigError
 from mscvision.core.fileio import sha256_file
 from mscvision.core.qclayout import Placement
 from mscvision.core.qcspec import QcSpec, spec_problems_for_model
+from mscvision.core.quantify import load_quantification
 from mscvision.core.tiling import block_of
 from mscvision.core.verdicts import UnitTiles, Verdict, judge, judge_lot
 from mscvision.runtime.metadata import ModelMetadata
@@ -53,24 +53,12 @@ def task_table(metadata: ModelMetadata, spec: QcSpec) -> tuple[dict, dict]:
         source = {"source": "model metadata (val confusions)"}
     else:
         path = Path(spec.quantification)
-        by_task = _quantification_file(path)
+        by_task = load_quantification(path, classes)  # checked against the model's tasks and classes
         source = {"source": str(path), "sha256": sha256_file(path)}
     table = {name: (cls, by_task.get(name)) for name, cls in classes.items()}
     source["tasks"] = {name: ("adjusted" if q else "unadjusted: no quantification data for this task")
                        for name, (_, q) in table.items()}
     return table, source
-
-
-def _quantification_file(path: Path) -> dict:
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"{path}: the spec's quantification file cannot be read as JSON ({exc})") from exc
-    tasks = doc.get("tasks") if isinstance(doc, dict) else None
-    if not isinstance(tasks, dict):
-        raise ConfigError(f"{path}: a quantification file holds {{\"tasks\": {{TASK: {{mean_probability, "
-                          "n_per_class}}}}}} (scripts/qc_quantification.py writes one)")
-    return tasks
 
 
 def scan_all(model: Model, placements: Sequence[Placement], spec: QcSpec,
