@@ -33,7 +33,8 @@ def run_bench(args: argparse.Namespace) -> int:
     from mscvision.benchmarks.run import markdown, run_benchmark
 
     report = run_benchmark([Path(r) for r in args.runs], args.threads, args.quick,
-                           Path(args.out) if args.out else None)
+                           Path(args.out) if args.out else None,
+                           qc_fields=Path(args.qc_fields) if args.qc_fields else None)
     print(markdown(report))
     return 0
 

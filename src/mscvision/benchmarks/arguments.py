@@ -13,6 +13,9 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=usable_cores(),
                         help="total thread budget for every engine (default: all cores)")
     parser.add_argument("--out", metavar="FILE.json", help="write JSON here and the Markdown table beside it (.md)")
+    parser.add_argument("--qc-fields", metavar="DIR", help="also benchmark `qc` on DIR/field_5000.tif and "
+                                                          "field_10000.tif (scripts/make_big_field.py writes them) "
+                                                          "with the first run's model")
 
 
 def bench_parser() -> argparse.ArgumentParser:

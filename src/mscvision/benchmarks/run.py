@@ -69,7 +69,8 @@ def source_images(run_dir: Path, n: int = 64) -> list[Path]:
     return [Path(row["path"]) for row in read_split(run_dir) if row["split"] != "excluded"][:n]
 
 
-def run_benchmark(run_dirs: list[Path], threads: int, quick: bool, out: Path | None, log=print) -> dict:
+def run_benchmark(run_dirs: list[Path], threads: int, quick: bool, out: Path | None, log=print,
+                  qc_fields: Path | None = None) -> dict:
     cpu = machine.cpu_info()
     report = {"schema": SCHEMA, "quick": quick,
               "machine": {"cpu": cpu, "gpu": machine.gpu_info(), "versions": machine.installed_package_versions(),
@@ -82,6 +83,12 @@ def run_benchmark(run_dirs: list[Path], threads: int, quick: bool, out: Path | N
         for run_dir in run_dirs:
             log(f"model {run_dir}")
             report["models"][run_dir.name] = benchmark_model(run_dir, threads, quick, Path(tmp) / run_dir.name, log)
+    if qc_fields is not None:
+        from mscvision.benchmarks.qc import qc_benchmark
+
+        log(f"qc on the whole fields in {qc_fields}")
+        fields = {f"{n // 1000}k": qc_fields / f"field_{n}.tif" for n in (5000, 10000)}
+        report["qc"] = qc_benchmark(run_dirs[0] / "model.onnx", fields, threads)
     report["headline"] = headline(report)
     if out:
         write_json_atomic(out, report)
@@ -107,6 +114,11 @@ def headline(report: dict) -> dict:
             "best_model_gflops_vs_gemm_peak": round(best_gflops / peak, 3),
         }
     first = next(iter(per_model.values()), {})
+    qc = report.get("qc")
+    if qc:  # side by side in this run: qc's tile scan vs the bare session on the same tiles pre-cut
+        first = {**first, "qc_vs_session_tiles": qc["throughput"]["ratio"],
+                 "qc_peak_rss_mib_10k": qc["peak_rss"]["10k"]["peak_rss_mib"],
+                 "qc_peak_rss_10k_vs_5k": qc["peak_rss_growth"]}
     return {**first, "per_model": per_model}
 
 
