@@ -24,7 +24,7 @@ from mscvision.core.imageio import DecodedImage
 from mscvision.core.tiling import foreground_fraction, tile_grid
 from mscvision.runtime.inputs import prepare_decoded
 from mscvision.runtime.model import load_model
-from mscvision.runtime.tiles import scan_field
+from mscvision.runtime.tiles import scan_field, tile_side
 
 BATCH = 32
 _RSS_CHILD = """
@@ -44,7 +44,7 @@ def prepared_tiles(model, path: Path, min_foreground: float = 0.05) -> list[np.n
     """The model inputs of the field's non-background tiles, cut and prepared in memory (not timed)."""
     tensors = []
     with open_field(path) as field:
-        tile = model.metadata.spec.size[0]
+        tile = tile_side(model.metadata, field.pixel_size_um)  # the tiles qc cuts, not the input side
         for box in tile_grid(field.height, field.width, tile):
             window = field.read_band(box.y0, box.y1)[:, box.x0:box.x1]
             if foreground_fraction(window, field.bit_depth) < min_foreground:
