@@ -1,13 +1,12 @@
 """The QC overlay PNG and HTML summary (runtime/qc_report.py), on hand-made scans and verdict documents.
 
-The tiles sit at core.tiling.TileBox boxes; the scans are light stand-ins with the contract's field names
-(TileResult, FieldScan: runtime/tiles.py is still to come), so these tests also pin that the renderer reads nothing else.
+The tiles sit at core.tiling.TileBox boxes; the scans are hand-made runtime/tiles.py TileResult and
+FieldScan objects, with no model run.
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -19,41 +18,12 @@ from mscvision.runtime import qc_report
 from mscvision.runtime.qc_report import (ABSTAINED_GREY, FILL_ALPHA, fraction_chart, overlay_layout, render_overlay,
                                          render_summary, task_colours, tile_mark, title_lines)
 from mscvision.core.tiling import TileBox
+from mscvision.runtime.tiles import FieldScan, TileResult
 from mscvision.runtime.svg import GREEN, RED, esc
 
 HOSTILE = "<img src=x onerror=alert(1)>.tif"
 TASKS = [("differentiation", ["undifferentiated", "differentiated"]), ("morphology", ["spindle", "flattened"])]
 GREY_LEVEL = 128
-
-
-@dataclass
-class TileResult:
-    box: TileBox
-    foreground: float
-    status: str
-    flagged: bool
-    abstained: dict
-    reason: str
-    probabilities: dict | None
-    labels: dict
-    row: dict | None
-
-
-@dataclass
-class FieldScan:
-    path: str
-    height: int
-    width: int
-    channels: int
-    bit_depth: int
-    pixel_size_um: float | None
-    tile_px: int
-    notes: list = field(default_factory=list)
-    doubts: list = field(default_factory=list)
-    error: str = ""
-    tiles: list = field(default_factory=list)
-    thumbnail: np.ndarray | None = None
-    scale: float = 1.0
 
 
 def tile(r: int, c: int, side: int, status: str = "ok", labels: dict | None = None, flagged: bool = False,
