@@ -77,15 +77,19 @@ def scan_field(model: Model, path: str, overlap_px: int = 0, min_foreground: flo
     try:
         with open_field(path) as reader:
             _describe(scan, reader, model.metadata, declared_pixel_size_um)
-            boxes = tile_grid(reader.height, reader.width, scan.tile_px, min(overlap_px, scan.tile_px - 1))
+            try:
+                boxes = tile_grid(reader.height, reader.width, scan.tile_px, min(overlap_px, scan.tile_px - 1))
+            except ValueError as exc:  # a field smaller than one tile
+                raise ImageError(scan.path, f"{exc}. Fix: qc judges whole fields; predict single crops with "
+                                            "`mscvision predict`") from None
             thumb = _Thumbnail(reader.height, reader.width)
             scan.scale = thumb.scale
             _scan_tiles(model, reader, scan, boxes, thumb, min_foreground, batch_size, progress, keep_rows)
             scan.thumbnail = thumb.finish()
     except ImageError as exc:
         scan.error = exc.reason
-    except ValueError as exc:  # the geometry: a field smaller than one tile
-        scan.error = f"{exc}. Fix: qc judges whole fields; predict single crops with `mscvision predict`"
+    except Exception as exc:  # a decoder's surprise on one odd file must not end the lot; the image says what
+        scan.error = f"unexpected {type(exc).__name__} while reading it: {exc}"
     return scan
 
 
