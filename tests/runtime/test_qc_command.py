@@ -164,3 +164,34 @@ def test_the_summary_names_each_verdict(tmp_path: Path, approval: str) -> None:
     criteria = json.loads((tmp_path / "out" / "verdicts.json").read_text())["wells"][0]["criteria"]
     fraction = [c for c in criteria if c["kind"] == "fraction"][0]
     assert fraction["low"] <= fraction["estimate"] <= fraction["high"] and fraction["result"] == "PASS"
+
+
+def test_a_station_run_is_appended_to_the_audit_log_and_verifies(tmp_path: Path, approval: str) -> None:
+    """Issue 18's wiring: --station appends the run (inputs' SHA-256s, verdicts) and a signed checkpoint."""
+    keys = tmp_path / "keys"
+    assert run(["audit", "keygen", "--out", str(keys)]) == 0
+    station = tmp_path / "station.yaml"
+    station.write_text(f"station_id: QC-TEST-1\nkey: {keys / 'station.key'}\nlog: {tmp_path / 'audit.jsonl'}\n"
+                       "operator: tester\n")
+    spec = write_spec(tmp_path, approval, CRITERIA)
+    good = field(tmp_path / "A1_0.tif", "disc", 0)
+    out = tmp_path / "out"
+    assert run(["qc", "--spec", str(spec), "--model", str(FIXTURE), str(good), "--station", str(station),
+                "--out", str(out)]) == EXIT_PASS
+    doc = json.loads((out / "verdicts.json").read_text())
+    assert doc["audit"]["recorded"] is True and (out / "audit-checkpoint.txt").exists()
+    records = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    text = json.dumps(records)
+    assert "QC-TEST-1" in text and doc["spec"]["sha256"] in text and doc["model"]["sha256"] in text
+    from mscvision.core.fileio import sha256_file
+    assert sha256_file(good) in text  # the input file's SHA-256 is on record
+    assert run(["audit", "verify", str(tmp_path / "audit.jsonl"), "--key", str(keys / "station.pub")]) == 0
+    # a second run appends; an edit to the first run's record is then caught
+    assert run(["qc", "--spec", str(spec), "--model", str(FIXTURE), str(good), "--station", str(station),
+                "--out", str(tmp_path / "out2")]) == EXIT_PASS
+    lines = (tmp_path / "audit.jsonl").read_text().splitlines()
+    assert len(lines) > len(records)
+    edited = next(i for i, line in enumerate(lines) if '"PASS"' in line)  # the first run's verdict record
+    lines[edited] = lines[edited].replace('"PASS"', '"FAIL"', 1)
+    (tmp_path / "audit.jsonl").write_text("\n".join(lines) + "\n")
+    assert run(["audit", "verify", str(tmp_path / "audit.jsonl"), "--key", str(keys / "station.pub")]) == 6
