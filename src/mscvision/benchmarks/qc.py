@@ -45,8 +45,11 @@ def prepared_tiles(model, path: Path, min_foreground: float = 0.05) -> list[np.n
     tensors = []
     with open_field(path) as field:
         tile = tile_side(model.metadata, field.pixel_size_um)  # the tiles qc cuts, not the input side
-        for box in tile_grid(field.height, field.width, tile):
-            window = field.read_band(box.y0, box.y1)[:, box.x0:box.x1]
+        band, band_rows = None, None
+        for box in tile_grid(field.height, field.width, tile):  # row-major: one band read per tile row
+            if band_rows != (box.y0, box.y1):
+                band, band_rows = field.read_band(box.y0, box.y1), (box.y0, box.y1)
+            window = band[:, box.x0:box.x1]
             if foreground_fraction(window, field.bit_depth) < min_foreground:
                 continue
             decoded = DecodedImage(np.ascontiguousarray(window), field.bit_depth, field.pixel_size_um, ())

@@ -261,9 +261,9 @@ def tiles_csv(outcome, metadata) -> str:
             cells = [placement.path, b.row, b.col, b.y0, b.x0, b.y1, b.x1, round(float(tile.foreground), 4),
                      tile.status, int(bool(tile.flagged)), tile.reason]
             for t in metadata.tasks:
-                p = None if tile.probabilities is None else tile.probabilities.get(t.name)
+                p = (tile.probabilities or {}).get(t.name)
                 cells.append(tile.labels.get(t.name, ""))
-                cells += ["" if p is None else round(float(v), 6) for v in (p if p is not None else [None] * len(t.classes))]
+                cells += [""] * len(t.classes) if p is None else [round(float(v), 6) for v in p]
             writer.writerow([csv_cell(c) for c in cells])
     return buf.getvalue()
 

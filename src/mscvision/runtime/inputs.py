@@ -171,11 +171,15 @@ def check_input(decoded: DecodedImage, metadata: ModelMetadata, source: str) -> 
     """
     height, width = decoded.array.shape[:2]
     check_size(height, width, decoded.pixel_size_um, metadata, source)
-    spec = metadata.spec
+    check_bit_depth(decoded.bit_depth, metadata, source)
+
+
+def check_bit_depth(bit_depth: int, metadata: ModelMetadata, source: str) -> None:
+    """Refuse another bit depth than trained when the model scales intensities by the bit depth."""
     depths = metadata.training_bit_depths
-    if spec.intensity == "fixed" and depths and decoded.bit_depth not in depths:
+    if metadata.spec.intensity == "fixed" and depths and bit_depth not in depths:
         # fixed scaling divides by the bit-depth maximum, so another depth means other intensities
-        raise ImageError(source, f"is {decoded.bit_depth}-bit; the model was trained on "
+        raise ImageError(source, f"is {bit_depth}-bit; the model was trained on "
                                  f"{'/'.join(map(str, depths))}-bit images with fixed intensity scaling. "
                                  "Fix: supply images of the training bit depth.")
 

@@ -30,7 +30,7 @@ from mscvision.core.imageio import DecodedImage
 from mscvision.core.preprocess import PIXEL_SIZE_RANGE_UM
 from mscvision.core.tiling import TileBox, foreground_fraction, tile_grid
 from mscvision.runtime.gate import load_gate
-from mscvision.runtime.inputs import prepare_decoded
+from mscvision.runtime.inputs import check_bit_depth, prepare_decoded
 from mscvision.runtime.metadata import ModelMetadata
 from mscvision.runtime.model import Model
 from mscvision.runtime.predict import GATE, _batch_rows, _try_prepare_decoded
@@ -99,11 +99,7 @@ def _describe(scan: FieldScan, reader: FieldReader, metadata: ModelMetadata, dec
         reader.bit_depth
     scan.notes = list(reader.notes)
     spec = metadata.spec
-    depths = metadata.training_bit_depths
-    if spec.intensity == "fixed" and depths and reader.bit_depth not in depths:
-        raise ImageError(scan.path, f"is {reader.bit_depth}-bit; the model was trained on "
-                                    f"{'/'.join(map(str, depths))}-bit images with fixed intensity scaling. Fix: "
-                                    "supply fields of the training bit depth.")
+    check_bit_depth(reader.bit_depth, metadata, scan.path)
     pixel = reader.pixel_size_um
     if pixel is not None and not (math.isfinite(pixel) and PIXEL_SIZE_RANGE_UM[0] <= pixel <= PIXEL_SIZE_RANGE_UM[1]):
         raise ImageError(scan.path, f"states a pixel size of {pixel} µm, which is not plausible; tiles cannot be "
@@ -131,30 +127,30 @@ def tile_side(metadata: ModelMetadata, file_pixel_size_um: float | None) -> int:
 def _scan_tiles(model: Model, reader: FieldReader, scan: FieldScan, boxes: list[TileBox], thumb: "_Thumbnail",
                 min_foreground: float, batch_size: int, progress, keep_rows: bool) -> None:
     gate = load_gate(model.metadata)
-    pending: list[tuple[TileBox, float, tuple]] = []
-    rows = sorted({(b.y0, b.y1) for b in boxes})
-    by_row: dict[tuple[int, int], list[TileBox]] = {}
+    pending: list[tuple[TileBox, str, float, tuple]] = []
+    by_row: dict[tuple[int, int], list[TileBox]] = {}  # tile_grid is row-major: rows come in order
     for b in boxes:
         by_row.setdefault((b.y0, b.y1), []).append(b)
-    for k, (y0, y1) in enumerate(rows):
+    for k, ((y0, y1), row_boxes) in enumerate(by_row.items()):
         try:
             band = reader.read_band(y0, y1)
         except ImageError as exc:
             scan.error = exc.reason
             break
         thumb.add(band, y0)
-        for box in by_row[(y0, y1)]:
+        for box in row_boxes:
             window = np.ascontiguousarray(band[:, box.x0:box.x1])
             fg = foreground_fraction(window, reader.bit_depth)
             if fg < min_foreground:
                 scan.tiles.append(TileResult(box, fg, "background", False, {}, "too little tissue", None, {}))
                 continue
             decoded = DecodedImage(window, reader.bit_depth, scan.pixel_size_um, ())
-            pending.append((box, fg, _try_prepare_decoded(decoded, model.metadata, _tile_name(scan, box))))
+            name = _tile_name(scan, box)
+            pending.append((box, name, fg, _try_prepare_decoded(decoded, model.metadata, name)))
             if len(pending) >= batch_size:
                 _flush(model, gate, scan, pending, keep_rows)
         if progress is not None and (k + 1) % 8 == 0:
-            progress(f"{scan.path}: tile row {k + 1}/{len(rows)}")
+            progress(f"{scan.path}: tile row {k + 1}/{len(by_row)}")
     _flush(model, gate, scan, pending, keep_rows)
     scan.tiles.sort(key=lambda t: (t.box.row, t.box.col))
 
@@ -166,9 +162,8 @@ def _tile_name(scan: FieldScan, box: TileBox) -> str:
 def _flush(model: Model, gate, scan: FieldScan, pending: list, keep_rows: bool) -> None:
     if not pending:
         return
-    names = [_tile_name(scan, box) for box, _, _ in pending]
-    rows = _batch_rows(model, names, [loaded for _, _, loaded in pending], gate)
-    for (box, fg, _), row in zip(pending, rows):
+    rows = _batch_rows(model, [name for _, name, _, _ in pending], [loaded for *_, loaded in pending], gate)
+    for (box, _, fg, _), row in zip(pending, rows):
         scan.tiles.append(tile_result(box, fg, row, model.metadata, keep_rows))
     pending.clear()
 
