@@ -88,28 +88,35 @@ def run_qc(args: argparse.Namespace) -> int:
 
 
 def _placements(args):
+    return load_placements(args.layout, args.inputs, args.pattern, args.recursive)
+
+
+def load_placements(layout: Path | None, inputs=(), pattern: str | None = None, recursive: bool = False) -> list:
+    """Which well and lot each image belongs to, as qc places them: the layout CSV (any INPUTs must be in
+    it), else the INPUTs by ``pattern``, else each INPUT its own well. ``mscvision compare --lot`` places
+    its reference lot with this too."""
     from mscvision.core.errors import ConfigError
     from mscvision.core.qclayout import place_by_pattern, place_each_alone, read_layout
     from mscvision.runtime.inputs import collect_inputs
 
-    if args.layout is not None:
-        placements = read_layout(args.layout)
-        if args.inputs:
+    if layout is not None:
+        placements = read_layout(layout)
+        if inputs:
             listed = {os.path.realpath(p.path) for p in placements}
-            extra = [p for p in collect_inputs(args.inputs, args.recursive).paths if os.path.realpath(p) not in listed]
+            extra = [p for p in collect_inputs(inputs, recursive).paths if os.path.realpath(p) not in listed]
             if extra:
-                raise ConfigError(f"{extra[0]}: given as an input but not in the layout {args.layout} "
+                raise ConfigError(f"{extra[0]}: given as an input but not in the layout {layout} "
                                   f"({len(extra)} such file(s)); its well is unknown. Fix: add it to the layout")
         return placements
-    if not args.inputs:
+    if not inputs:
         raise ConfigError("mscvision qc needs INPUT images or --layout CSV")
-    collected = collect_inputs(args.inputs, args.recursive)
+    collected = collect_inputs(inputs, recursive)
     if collected.problems:
         shown, reason = collected.problems[0]
         raise ConfigError(f"{shown}: {reason}")
     if not collected.paths:
-        raise ConfigError(f"no image files in {' '.join(args.inputs)}")
-    return place_by_pattern(collected.paths, args.pattern) if args.pattern else place_each_alone(collected.paths)
+        raise ConfigError(f"no image files in {' '.join(inputs)}")
+    return place_by_pattern(collected.paths, pattern) if pattern else place_each_alone(collected.paths)
 
 
 def _check_out(out: Path, inputs: list[str], *others: Path) -> None:
