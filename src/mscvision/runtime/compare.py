@@ -10,10 +10,15 @@ the station's own rows, group-bootstrap intervals), and then the two are paired 
   the interval is of the change itself; two separate intervals that overlap say little about it);
 * the images whose decision changed, per task: another label, a label that became ``review`` (or
   back), an image one model could not read; with the truth, so "fixed" and "broken" are counted;
-* verdicts on a reference lot: ``verdict_changes`` compares two per-unit verdict maps. TODO(issue 17):
-  ``mscvision qc`` does not exist in this build; once it does, ``compare --lot DIR --spec SPEC`` runs
-  qc with each model on the lot and passes both verdict maps to ``verdict_changes`` (the report
-  section and ``comparison.json["lot_verdicts"]`` are ready for them).
+* with a reference lot (``compare --lot LAYOUT.csv --spec SPEC.yaml``; ``ReferenceLot``), the verdicts
+  of every well and lot: each model judges the lot through qc's own code (``runtime.qc.judge_run``:
+  the same tiling, gate, abstention, quantification and verdict rules as ``mscvision qc``) against the
+  spec's criteria, and ``verdict_changes`` lists the units whose verdict differs, each with both
+  models' reasons. The candidate is judged WITHOUT the spec's approval refusal (it is not approved
+  yet: this comparison is the evidence for approving it); the command layer runs the station's
+  start-up check on both models otherwise unchanged (runtime/startup.py, ``require_approval=False``
+  for the candidate only), so the APPROVED model must be one the spec approves, and both must pass
+  their conformance vectors.
 
 Tasks are paired by name, classes by name (a candidate may order its classes otherwise); a task
 whose class set differs between the two models is not compared, and the report says so.
@@ -27,14 +32,31 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from typing import Callable
+
 from mscvision.core.errors import ConfigError
 from mscvision.core.intervals import paired_group_bootstrap
+from mscvision.core.qclayout import Placement
+from mscvision.core.qcspec import QcSpec
 from mscvision.runtime.evaluate import Evaluation, LabelledData, TaskInputs, evaluate_model
 from mscvision.runtime.model import Model
 
 SCHEMA = "mscvision.comparison/1"
-LOT_VERDICTS_TODO = ("not run: verdicts on a reference lot need `mscvision qc` (issue 17), which this build does not "
-                     "have yet; compare will run it with each model and list every well / lot whose verdict changes")
+LOT_VERDICTS_NOT_RUN = ("not run: give --lot LAYOUT.csv (path,well,lot, as for `mscvision qc --layout`) and --spec "
+                        "SPEC.yaml to judge a reference lot with both models through qc's own code and list every "
+                        "well / lot whose verdict changes, with both models' reasons")
+SIDES = ("approved", "candidate")
+
+
+@dataclass(frozen=True)
+class ReferenceLot:
+    """What ``compare --lot`` judges with both models: the lot placed as qc places it, the parsed spec,
+    and each model's start-up check as plain facts (per side: ``approval`` entry or None, ``unapproved``
+    reason or None, ``conformance``)."""
+    layout: str
+    placements: list[Placement]
+    spec: QcSpec
+    self_checks: dict[str, dict]
 
 
 @dataclass
@@ -45,6 +67,7 @@ class Comparison:
     candidate: Evaluation
     problems: int  # error rows and unknown labels of either model: exit 3 when > 0
     notes: list[str] = field(default_factory=list)
+    verdicts_changed: list[dict] | None = None  # verdicts_changed.csv rows; None: no reference lot was judged
 
 
 def comparable_tasks(approved: Model, candidate: Model, data: LabelledData) -> tuple[list[str], list[str]]:
@@ -71,8 +94,12 @@ def comparable_tasks(approved: Model, candidate: Model, data: LabelledData) -> t
 
 
 def compare_models(approved: Model, candidate: Model, data: LabelledData, *, batch_size: int = 32, workers: int = 2,
-                   n_boot: int = 1000, seed: int = 0, n_errors: int = 16) -> Comparison:
+                   n_boot: int = 1000, seed: int = 0, n_errors: int = 16, lot: ReferenceLot | None = None,
+                   progress: Callable[[str], None] | None = None) -> Comparison:
     tasks, notes = comparable_tasks(approved, candidate, data)
+    # the reference lot first: a spec criterion either model cannot judge is refused before any image is read
+    lot_doc, lot_rows = (judge_reference_lot(approved, candidate, lot, progress) if lot is not None else
+                         ({"changes": None, "note": LOT_VERDICTS_NOT_RUN}, None))
     # only the compared tasks are evaluated: a task the candidate labels otherwise is no input problem
     data = dataclasses.replace(data, labels={t: data.labels[t] for t in tasks},
                                columns={t: data.columns[t] for t in tasks})
@@ -83,7 +110,7 @@ def compare_models(approved: Model, candidate: Model, data: LabelledData, *, bat
     changed = decision_changes(approved, candidate, data, ev_a.rows, ev_b.rows, tasks)
     doc = {"schema": SCHEMA, "approved": ev_a.metrics, "candidate": ev_b.metrics, "tasks": {}, "notes": notes,
            "decisions_changed": {"n_images": len({c["path"] for c in changed}), "n": len(changed)},
-           "lot_verdicts": {"changes": None, "note": LOT_VERDICTS_TODO}}
+           "lot_verdicts": lot_doc}
     for name in tasks:
         classes = next(t.classes for t in approved.metadata.tasks if t.name == name)
         other = next(t.classes for t in candidate.metadata.tasks if t.name == name)
@@ -91,7 +118,7 @@ def compare_models(approved: Model, candidate: Model, data: LabelledData, *, bat
                              n_boot, seed)
         doc["tasks"][name] = {"classes": list(classes), "paired": paired,
                               "decisions": decision_summary([c for c in changed if c["task"] == name])}
-    return Comparison(doc, changed, ev_a, ev_b, ev_a.problems + ev_b.problems, notes)
+    return Comparison(doc, changed, ev_a, ev_b, ev_a.problems + ev_b.problems, notes, lot_rows)
 
 
 def paired_task(classes: tuple[str, ...], candidate_classes: tuple[str, ...], a: TaskInputs, b: TaskInputs,
@@ -164,7 +191,97 @@ def decision_summary(changed: list[dict]) -> dict:
 def verdict_changes(approved: dict[str, str], candidate: dict[str, str]) -> list[dict]:
     """The units (wells, lots) whose verdict differs between the two models' qc runs on one reference lot,
     ``{unit: "PASS" | "FAIL" | "REVIEW"}`` each; a unit only one run judged counts as a change (to or from
-    "absent"). The hook for ``compare --lot`` (see the module docstring)."""
+    "absent"). ``judge_reference_lot`` passes it both models' maps."""
     units = sorted(set(approved) | set(candidate))
     return [{"unit": u, "approved": approved.get(u, "absent"), "candidate": candidate.get(u, "absent")}
             for u in units if approved.get(u, "absent") != candidate.get(u, "absent")]
+
+
+# --- verdicts on a reference lot ---------------------------------------------------------------------------
+
+def judge_reference_lot(approved: Model, candidate: Model, lot: ReferenceLot,
+                        progress: Callable[[str], None] | None = None) -> tuple[dict, list[dict]]:
+    """Both models judge the lot exactly as ``mscvision qc`` would (``runtime.qc.judge_run``); returns
+    ``comparison.json["lot_verdicts"]`` and the verdicts_changed.csv rows (one per changed unit)."""
+    from mscvision.runtime.qc import judge_run
+
+    check_lot_tasks(approved, candidate, lot.spec)
+    models = dict(zip(SIDES, (approved, candidate)))
+    outcomes = {}
+    for side, model in models.items():
+        said = None if progress is None else (lambda line, side=side: progress(f"{side}: {line}"))
+        outcomes[side] = judge_run(model, lot.placements, lot.spec, progress=said)
+    verdicts = {side: unit_verdicts(outcome) for side, outcome in outcomes.items()}
+    changes = verdict_changes(*({key: v["verdict"] for key, v in verdicts[side].items()} for side in SIDES))
+    changed_keys = {c["unit"] for c in changes}
+    units = []
+    for key in dict.fromkeys([*verdicts["approved"], *verdicts["candidate"]]):
+        a, b = verdicts["approved"].get(key), verdicts["candidate"].get(key)
+        first = a or b
+        units.append({"unit": first["unit"], "level": first["level"], "lot": first["lot"],
+                      "approved": _side(a), "candidate": _side(b), "changed": key in changed_keys})
+    changed = [u for u in units if u["changed"]]  # in report order: each lot, then its wells
+    rows = [{"unit": u["unit"], "level": u["level"], "approved": u["approved"]["verdict"],
+             "candidate": u["candidate"]["verdict"], "approved.reason": "; ".join(u["approved"]["reasons"]),
+             "candidate.reason": "; ".join(u["candidate"]["reasons"])} for u in changed]
+    spec = lot.spec
+    doc = {"spec": {"path": spec.path, "sha256": spec.sha256, "name": spec.name,
+                    "criteria": [c.text for c in spec.criteria], "confidence": spec.confidence},
+           "layout": lot.layout, "n_images": len(lot.placements),
+           "models": {side: {"path": str(models[side].path), "sha256": models[side].sha256,
+                             "approved_by_spec": lot.self_checks[side].get("approval") is not None,
+                             "approval": lot.self_checks[side].get("approval"),
+                             "unapproved": lot.self_checks[side].get("unapproved"),
+                             "conformance": lot.self_checks[side].get("conformance"),
+                             "quantification": outcomes[side].quantification} for side in SIDES},
+           "units": units,
+           "changes": [{"unit": u["unit"], "level": u["level"], "lot": u["lot"],
+                        "approved": u["approved"]["verdict"], "candidate": u["candidate"]["verdict"],
+                        "approved.reasons": u["approved"]["reasons"],
+                        "candidate.reasons": u["candidate"]["reasons"]} for u in changed],
+           "n_changed": len(changed), "note": lot_note(lot)}
+    return doc, rows
+
+
+def check_lot_tasks(approved: Model, candidate: Model, spec: QcSpec) -> None:
+    """qc's own refusal (``runtime.qc.task_table``) of a spec criterion naming a task or class either model
+    lacks, before any image is read: ``ConfigError`` naming the model."""
+    from mscvision.runtime.qc import task_table
+
+    for side, model in zip(SIDES, (approved, candidate)):
+        try:
+            task_table(model.metadata, spec)
+        except ConfigError as exc:
+            raise ConfigError(f"the {side} model {model.path} cannot be judged against the spec: {exc}") from None
+
+
+def unit_verdicts(outcome) -> dict[str, dict]:
+    """``{"lot L1": …, "well L1/A1": …}`` in report order (each lot, then its wells): a well is named by its lot
+    and well (two lots may both have an A1), with its verdict and qc's reasons."""
+    wells_of: dict[str, list] = {}
+    for (lot, well), verdict in zip(dict.fromkeys((p.lot, p.well) for p in outcome.placements), outcome.wells):
+        wells_of.setdefault(lot, []).append({"unit": f"{lot}/{well}", "level": "well", "lot": lot,
+                                             "verdict": verdict.verdict, "reasons": list(verdict.reasons)})
+    out = {}
+    for verdict in outcome.lots:
+        out[f"lot {verdict.name}"] = {"unit": verdict.name, "level": "lot", "lot": verdict.name,
+                                      "verdict": verdict.verdict, "reasons": list(verdict.reasons)}
+        out.update({f"well {w['unit']}": w for w in wells_of.get(verdict.name, [])})
+    return out
+
+
+def _side(entry: dict | None) -> dict:
+    return {"verdict": entry["verdict"], "reasons": entry["reasons"]} if entry else {"verdict": "absent",
+                                                                                    "reasons": []}
+
+
+def lot_note(lot: ReferenceLot) -> str:
+    candidate = lot.self_checks["candidate"]
+    approval = ("the candidate is not approved by the spec and was judged without qc's approval refusal (only "
+                "here: `mscvision qc` refuses it until its entry is in the spec's approval section)"
+                if candidate.get("approval") is None else
+                "the candidate is already approved by the spec")
+    return (f"Both models judged the {len(lot.placements)} image(s) of {lot.layout} through `mscvision qc`'s own "
+            f"code against {lot.spec.path} (SHA-256 {lot.spec.sha256}); {approval}; both passed the station's "
+            "start-up check otherwise (the approved model's approval, each model's conformance vectors). "
+            "No audit record is written: these verdicts are evidence for change control, not a release.")

@@ -34,7 +34,9 @@ def render_comparison(doc: dict, changed: list[dict], thumbnails: dict[str, str]
             f"<p class='meta'>on {esc(Path(a['data']['source']).name)} · written "
             f"{esc(dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds'))} by mscvision "
             f"{esc(a['versions']['evaluated_with'].get('mscvision'))}; the numbers are in comparison.json (schema "
-            f"{esc(doc['schema'])}), the changed decisions in decisions_changed.csv.</p>"
+            f"{esc(doc['schema'])}), the changed decisions in decisions_changed.csv"
+            f"{'' if doc['lot_verdicts'].get('changes') is None else ', the changed verdicts in verdicts_changed.csv'}"
+            ".</p>"
             f"{headline_table(doc)}<nav><h2>Contents</h2><ol>{contents}</ol></nav>{body}</body></html>")
 
 
@@ -51,6 +53,10 @@ def headline_table(doc: dict) -> str:
                         f"<td>{percent((paired['b_better'] or {}).get(key))}</td></tr>")
         rows.append(f"<tr><td>{esc(name)}</td><td>decisions changed</td><td colspan='4'>{task['decisions']['n']} of "
                     f"{paired['n_images']} scored images ({esc(kinds_text(task['decisions']['by_kind']))})</td></tr>")
+    lot = doc["lot_verdicts"]
+    if lot.get("changes") is not None:
+        rows.append(f"<tr><td>reference lot</td><td>verdicts changed</td><td colspan='4'>{lot['n_changed']} of "
+                    f"{len(lot['units'])} wells / lots (<a href='#lot'>see below</a>)</td></tr>")
     return ("<table class='summary'><tr><th>task</th><th>figure</th><th>approved (95% CI)</th>"
             "<th>candidate (95% CI)</th><th>candidate − approved (paired 95% CI)</th><th>draws candidate better</th>"
             "</tr>" + "".join(rows) + "</table>")
@@ -256,13 +262,51 @@ def changed_block(task: dict, changed: list[dict], thumbnails: dict[str, str]) -
 
 
 def lot_section(lot: dict) -> Section:
+    """Every well and lot of the reference lot with both models' verdicts (changed ones highlighted), then
+    both models' reasons for each change; without ``--lot`` how to get it."""
+    title = "Verdicts on a reference lot"
     if lot.get("changes") is None:
-        return Section("lot", "Verdicts on a reference lot", f"<p class='warn'>{esc(lot['note'])}</p>")
-    rows = "".join(f"<tr><td>{esc(c['unit'])}</td><td>{esc(c['approved'])}</td><td>{esc(c['candidate'])}</td></tr>"
-                   for c in lot["changes"])
-    return Section("lot", "Verdicts on a reference lot", (
-        f"<table><tr><th>well / lot</th><th>approved</th><th>candidate</th></tr>{rows}</table>" if rows else
-        "<p>No verdict changed.</p>"))
+        return Section("lot", title, f"<p class='warn'>{esc(lot['note'])}</p>")
+    spec, models = lot["spec"], lot["models"]
+
+    def approval(side: str) -> str:
+        m = models[side]
+        if m["approved_by_spec"]:
+            return f"approved by the spec as {(m['approval'] or {}).get('name')}"
+        return "NOT approved by the spec: judged without qc's approval refusal, for this comparison only"
+
+    facts = [("spec", f"{spec['name']} ({spec['path']})"), ("spec SHA-256", spec["sha256"]),
+             ("criteria", "; ".join(spec["criteria"])), ("layout", lot["layout"]), ("images", lot["n_images"]),
+             *[(f"{side} model", f"{approval(side)}; {(models[side]['conformance'] or {}).get('cases')} "
+                                 "conformance cases agree") for side in ("approved", "candidate")]]
+    n, total = lot["n_changed"], len(lot["units"])
+    headline = (f"<p class='worse'>{n} of {total} wells / lots changed verdict.</p>" if n else
+                f"<p class='same'>No verdict changed ({total} wells / lots judged by both).</p>")
+    rows = "".join(
+        f"<tr{' class=diff' if u['changed'] else ''}><td>{esc(u['level'])}</td><td>{esc(u['unit'])}</td>"
+        f"<td>{esc(u['approved']['verdict'])}</td><td>{esc(u['candidate']['verdict'])}</td>"
+        f"<td>{'changed' if u['changed'] else ''}</td></tr>" for u in lot["units"])
+    table = ("<table><tr><th>level</th><th>well / lot</th><th>approved</th><th>candidate</th><th></th></tr>"
+             f"{rows}</table>")
+    reasons = ""
+    if lot["changes"]:
+        items = "".join(
+            f"<tr class=diff><td>{esc(c['level'])} {esc(c['unit'])}</td>"
+            f"<td><b>{esc(c['approved'])}</b>{reason_list(c['approved.reasons'])}</td>"
+            f"<td><b>{esc(c['candidate'])}</b>{reason_list(c['candidate.reasons'])}</td></tr>"
+            for c in lot["changes"])
+        reasons = ("<h3>Why each changed verdict was given</h3><table><tr><th>well / lot</th><th>approved: verdict "
+                   f"and qc's reasons</th><th>candidate: verdict and qc's reasons</th></tr>{items}</table>")
+    return Section("lot", title, (
+        facts_table(facts) + headline + table + reasons +
+        f"<p class='explain'>{esc(lot['note'])} Rows whose verdict differs are highlighted; the changed ones are also "
+        "in verdicts_changed.csv, and every verdict of both models is in comparison.json (lot_verdicts). A well "
+        "moving to FAIL or REVIEW on a lot the approved model passes is a change the quality unit must "
+        "understand before approving the candidate.</p>"))
+
+
+def reason_list(reasons: list[str]) -> str:
+    return "<ul>" + "".join(f"<li>{esc(r)}</li>" for r in reasons) + "</ul>" if reasons else ""
 
 
 def notes_section() -> Section:
@@ -271,8 +315,10 @@ def notes_section() -> Section:
         "whole groups (wells, donors), because images of one group share their errors. The paired difference "
         "resamples the groups once per draw and scores both models on that draw, so it measures the change itself: "
         "two overlapping per-model intervals do not mean the change is nil, and two disjoint ones are not needed to "
-        "show it. A change-control record attaches this page, comparison.json and decisions_changed.csv; the "
-        "decision to approve stays with the quality unit.</p>"))
+        "show it. Verdicts on a reference lot (with --lot and --spec) are each model's `mscvision qc` judgement of "
+        "the same lot; the candidate is judged there although the spec does not approve it yet, which `mscvision "
+        "qc` itself refuses. A change-control record attaches this page, comparison.json, decisions_changed.csv "
+        "and verdicts_changed.csv; the decision to approve stays with the quality unit.</p>"))
 
 
 def changed_thumbnails(changed: list[dict], metadata) -> dict[str, str]:
