@@ -17,12 +17,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# The foreground measure (foreground_fraction). Calibrated on synthetic 16-bit phase fields and on
-# blank fields (camera noise, illumination tilt and vignette, background mottle): a blank window gives
-# < 0.01, a tissue tile of the synthetic fields > 0.2 (tests/core/test_tiling.py holds both cases).
+# The foreground measure (foreground_fraction). Calibrated on synthetic 8- and 16-bit phase lots
+# (mscvision synth --lot, dense and sparse, against their per-tile truth) and on blank tiles (camera
+# noise, illumination tilt and vignette, a steep linear gradient): a blank window gives < 0.01; tissue
+# tiles of every state read above 0.05 but for the faintest flattened ones of noisy 8-bit fields
+# (tests/core/test_tiling.py holds both cases).
 FOREGROUND_BLOCKS = 32  # the window is averaged down to about this many blocks a side
-FOREGROUND_Z = 5.0  # a block is foreground beyond this many noise sigmas from the background level
+FOREGROUND_Z = 5.0  # intensity: a block beyond this many noise sigmas from the background plane
 FOREGROUND_CONTRAST = 0.03  # ... and beyond this fraction of the background level (integer images)
+TEXTURE_Z = 3.0  # texture: a block's Laplacian beyond this many sigmas of the block-averaged pixel noise
+TEXTURE_CONTRAST = 0.05  # ... and beyond this fraction of the background level (integer images)
+# E|Z| over the smaller half of |Z|, Z standard normal: 2 (phi(0) - phi(z_0.75)) / 0.5 = 0.3247
+_LOW_HALF_MEAN = 2.0 * (1.0 - math.exp(-0.5 * 0.6744897501960817 ** 2)) / math.sqrt(2.0 * math.pi) / 0.5
 
 
 @dataclass(frozen=True, slots=True)  # slots: a 10k field has ~6,000 of them
@@ -85,56 +91,127 @@ def block_of(box: TileBox, block_tiles: int) -> tuple[int, int]:
 def foreground_fraction(window: np.ndarray, bit_depth: int) -> float:
     """The fraction of a raw (h, w, C) window that differs from its background: 0 for an empty field.
 
-    The window is averaged down to blocks (about ``FOREGROUND_BLOCKS`` a side, which also averages
-    the camera's pixel noise away); per channel the background level is the median block and the
-    noise sigma is the robust spread (MAD) of differences between neighbouring blocks, which sees
-    noise and fine background mottle at the block scale but not the smooth illumination. A block is
-    foreground when it is beyond ``FOREGROUND_Z`` sigmas *and* (for integer images) beyond
-    ``FOREGROUND_CONTRAST`` of the background level from it, in any channel. Cells in phase contrast
-    or fluorescence differ from the background by far more than either (dark bodies, bright halos,
-    stained areas), so a sparse tile reads about its cell area; a tile full of cells reads their
-    bodies and edges (its median sits on tissue), still far above an empty tile.
+    The window is averaged down to blocks (about ``FOREGROUND_BLOCKS`` a side). A block is foreground
+    when, in any channel, either test holds:
+
+    - **intensity**: its mean is beyond ``FOREGROUND_Z`` sigmas *and* (integer images) beyond
+      ``FOREGROUND_CONTRAST`` of the background level from the background *plane*. The plane's slopes
+      are medians of differences between blocks half the window apart (a tilt, or the local slope of
+      a vignette; cells touch a minority of the pairs), its level the median block after the tilt is
+      taken off, so an illumination gradient across an empty tile is not tissue. Sigma is the robust
+      spread (MAD) of the differences between neighbouring blocks, which sees camera noise and fine
+      background mottle at the block scale but not the smooth illumination. Sparse cells (dark bodies,
+      bright halos, stained areas) pass this test.
+    - **texture**: its Laplacian (the block minus the mean of its four neighbours: zero on a level, a
+      tilt, and nearly so on a vignette) is beyond ``TEXTURE_Z`` sigmas of what the camera's pixel
+      noise leaves in it *and* (integer images) beyond ``TEXTURE_CONTRAST`` of the background level.
+      The pixel noise sigma is a robust spread of the differences between neighbouring *pixels*
+      (``_pixel_sigma``): cell edges are a minority of them, so it is the camera's noise even in a
+      tile full of cells. This is the test that sees a tile covered by flattened (senescent) cells:
+      large, flat and pale, their bodies sit at the tile's median and spread the block differences,
+      so the intensity test reads such a tile as background (issue 17: the skipped tiles were then
+      not a random sample of the well); their crisp outlines, halos and nuclei are a Laplacian far
+      above the pixel noise. The contrast floor keeps fine background mottle (a few % of the level)
+      out.
 
     Why this measure: it works on the raw values (percentile scaling would stretch an empty tile's
-    noise to full contrast), needs no training and no field-wide statistics (one pass per tile while
-    streaming), and its noise estimate comes from the window itself, so it holds for any camera,
-    gain and bit depth. ``bit_depth`` (8, 16, or 32 for float) sets the quantisation floor of the
-    noise: a constant 16-bit window has zero spread, and one grey level of a step is not tissue.
+    noise to full contrast), needs no training and no field-wide statistics (a few vectorised passes
+    per tile while streaming), and both noise estimates come from the window itself, so it holds for
+    any camera, gain and bit depth. ``bit_depth`` (8, 16, or 32 for float) sets the quantisation floor
+    of the noise: a constant 16-bit window has zero spread, and one grey level of a step is not tissue.
+    Debris, dust and scratches are structure too and may read as foreground; the model's OOD gate is
+    what judges them.
     """
     x = np.asarray(window)
     if x.ndim == 2:
         x = x[:, :, None]
     if x.ndim != 3 or x.shape[0] < 1 or x.shape[1] < 1:
         raise ValueError(f"window of shape {x.shape}: expected (h, w, C)")
-    blocks = _block_means(x.astype(np.float32, copy=False))
+    x = x.astype(np.float32, copy=False)
+    blocks, side = _block_means(x)
     level = np.median(blocks.reshape(-1, blocks.shape[2]), axis=0)
-    sigma = np.maximum(_difference_sigma(blocks), _quantisation_floor(bit_depth, level))
+    floor = _quantisation_floor(bit_depth, level)
+    integer = bit_depth in (8, 16)
+    dy, dx = np.diff(blocks, axis=0), np.diff(blocks, axis=1)
+    # intensity, against the background plane
+    tilt_y, tilt_x = _tilt(blocks, 0), _tilt(blocks, 1)
+    rows, cols = np.arange(blocks.shape[0])[:, None, None], np.arange(blocks.shape[1])[None, :, None]
+    flat = blocks - tilt_y * rows - tilt_x * cols
+    sigma = np.maximum(_difference_sigma(dy, dx), floor)
     margin = FOREGROUND_Z * sigma
-    if bit_depth in (8, 16):
+    if integer:
         margin = np.maximum(margin, FOREGROUND_CONTRAST * np.abs(level))
-    foreground = (np.abs(blocks - level) > margin).any(axis=2)
+    foreground = (np.abs(flat - np.median(flat.reshape(-1, flat.shape[2]), axis=0)) > margin).any(axis=2)
+    # texture, against the pixel noise
+    if blocks.shape[0] >= 3 and blocks.shape[1] >= 3:
+        laplacian = blocks[1:-1, 1:-1] - 0.25 * (blocks[:-2, 1:-1] + blocks[2:, 1:-1] + blocks[1:-1, :-2]
+                                                 + blocks[1:-1, 2:])
+        # a b x b mean of white noise has sigma s / b; the Laplacian adds 4 neighbours at 1/4: x sqrt(1.25)
+        margin = TEXTURE_Z * np.maximum(_pixel_sigma(x) * math.sqrt(1.25) / side, floor)
+        if integer:
+            margin = np.maximum(margin, TEXTURE_CONTRAST * np.abs(level))
+        foreground[1:-1, 1:-1] |= (np.abs(laplacian) > margin).any(axis=2)
     return float(foreground.mean())
 
 
-def _block_means(x: np.ndarray) -> np.ndarray:
-    """(h, w, C) → (h // b, w // b, C) means of b x b blocks, b so that about FOREGROUND_BLOCKS remain
-    along the shorter side (b = 1 for a window that small); a ragged edge strip is dropped."""
+def _block_means(x: np.ndarray) -> tuple[np.ndarray, int]:
+    """(h, w, C) → ((h // b, w // b, C) means of b x b blocks, b), b so that about FOREGROUND_BLOCKS
+    remain along the shorter side (b = 1 for a window that small); a ragged edge strip is dropped."""
     h, w, c = x.shape
     b = max(1, min(h, w) // FOREGROUND_BLOCKS)
     gh, gw = h // b, w // b
-    return x[:gh * b, :gw * b].reshape(gh, b, gw, b, c).mean(axis=(1, 3), dtype=np.float64)
+    return x[:gh * b, :gw * b].reshape(gh, b, gw, b, c).mean(axis=(1, 3), dtype=np.float64), b
 
 
-def _difference_sigma(blocks: np.ndarray) -> np.ndarray:
-    """Per channel, the noise sigma of one block from its neighbours: MAD of the differences between
-    adjacent blocks / (0.6745 * sqrt 2). Edges of cells are a minority of the differences, so the
-    median ignores them; a 1-block window has no neighbour and gets 0 (the floor then applies)."""
-    diffs = [np.diff(blocks, axis=a).reshape(-1, blocks.shape[2]) for a in (0, 1) if blocks.shape[a] > 1]
-    if not diffs:
+def _difference_sigma(dy: np.ndarray, dx: np.ndarray) -> np.ndarray:
+    """Per channel, the noise sigma of one block (or pixel) from the differences to its neighbours
+    below (``dy``) and to the right (``dx``): the MAD of the differences, each direction about its own
+    median (a tilt), / (0.6745 * sqrt 2). Edges of cells are a minority of the differences, so the
+    median ignores them; a window with no neighbours gets 0 (the floor then applies)."""
+    c = dy.shape[-1]
+    parts = [d.reshape(-1, c) for d in (dy, dx) if d.size]
+    if not parts:
+        return np.zeros(c)
+    d = np.concatenate([p - _median(p) for p in parts])
+    return _median(np.abs(d)) / (0.6745 * math.sqrt(2.0))
+
+
+def _tilt(blocks: np.ndarray, axis: int) -> np.ndarray:
+    """Per channel, the background's slope per block along ``axis``: the median of the differences
+    between blocks half the window apart, over that distance. The long baseline keeps the slope off
+    whole grey levels (1-px blocks of an integer gradient step by 0 or 1 between neighbours); cells
+    touch a minority of the pairs, so the median ignores them. 0 for a window one block deep."""
+    n = blocks.shape[axis]
+    half = n // 2
+    if half < 1:
         return np.zeros(blocks.shape[2])
-    d = np.concatenate(diffs)
-    mad = np.median(np.abs(d - np.median(d, axis=0)), axis=0)
-    return mad / (0.6745 * math.sqrt(2.0))
+    d = np.take(blocks, range(half, n), axis) - np.take(blocks, range(n - half), axis)
+    return np.median(d.reshape(-1, blocks.shape[2]), axis=0) / half
+
+
+def _median(d: np.ndarray) -> np.ndarray:
+    """Per channel (last axis), the median of an (n, C) array; 0 where n == 0."""
+    return np.median(d, axis=0) if len(d) else np.zeros(d.shape[-1])
+
+
+def _pixel_sigma(x: np.ndarray) -> np.ndarray:
+    """Per channel, the camera's pixel noise sigma from the differences between neighbouring pixels:
+    horizontal ones on every other row, vertical ones on every other column (a quarter of the pairs is
+    plenty, and keeps this the cheap pass it must be on every tile of a field; both directions, so
+    that banding along rows or columns counts as noise). The estimate is the mean of the smaller half
+    of |differences| / (``_LOW_HALF_MEAN`` * sqrt 2): for Gaussian noise that mean is 0.3247 sigma of
+    a difference, and a difference has sigma sqrt 2 times the pixel's. As robust as the median (cell
+    edges, up to half of the pairs, are in the larger half) but not stuck on whole grey levels where
+    the noise is a grey level or two. At the pixel scale a tilt is far below the noise, so the
+    differences are not centred."""
+    out = np.zeros(x.shape[2])
+    for c in range(x.shape[2]):
+        d = np.concatenate([np.diff(x[::2, :, c], axis=1).ravel(), np.diff(x[:, ::2, c], axis=0).ravel()])
+        half = len(d) // 2
+        if half:
+            np.abs(d, out=d)
+            out[c] = np.partition(d, half)[:half].mean(dtype=np.float64)
+    return out / (_LOW_HALF_MEAN * math.sqrt(2.0))
 
 
 def _quantisation_floor(bit_depth: int, level: np.ndarray) -> np.ndarray:
