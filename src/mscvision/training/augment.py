@@ -21,6 +21,7 @@ Each spec below states albumentations 2.0.8's semantics for it (what the torch s
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 
 import cv2
@@ -151,8 +152,13 @@ def apply_augment(augment: A.Compose, image: np.ndarray, seed: int) -> np.ndarra
     """Augment one (H, W, C) float32 image with its own seed: same (seed) → same result anywhere.
 
     Seeding per sample (from run seed, epoch and index) makes augmentation independent of the
-    worker count and of where a resumed run restarts.
+    worker count and of where a resumed run restarts. The pipeline's transforms share one pair of
+    generators seeded with ``seed``, so each draws its own numbers in turn. Not
+    ``Compose.set_random_seed``: in albumentations 2.0.8 it seeds every transform's generators with
+    the same seed, so all transforms draw the same numbers: both flips or neither (never a mirror
+    image), the affine warp and brightness/contrast exactly when the flips, gamma's exponent equal to
+    the contrast factor.
     """
-    augment.set_random_seed(seed)
+    augment.set_random_state(np.random.default_rng(seed), random.Random(seed))
     out = augment(image=image)["image"]
     return np.ascontiguousarray(out, dtype=np.float32)
