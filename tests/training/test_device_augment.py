@@ -443,3 +443,17 @@ def test_a_tiny_training_augments_on_the_device(tmp_path):
     assert result.metrics["run"]["augment_on"] == "device"
     assert seen["loader"] is ResidentLoader and seen["batches"] == 2  # 18 training images, batches of 8, last dropped
     assert result.metrics["test"]["shape"]["n"] > 0
+
+
+def test_the_training_benchmark_measures_both_loaders_in_one_run(tmp_path):
+    from mscvision.benchmarks.training_speed import training_throughput
+
+    torch.set_num_threads(1)
+    config = load_config(None, tiny_overrides(make_shapes_dataset(tmp_path / "shapes"), tmp_path / "runs"))
+    figures = training_throughput(config, steps=3)
+    assert figures["pipeline_img_s"] > 0 and figures["device_pipeline_img_s"] > 0 and figures["in_memory_img_s"] > 0
+    assert figures["device_ratio"] == round(figures["device_pipeline_img_s"] / figures["in_memory_img_s"], 3)
+    uncached = training_throughput(load_config(None, [*tiny_overrides(tmp_path / "shapes" / "manifest.csv",
+                                                                      tmp_path / "runs"), "data.cache_images=false"]),
+                                   steps=1)
+    assert uncached["device_pipeline_img_s"] is None and uncached["device_ratio"] is None
