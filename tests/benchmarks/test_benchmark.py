@@ -30,6 +30,7 @@ def _report():
                             "gate_cost": {"n_images": 400, "rounds": 3, "gated_img_s": 98.0, "no_gate_img_s": 100.0,
                                           "ratio": 0.98}},
              "training": {"pipeline_img_s": 95, "in_memory_img_s": 100, "ratio": 0.95, "device": "cpu",
+                          "device_pipeline_img_s": 99, "device_ratio": 0.99,
                           "batch_size": 64, "augment": True, "workers": 2},
              "parity": {"split": "test", "n_images": 600,
                         "int8": {"t": {"max_abs_diff": 0.03, "top1_agreement": 0.995, "changed_predictions": 3,
@@ -48,6 +49,7 @@ def test_headline_ratios_use_the_right_figures():
     assert h["predict_vs_session_throughput"] == 0.833
     assert h["predict_with_vs_without_ood_gate"] == 0.98
     assert h["train_pipeline_vs_in_memory"] == 0.95
+    assert h["train_device_augment_vs_in_memory"] == 0.99  # the same run's device-path loader
     assert h["best_model_gflops_vs_gemm_peak"] == 0.88  # fp32 engines only: 132 / 150
     assert set(h["per_model"]["m"]) == {k for k in h if k != "per_model"}
 
@@ -60,6 +62,8 @@ def test_markdown_table_names_every_engine():
         assert f"| {engine} |" in text
     assert "150.0 GFLOP/s" in text
     assert "OOD gate: predict 98.0 img/s with it vs 100.0 without → **0.98**" in text
+    assert "in-memory 100 img/s → **0.95**; augmenting on the cpu instead (data.augment_on=device): 99 img/s → **0.99**" \
+        in text
     assert "int8 t max|Δp| 3.0e-02, top-1 99.50% (3 changed)" in text
 
 

@@ -54,10 +54,17 @@ def test_dotted_overrides_are_typed():
     ("ood.method=energy", r"ood.method='energy': use one of knn, mahalanobis"),
     ("ood.k=0", r"ood.k=0: use a whole number >= 1"),
     ("ood.alpha=1.5", r"ood.alpha=1.5: use a number between 0 and 1"),
+    ("data.augment_on=gpu", r"data.augment_on='gpu': use one of auto, cpu, device"),
 ])
 def test_bad_config_names_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, [override])
+
+
+def test_device_augmentation_needs_the_image_cache():
+    with pytest.raises(ConfigError, match=r"data.augment_on=device .* data.cache_images is false"):
+        load_config(None, ["data.augment_on=device", "data.cache_images=false"])
+    assert load_config(None, ["data.cache_images=false"]).data.augment_on == "auto"  # auto then means cpu
 
 
 def test_yaml_booleans_read_as_words_for_string_keys():

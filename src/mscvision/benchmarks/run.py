@@ -111,6 +111,7 @@ def headline(report: dict) -> dict:
             "predict_vs_session_throughput": m["end_to_end"]["ratio"],
             "predict_with_vs_without_ood_gate": m["end_to_end"].get("gate_cost", {}).get("ratio"),
             "train_pipeline_vs_in_memory": m["training"]["ratio"],
+            "train_device_augment_vs_in_memory": m["training"].get("device_ratio"),
             "best_model_gflops_vs_gemm_peak": round(best_gflops / peak, 3),
         }
     first = next(iter(per_model.values()), {})
@@ -144,7 +145,8 @@ def markdown(report: dict) -> str:
                   f"{e.get('gate_cost', {}).get('no_gate_img_s')} without → **{e.get('gate_cost', {}).get('ratio')}**", "",
                   f"Training ({t['device']}, batch {t['batch_size']}, augmentation {'on' if t['augment'] else 'off'}, "
                   f"{t['workers']} loader workers): pipeline {t['pipeline_img_s']} img/s vs in-memory "
-                  f"{t['in_memory_img_s']} img/s → **{t['ratio']}**", ""]
+                  f"{t['in_memory_img_s']} img/s → **{t['ratio']}**; augmenting on the {t['device']} instead "
+                  f"(data.augment_on=device): {t.get('device_pipeline_img_s')} img/s → **{t.get('device_ratio')}**", ""]
         par = m["parity"]
         lines += [f"Parity vs torch on {par['n_images']} held-out images ({par['split']}): "
                   + "; ".join(f"{p} {t} max|Δp| {f['max_abs_diff']:.1e}, top-1 {100 * f['top1_agreement']:.2f}% "

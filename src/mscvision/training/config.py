@@ -34,6 +34,7 @@ STRATEGIES = ("auto", "ddp", "ddp_spawn")  # trainer.strategy: Lightning's names
 TRAINER_PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true")  # Lightning's
 EXPORT_PRECISIONS = ("fp32", "fp16", "int8")
 OOD_METHODS = ("knn", "mahalanobis")  # the learned OOD scores export can build into the graph
+AUGMENT_ON = ("auto", "cpu", "device")  # data.augment_on
 AUTO = "auto"  # preprocess.mean / std: measured on the training split, then frozen (training/normalization.py)
 REPLACED_SECTIONS = ("tasks",)  # a layer's task set replaces the defaults' (merging would add tasks)
 
@@ -96,6 +97,17 @@ class DataConfig:
     num_workers: int = 2
     cache_images: bool = True  # keep decoded, scaled images in memory (fast epochs on small sets)
     balanced_sampling: bool = False  # draw training images inversely to the first task's class counts
+    # where training images are augmented (training/augment.py declares what, once, for both): cpu = per
+    # image in the loader workers (albumentations); device = the cached images kept as one tensor on the
+    # training device, augmented there in batches by torch ops (training/resident.py); auto = device when
+    # training on CUDA with data.cache_images, else cpu
+    augment_on: str = "auto"
+
+    def __post_init__(self) -> None:
+        check_choice("data.augment_on", self.augment_on, AUGMENT_ON)
+        if self.augment_on == "device" and not self.cache_images:
+            raise ConfigError("data.augment_on=device keeps the cached images on the device, but data.cache_images "
+                              "is false. Fix: data.cache_images: true, or data.augment_on: cpu.")
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,10 @@ Three rules keep a multi-process run one run, with the figures of one:
   the data set, and every rank takes the same early-stopping and checkpoint decisions.
 
 Augmentation needs no per-rank seed: each image is augmented from its own (run seed, epoch,
-index) seed (``data.ImageSet``), so a rank, a worker or a one-process run draws the same
-augmentation for the same image, and disjoint shares get different ones. The torch generator
-(mixup's pairs and weights, dropout) is reseeded per rank from (seed, rank).
+index) seed (``data.ImageSet``; on the device path ``device_augment.BatchAugment``), so a rank, a
+worker or a one-process run draws the same augmentation for the same image, and disjoint shares
+get different ones. The torch generator (mixup's pairs and weights, dropout) is reseeded per rank
+from (seed, rank).
 """
 
 from __future__ import annotations
@@ -123,8 +124,11 @@ def shard_loader(loader: DataLoader, world: int, equal: bool) -> DataLoader:
                       worker_init_fn=loader.worker_init_fn, persistent_workers=loader.persistent_workers, **extra)
 
 
-def fit_loaders(train: DataLoader, val: DataLoader | None, world: int) -> tuple[DataLoader, DataLoader | None]:
+def fit_loaders(train, val: DataLoader | None, world: int) -> tuple[Any, DataLoader | None]:
     """What ``trainer.fit`` gets: the run's loaders on one process; on W, this rank's shares of them.
+
+    ``train``: a DataLoader (the CPU path) or anything with ``shard(world)`` (resident.ResidentLoader,
+    the device path: the same ``Shard`` of the same epoch order, batched alike).
 
     Refuses a val split with fewer images than processes: a rank without a validation image would
     leave the others waiting in DDP's first evaluation forward pass.
@@ -135,7 +139,8 @@ def fit_loaders(train: DataLoader, val: DataLoader | None, world: int) -> tuple[
         raise DataError(f"the val split holds {len(val.sampler)} image(s), fewer than the {world} training "
                         "processes (trainer.devices x trainer.num_nodes). Fix: train on fewer devices, or raise "
                         "data.val_fraction.")
-    return shard_loader(train, world, equal=True), val and shard_loader(val, world, equal=False)
+    train = train.shard(world) if hasattr(train, "shard") else shard_loader(train, world, equal=True)
+    return train, val and shard_loader(val, world, equal=False)
 
 
 def gather_in_order(local: Any, item_axis: int = 0) -> Any:

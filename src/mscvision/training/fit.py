@@ -27,6 +27,7 @@ from mscvision.training.loaders import build_loaders
 from mscvision.training.module import MONITOR, MscClassifier
 from mscvision.training.normalization import freeze_auto_normalization
 from mscvision.training.quiet import quiet_lightning
+from mscvision.training.resident import PlaceResident
 from mscvision.training.run_files import load_checkpoint, locate_run, manifest_record, new_run_dir
 
 NATIVE_BF16_CPU_FLAGS = {"avx512_bf16", "amx_bf16"}  # without them a CPU emulates bf16: far slower than fp32
@@ -72,7 +73,7 @@ def train(config: RunConfig, run_dir: Path | None = None, resume: bool = False,
         for message in data.warnings:
             print(f"warning: {message}", flush=True)
 
-    loaders = build_loaders(config, data)
+    loaders = build_loaders(config, data, cuda)
     split_counts = show_split(data, loaders.scan.keep, writes_to)
     if not data.manifest.has_groups and primary:
         warn_near_duplicates(data, loaders.scan, config.preprocess)
@@ -94,7 +95,10 @@ def train(config: RunConfig, run_dir: Path | None = None, resume: bool = False,
     if config.trainer.select == "best":  # with "last" no best.ckpt is written: a run dir holds one model
         checkpoints.append(ModelCheckpoint(dirpath=target / "checkpoints", filename="best", monitor=MONITOR,
                                            mode="max", enable_version_counter=False))
-    trainer = _build_trainer(config, target, cuda, [ranks, *checkpoints, *callbacks], validate=val_loader is not None)
+    # the device path's images go to this rank's device when the fit starts (training/resident.py)
+    placement = [PlaceResident()] if loaders.augment_on == "device" else []
+    trainer = _build_trainer(config, target, cuda, [ranks, *placement, *checkpoints, *callbacks],
+                             validate=val_loader is not None)
     trainer.fit(module, train_loader, val_loader, ckpt_path=str(resume_from) if resume_from else None,
                 weights_only=True)  # the run's own file, yet still only tensors and plain values
     run_dir = ranks.run_dir
@@ -109,6 +113,7 @@ def train(config: RunConfig, run_dir: Path | None = None, resume: bool = False,
     metrics["run"] = {"seconds": round(time.perf_counter() - started, 1), "skipped_images": loaders.skipped,
                       "epochs": epochs, "checkpoint": chosen.name,
                       "config_hash": config.hash(), "device": "cuda" if cuda else "cpu",
+                      "augment_on": loaders.augment_on,
                       **process_record(config, trainer),
                       "data_manifest": manifest_record(data.source, len(data.manifest))}
     if is_primary():
