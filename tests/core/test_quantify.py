@@ -12,7 +12,8 @@ import pytest
 from mscvision.core.errors import ConfigError
 from mscvision.core.quantify import (MIN_CLUSTERS, MIN_SEPARATION, NO_TILES, NOT_ADJUSTABLE, PACC, UNADJUSTED,
                                      clopper_pearson_interval, effective_size, estimate_fractions, naive_fractions,
-                                     quantification_problem, simplex_least_squares, unjudgeable_reason)
+                                     pacc_interval, quantification_problem, simplex_least_squares,
+                                     unjudgeable_reason)
 from mscvision.core.selective import design_effect
 
 CLASSES = ["undifferentiated", "differentiated"]
@@ -147,6 +148,65 @@ def test_the_interval_covers_the_true_fraction_over_many_wells(calibration):
     assert covered / wells >= 0.9, f"coverage {covered / wells:.3f} over {wells} wells"
     # the check can fail: the same interval around the uncorrected mean misses the truth in most wells
     assert unadjusted_covered / wells < 0.5
+
+
+def _small_calibration(rng, per_class: int) -> dict:
+    """A quantification block fitted on ``per_class`` labelled tiles of each class (as training/calibrate.py
+    writes it), drawn afresh: its M is an estimate, off the model's true confusions by sampling error."""
+    truth = np.repeat([0, 1], per_class)
+    probs = _model_probabilities(truth, rng)
+    mean = np.array([probs[truth == c].mean(axis=0) for c in (0, 1)])
+    return {"mean_probability": np.round(mean, 6).tolist(), "n_per_class": [per_class, per_class]}
+
+
+def test_a_small_calibration_set_widens_the_interval_so_that_it_still_covers():
+    """M from 20 tiles a class, a new calibration draw per well (coverage is over both draws). Taken as
+    known (the same block without its counts: the old interval), M's error shifts every estimate of a
+    well the same way and the interval misses the truth in about a quarter of the wells; carried in
+    the interval, coverage is at least the nominal 95 %."""
+    rng = np.random.default_rng(21)
+    covered, covered_as_known, wells = 0, 0, 0
+    for fraction in (0.02, 0.05, 0.1, 0.3):
+        for _ in range(75):
+            block = _small_calibration(rng, 20)
+            as_known = {"mean_probability": block["mean_probability"]}
+            probs, labels, clusters, truth = _well(rng, fraction)
+            f = _differentiated(probs, labels, clusters, block)
+            old = _differentiated(probs, labels, clusters, as_known)
+            assert f.estimate == pytest.approx(old.estimate)  # the point is the same; only the interval widens
+            assert f.low <= old.low + 1e-9 and f.high >= old.high - 1e-9
+            covered += f.low <= truth.mean() <= f.high
+            covered_as_known += old.low <= truth.mean() <= old.high
+            wells += 1
+    assert covered / wells >= CONFIDENCE, f"coverage {covered / wells:.3f} over {wells} wells"
+    assert covered_as_known / wells < 0.85, f"M taken as known covered {covered_as_known / wells:.3f}"
+
+
+def test_a_huge_calibration_set_leaves_the_interval_as_it_was(calibration):
+    """40,000 calibration tiles a class: M's own error is negligible, and the interval is the map of
+    q's Clopper-Pearson interval as before (the block without counts), within a few thousandths."""
+    rng = np.random.default_rng(22)
+    as_known = {"mean_probability": calibration["mean_probability"]}
+    for fraction in (0.0, 0.05, 0.3):
+        probs, labels, clusters, _ = _well(rng, fraction)
+        f = _differentiated(probs, labels, clusters, calibration)
+        old = _differentiated(probs, labels, clusters, as_known)
+        assert "sampling error is in the interval" in f.method and "is not in the interval" in old.method
+        assert f.low == pytest.approx(old.low, abs=0.003) and f.high == pytest.approx(old.high, abs=0.003)
+        assert (f.high - f.low) <= 1.03 * (old.high - old.low)
+
+
+def test_the_pacc_interval_is_the_map_of_q_when_m_is_exact_and_wider_when_not():
+    q, q_int, a, b = 0.2, (0.15, 0.26), 0.8, 0.1
+    low, high = pacc_interval(q, q_int, a, (a, a), b, (b, b))
+    assert low == pytest.approx((0.15 - b) / (a - b)) and high == pytest.approx((0.26 - b) / (a - b))
+    wide_low, wide_high = pacc_interval(q, q_int, a, (0.7, 0.88), b, (0.06, 0.15))
+    assert wide_low < low and wide_high > high and wide_low <= (q - b) / (a - b) <= wide_high
+    # errors add in quadrature: narrower than taking every estimate at its interval's end together
+    assert wide_low > (0.15 - 0.15) / (0.88 - 0.15) and wide_high < (0.26 - 0.06) / (0.7 - 0.06)
+    assert pacc_interval(0.95, (0.93, 0.97), a, (0.78, 0.82), b, (0.09, 0.11)) == (1.0, 1.0)  # beyond a: clipped
+    # an M whose a - b could be near 0: pi is not pinned down at all
+    assert pacc_interval(0.4, (0.35, 0.45), 0.6, (0.2, 0.95), 0.3, (0.02, 0.65)) == (0.0, 1.0)
 
 
 def test_three_classes_are_corrected_one_against_the_rest():

@@ -58,7 +58,8 @@ def test_pass_when_every_whole_interval_meets_its_limit(spec):
     assert v.verdict == PASS and all(r.result == PASS for r in v.criteria)
     r = _result(v, "fraction", "differentiation")
     assert r.low >= 0.90 and r.low <= r.estimate <= r.high
-    assert re.fullmatch(r"differentiation=undifferentiated 0\.\d{3} \[0\.\d{3}, 0\.\d{3}\] >= 0\.90: the whole 95% interval meets "
+    # the high end may be 1.000: with 500 calibration tiles a class, M's own error reaches the bound
+    assert re.fullmatch(r"differentiation=undifferentiated 0\.\d{3} \[0\.\d{3}, [01]\.\d{3}\] >= 0\.90: the whole 95% interval meets "
                         r"the limit", r.reason), r.reason
     assert v.reasons and "every criterion is met" in v.reasons[0]
 

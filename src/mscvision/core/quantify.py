@@ -16,13 +16,33 @@ for the true fractions pi, q = M^T pi.
   equals pi-hat_c. Below ``MIN_SEPARATION`` of a_c - b_c the model barely tells c from the rest and
   the map would amplify noise without bound: the class is *not adjustable* and the verdict layer
   sends its criteria to review (``unjudgeable_reason``).
-- interval: two-sided Clopper-Pearson for q_c on the real-valued count q_c * n_eff of n_eff = n / deff
+- interval for q_c: two-sided Clopper-Pearson on the real-valued count q_c * n_eff of n_eff = n / deff
   (Kish's design effect of the per-tile probability of c over the tiles' clusters, ANOVA intra-cluster
-  correlation, ``core/selective.py``), then the map applied to both ends. With fewer than
-  ``MIN_CLUSTERS`` clusters the correlation cannot be estimated (a handful of cluster means can show
-  no spread by chance), so each cluster counts as one observation: n_eff = number of clusters, the
-  largest design effect there can be (rho = 1). The model's calibration M is taken as known: its own
-  sampling error is not in the interval.
+  correlation, ``core/selective.py``). With fewer than ``MIN_CLUSTERS`` clusters the correlation
+  cannot be estimated (a handful of cluster means can show no spread by chance), so each cluster
+  counts as one observation: n_eff = number of clusters, the largest design effect there can be
+  (rho = 1).
+- the calibration's own sampling error: a_c and b_c are means over the calibration tiles
+  (``n_per_class`` of each true class), so they are estimates too, and with a few dozen tiles of a
+  class their error is as large as the well's. Each gets a Clopper-Pearson interval at the same
+  confidence: a_c on the count a_c * n_c of n_c; b_c on b_c * n_b of n_b, n_b = 1 / sum_j(w_j^2 / n_j)
+  the effective size of the weighted mean (w_j the weights above, normalised; exact for two classes).
+  A calibration tile's probability lies in [0, 1], so its variance is at most mu (1 - mu) (Bhatia-Davis),
+  that of a 0/1 count: the binomial interval is the conservative one the stored means and counts allow
+  (the block keeps no spread of the probabilities; calibration tiles are taken as independent).
+  The three are combined by Fieller's pivot with MOVER (Zou and Donner 2008, Stat Med 27): for a
+  candidate pi, T(pi) = q_c - pi a_c - (1 - pi) b_c is zero in expectation and a linear combination of
+  independent estimates, whose interval is T-hat minus / plus the square root of the summed squared
+  distances from each estimate to its own interval's relevant end (q_c's lower end, a_c's and b_c's
+  upper ends weighted pi and 1 - pi, for the lower limit; the mirror for the upper). pi is in the
+  interval when that interval of T holds 0. Why this and not the alternatives: the errors add in
+  quadrature, as independent errors do, where taking a_c and b_c at their interval ends together with
+  q_c's (a Bonferroni box) adds them linearly and spends part of the 5 % on M even when M is exact, so
+  it is wider than needed and changes the interval of a well-calibrated model; a parametric bootstrap
+  over M would need a random seed and thousands of draws per class and well. This one is
+  deterministic, keeps Clopper-Pearson's asymmetry near 0 and 1, and as n_c grows the a_c and b_c
+  intervals shrink to points and it becomes exactly the map of q_c's interval. A block without
+  ``n_per_class`` (no sizes to propagate) keeps M as known, and its method says so.
 - never zero width: the ends are kept at least as far from 0 and from 1 as a count of zero among
   n_eff would put them (``_width_floor``), so an estimate clipped onto a bound keeps an interval.
 
@@ -50,6 +70,7 @@ MIN_CLUSTERS = 5       # fewer clusters: n_eff = clusters (the conservative boun
 OTHER_MASS_MIN = 1e-3  # pi-hat puts less than this on the other classes: weight them by calibration counts
 ROW_SUM_TOLERANCE = 0.05  # a mean-probability row sums to 1 (rounded to 6 places in the metadata)
 EXACT_SIMPLEX_MAX = 10  # classes up to which the simplex least squares enumerates supports (2^K)
+PI_GRID = 1025  # points of [0, 1] the PACC interval's acceptance set is scanned on (then bisection)
 
 PACC, UNADJUSTED, NOT_ADJUSTABLE, NO_TILES = "pacc", "unadjusted", "not adjustable", "no usable tiles"
 
@@ -123,6 +144,55 @@ def _width_floor(n_effective: float, confidence: float, separation: float) -> fl
         return 1.0
     zero_count_upper = 1.0 - ((1.0 - confidence) / 2) ** (1.0 / n_effective)
     return min(1.0, zero_count_upper / separation)
+
+
+def _calibration_interval(mean: float, n: float, confidence: float) -> tuple[float, float]:
+    """Clopper-Pearson interval of a calibration mean over ``n`` tiles (module docstring: the binomial
+    variance bounds that of a mean of probabilities); the point itself when n is infinite (not given)."""
+    if not math.isfinite(n):
+        return mean, mean
+    return clopper_pearson_interval(mean * n, n, confidence)
+
+
+def pacc_interval(q: float, q_interval: tuple[float, float], a: float, a_interval: tuple[float, float],
+                  b: float, b_interval: tuple[float, float]) -> tuple[float, float]:
+    """The interval of pi_c = (q_c - b_c) / (a_c - b_c) in [0, 1] from the estimates and intervals of
+    q_c, a_c and b_c (independent; module docstring: Fieller's pivot with MOVER).
+
+    pi is in it when the MOVER interval of T(pi) = q - pi a - (1 - pi) b holds 0. T-hat falls with pi
+    (a > b), so the set is found on a grid of ``PI_GRID`` points and each end refined by bisection;
+    the ends are its outermost points. Exact ends (intervals of zero width for a and b) give the map of
+    q's interval ends, clipped to [0, 1].
+    """
+    q_low, q_high = q_interval
+    (a_low, a_high), (b_low, b_high) = a_interval, b_interval
+
+    def accepted(pi):
+        t = q - pi * a - (1.0 - pi) * b
+        below = np.sqrt((q - q_low) ** 2 + (pi * (a_high - a)) ** 2 + ((1.0 - pi) * (b_high - b)) ** 2)
+        above = np.sqrt((q_high - q) ** 2 + (pi * (a - a_low)) ** 2 + ((1.0 - pi) * (b - b_low)) ** 2)
+        return (t - below <= 0) & (t + above >= 0)
+
+    grid = np.linspace(0.0, 1.0, PI_GRID)
+    inside = np.flatnonzero(accepted(grid))
+    if not len(inside):  # q beyond what any pi in [0, 1] explains: the estimate is clipped onto that bound
+        end = 1.0 if q - a > 0 else 0.0
+        return end, end
+    first, last = inside[0], inside[-1]
+    low = grid[0] if first == 0 else _boundary(accepted, grid[first - 1], grid[first])
+    high = grid[-1] if last == PI_GRID - 1 else _boundary(accepted, grid[last + 1], grid[last])
+    return float(low), float(high)
+
+
+def _boundary(accepted, outside: float, inside: float, steps: int = 40) -> float:
+    """Bisection between a rejected and an accepted pi; returns the accepted side (the wider interval)."""
+    for _ in range(steps):
+        mid = (outside + inside) / 2
+        if accepted(mid):
+            inside = mid
+        else:
+            outside = mid
+    return inside
 
 
 # --- the simplex least squares --------------------------------------------------------------------------
@@ -272,11 +342,16 @@ def estimate_fractions(probs: np.ndarray, labels: np.ndarray, clusters: np.ndarr
             raise ConfigError(f"task {task}: {problem}")
     q = probs.mean(axis=0)
     out = []
-    for c, (a, b, method) in enumerate(_class_maps(quantification, q, k)):
+    for c, (a, b, n_a, n_b, method) in enumerate(_class_maps(quantification, q, k)):
         n_eff, deff = effective_size(probs[:, c], clusters)
         q_low, q_high = clopper_pearson_interval(q[c] * n_eff, n_eff, confidence)
         adjusted = method.startswith(PACC)
-        estimate, low, high = (_one_vs_rest(x, a, b) if adjusted else float(x) for x in (q[c], q_low, q_high))
+        if adjusted:
+            estimate = _one_vs_rest(q[c], a, b)
+            low, high = pacc_interval(q[c], (q_low, q_high), a, _calibration_interval(a, n_a, confidence),
+                                      b, _calibration_interval(b, n_b, confidence))
+        else:
+            estimate, low, high = float(q[c]), float(q_low), float(q_high)
         floor = _width_floor(n_eff, confidence, a - b if adjusted else 1.0)
         out.append(Fraction(task, classes[c], estimate, min(low, 1.0 - floor), max(high, floor), float(naive[c]),
                             float(q[c]), n, float(n_eff), float(deff), method))
@@ -288,33 +363,49 @@ def _one_vs_rest(q_c: float, a: float, b: float) -> float:
     return float(min(max((q_c - b) / (a - b), 0.0), 1.0))
 
 
-def _class_maps(quantification: Mapping | None, q: np.ndarray, k: int) -> list[tuple[float, float, str]]:
-    """Per class (a_c, b_c, method) of the one-vs-rest map (module docstring)."""
+def _class_maps(quantification: Mapping | None, q: np.ndarray,
+                k: int) -> list[tuple[float, float, float, float, str]]:
+    """Per class (a_c, b_c, n_a, n_b, method) of the one-vs-rest map (module docstring): n_a and n_b are
+    the calibration tiles a_c and b_c are means over (b_c's the effective size of its weighted mean);
+    infinite when the block gives no counts (M then taken as known)."""
     if quantification is None:
-        return [(1.0, 0.0, f"{UNADJUSTED}: mean calibrated probability (the model carries no quantification)")] * k
+        return [(1.0, 0.0, math.inf, math.inf,
+                 f"{UNADJUSTED}: mean calibrated probability (the model carries no quantification)")] * k
     matrix = np.asarray(quantification["mean_probability"], dtype=np.float64)
     counts = quantification.get("n_per_class")
-    counts = np.asarray(counts, dtype=np.float64) if counts is not None else np.ones(k)
+    known = counts is not None
+    counts = np.asarray(counts, dtype=np.float64) if known else np.ones(k)
     calibrated = [j for j in range(k) if counts[j] > 0 and abs(matrix[j].sum() - 1.0) <= ROW_SUM_TOLERANCE]
     pi = simplex_least_squares(matrix, q, calibrated)
     maps = []
     for c in range(k):
         others = [j for j in calibrated if j != c]
         if c not in calibrated:
-            maps.append((0.0, 0.0, f"{NOT_ADJUSTABLE}: the calibration data held no tile of this class, so the model's "
-                                   "confusions for it are unknown"))
+            maps.append((0.0, 0.0, math.inf, math.inf,
+                         f"{NOT_ADJUSTABLE}: the calibration data held no tile of this class, so the model's "
+                         "confusions for it are unknown"))
             continue
         weights = pi[others]
         if weights.sum() < OTHER_MASS_MIN:
             weights = counts[others]
         if not others or weights.sum() <= 0:
-            maps.append((0.0, 0.0, f"{NOT_ADJUSTABLE}: no other class was calibrated to correct against"))
+            maps.append((0.0, 0.0, math.inf, math.inf,
+                         f"{NOT_ADJUSTABLE}: no other class was calibrated to correct against"))
             continue
-        a, b = float(matrix[c, c]), float(np.dot(weights, matrix[others, c]) / weights.sum())
+        weights = weights / weights.sum()
+        a, b = float(matrix[c, c]), float(np.dot(weights, matrix[others, c]))
+        n_a, n_b = (float(counts[c]), float(1.0 / np.sum(weights ** 2 / counts[others]))) if known else (math.inf,) * 2
         if a - b < MIN_SEPARATION:
-            maps.append((a, b, f"{NOT_ADJUSTABLE}: the model puts {a:.2f} on this class for its own tiles and "
-                               f"{b:.2f} for the others' (separation {a - b:.2f} < {MIN_SEPARATION}), too close to "
-                               "correct its count"))
+            maps.append((a, b, n_a, n_b,
+                         f"{NOT_ADJUSTABLE}: the model puts {a:.2f} on this class for its own tiles and "
+                         f"{b:.2f} for the others' (separation {a - b:.2f} < {MIN_SEPARATION}), too close to "
+                         "correct its count"))
+        elif known:
+            maps.append((a, b, n_a, n_b,
+                         f"{PACC}: corrected with the calibration confusions (a {a:.3f} over {n_a:.0f} tiles, "
+                         f"b {b:.3f} over {n_b:.0f} effective; their sampling error is in the interval)"))
         else:
-            maps.append((a, b, f"{PACC}: corrected with the calibration confusions (a {a:.3f}, b {b:.3f})"))
+            maps.append((a, b, n_a, n_b,
+                         f"{PACC}: corrected with the calibration confusions (a {a:.3f}, b {b:.3f}; the block "
+                         "gives no calibration counts, so their sampling error is not in the interval)"))
     return maps
