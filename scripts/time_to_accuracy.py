@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Time to accuracy of a training recipe: test balanced accuracy against wall-clock minutes (issue 19).
 
-    python scripts/time_to_accuracy.py --out DIR [--config FILE ...] [KEY=VALUE ...]
+    python scripts/time_to_accuracy.py --out DIR [--baseline OLD/curve.json] [--config FILE ...] [KEY=VALUE ...]
 
 Runs what `python scripts/train.py` runs (train, calibrate, evaluate, export and the station's report
 of the file), with one addition: after every training epoch the evaluated weights (the EMA when kept)
@@ -10,7 +10,8 @@ the clock, so the minutes are those of the plain command. When the run is done e
 the run's held-out test donors (plain pass, argmax, uncalibrated: a temperature does not move an
 argmax), and DIR gets ``curve.csv`` (minutes, epoch, balanced accuracy per task), ``curve.json`` (the
 same, with the command's total minutes to an exported, evaluated model and the run's own test figures)
-and ``curve.svg`` (the chart, drawn by the report's own SVG code). Run one recipe at a time on an
+and ``curve.svg`` (the chart, drawn by the report's own SVG code; ``--baseline`` adds another recipe's
+curve, dashed, for a before / after picture). Run one recipe at a time on an
 otherwise idle machine: two jobs on 2 cores distort every minute.
 """
 
@@ -29,6 +30,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="folder for curve.csv / curve.json / curve.svg")
     parser.add_argument("--config", action="append", default=[], metavar="FILE")
+    parser.add_argument("--baseline", type=Path, metavar="CURVE_JSON",
+                        help="another recipe's curve.json, drawn dashed in the same chart (before vs after)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     args = parser.parse_args()
 
@@ -68,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"command done in {total:.1f} min (snapshot copies excluded); scoring {len(snapshots.snapshots)} epochs "
           "on the test donors", flush=True)
     points = score_snapshots(config, result, snapshots.snapshots, copy)
-    write_curve(args.out, points, total, result, args)
+    baseline = json.loads(args.baseline.read_text(encoding="utf-8")) if args.baseline else None
+    write_curve(args.out, points, total, result, args, baseline)
     return code
 
 
@@ -104,7 +108,7 @@ def score_snapshots(config, result, snapshots, copy) -> list[dict]:
     return points
 
 
-def write_curve(out: Path, points: list[dict], total: float, result, args) -> None:
+def write_curve(out: Path, points: list[dict], total: float, result, args, baseline: dict | None = None) -> None:
     from mscvision.core.fileio import write_json_atomic, write_text_atomic
     from mscvision.runtime.svg import Axes
 
@@ -118,14 +122,22 @@ def write_curve(out: Path, points: list[dict], total: float, result, args) -> No
         "command": "python scripts/time_to_accuracy.py " + " ".join(
             [*(f"--config {c}" for c in args.config), *args.overrides]),
         "run_dir": str(result.run_dir), "minutes_to_exported_and_evaluated_model": round(total, 2),
+        "baseline": str(args.baseline) if args.baseline else None,
         "selected_checkpoint_test_balanced_accuracy": test, "points": points})
-    ax = Axes(x=(0.0, max([total, *[p["minutes"] for p in points]]) * 1.05), y=(0.0, 1.0), width=640, height=360,
+    old = baseline["points"] if baseline else []
+    old_total = baseline["minutes_to_exported_and_evaluated_model"] if baseline else 0.0
+    right = max([total, old_total, *[p["minutes"] for p in points + old]]) * 1.05
+    ax = Axes(x=(0.0, right), y=(0.0, 1.0), width=640, height=360,
               title="time to accuracy", x_label="minutes since the command started",
               y_label="test balanced accuracy")
     colours = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728")
     for task, colour in zip(tasks, colours):
         ax.line([p["minutes"] for p in points], [p[task] for p in points], colour, task, markers=True)
+        if old and task in old[0]:
+            ax.line([p["minutes"] for p in old], [p[task] for p in old], colour, f"{task}, baseline", dashed=True)
     ax.vline(total, label=f"exported and evaluated: {total:.1f} min")
+    if old:
+        ax.vline(old_total, "#7f7f7f", f"baseline exported and evaluated: {old_total:.1f} min")
     write_text_atomic(out / "curve.svg", ax.svg())
 
 

@@ -34,3 +34,20 @@ def test_curve_has_a_point_per_epoch_and_ends_at_the_runs_test_figure(shapes_dat
     with open(out / "curve.csv", newline="", encoding="utf-8") as f:
         assert len(list(csv.DictReader(f))) == 3
     assert "<svg" in (out / "curve.svg").read_text(encoding="utf-8")
+
+
+def test_a_baseline_curve_is_drawn_beside_the_new_one(tmp_path):
+    import importlib.util
+    from types import SimpleNamespace
+
+    spec = importlib.util.spec_from_file_location("time_to_accuracy", SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    points = [{"epoch": 1, "minutes": 1.0, "shape": 0.5}, {"epoch": 2, "minutes": 2.0, "shape": 0.8}]
+    baseline = {"points": [{"epoch": 1, "minutes": 3.0, "shape": 0.4}], "minutes_to_exported_and_evaluated_model": 9.5}
+    result = SimpleNamespace(metrics={"test": {"shape": {"balanced_accuracy": 0.8}}}, run_dir=tmp_path)
+    args = SimpleNamespace(config=[], overrides=["a=b"], baseline=tmp_path / "old.json")
+    script.write_curve(tmp_path / "c", points, 2.5, result, args, baseline)
+    svg = (tmp_path / "c" / "curve.svg").read_text(encoding="utf-8")
+    assert "shape, baseline" in svg and "baseline exported and evaluated: 9.5 min" in svg
+    assert json.loads((tmp_path / "c" / "curve.json").read_text(encoding="utf-8"))["baseline"] == str(args.baseline)
