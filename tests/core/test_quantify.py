@@ -4,15 +4,17 @@ the true fraction; a class the model cannot tell apart is flagged, never silentl
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
 import pytest
 
 from mscvision.core.errors import ConfigError
-from mscvision.core.quantify import (MIN_CLUSTERS, MIN_SEPARATION, NO_TILES, NOT_ADJUSTABLE, PACC, UNADJUSTED,
-                                     clopper_pearson_interval, effective_size, estimate_fractions, naive_fractions,
-                                     pacc_interval, quantification_problem, simplex_least_squares,
+from mscvision.core.quantify import (MIN_CLUSTERS, MIN_SEPARATION, MIN_WELL_TILES, MIN_WELLS, NO_TILES,
+                                     NOT_ADJUSTABLE, PACC, UNADJUSTED, clopper_pearson_interval, effective_size,
+                                     estimate_fractions, load_quantification, naive_fractions, pacc_interval,
+                                     quantification_problem, simplex_least_squares, student_t_quantile,
                                      unjudgeable_reason)
 from mscvision.core.selective import design_effect
 
@@ -295,3 +297,171 @@ def test_a_malformed_quantification_block_is_named(block, says):
     assert says in quantification_problem(block, 2)
     with pytest.raises(ConfigError, match="task differentiation"):
         _differentiated(np.tile([[0.5, 0.5]], (4, 1)), np.zeros(4, int), np.arange(4), block)
+
+
+# --- wells whose confusions differ (issue 17: a new well's M is a draw, not the pooled mean) -----------
+
+def _beta(rng, mean, sd, size=None):
+    """Beta draws of a given mean and standard deviation."""
+    concentration = mean * (1 - mean) / sd ** 2 - 1
+    return rng.beta(mean * concentration, (1 - mean) * concentration, size)
+
+
+def _confusion(rng, varies: bool) -> tuple[float, float]:
+    """One well's (a, b): the mean probability a differentiated tile puts on its class, and an
+    undifferentiated one on it. Varying: a ~ Beta(mean 0.85, sd 0.15), b ~ Beta(mean 0.06, sd 0.04)."""
+    return (_beta(rng, 0.85, 0.15), _beta(rng, 0.06, 0.04)) if varies else (0.85, 0.06)
+
+
+def _tiles_of(rng, truth: np.ndarray, a: float, b: float) -> np.ndarray:
+    mean = np.where(truth == 1, a, b)
+    p = rng.beta(mean * 8, (1 - mean) * 8)
+    return np.c_[1 - p, p]
+
+
+def _calibration_wells(rng, varies: bool, wells: int = 12, per_class=(200, 60)) -> dict:
+    """The block scripts/qc_quantification.py writes from ``wells`` labelled wells, each with its own
+    confusions: pooled M and counts, and a per-well row for each well and class."""
+    rows, probs, truth = [], [], []
+    for w in range(wells):
+        a, b = _confusion(rng, varies)
+        t = np.repeat([0, 1], per_class)
+        p = _tiles_of(rng, t, a, b)
+        rows += [{"well": f"W{w}", "class": c, "n": int((t == c).sum()),
+                  "mean_probability": np.round(p[t == c].mean(axis=0), 6).tolist()} for c in (0, 1)]
+        probs.append(p)
+        truth.append(t)
+    p, t = np.concatenate(probs), np.concatenate(truth)
+    return {"mean_probability": [np.round(p[t == c].mean(axis=0), 6).tolist() for c in (0, 1)],
+            "n_per_class": [int((t == c).sum()) for c in (0, 1)], "per_well": rows}
+
+
+def _well_of_its_own(rng, fraction: float, varies: bool):
+    """A test well as ``_well`` draws it, but read by a model whose confusions are this well's own."""
+    a, b = _confusion(rng, varies)
+    local = rng.beta(fraction * 20, (1 - fraction) * 20, 30)
+    cluster = np.repeat(np.arange(30), 16)
+    truth = (rng.random(len(cluster)) < local[cluster]).astype(int)
+    probs = _tiles_of(rng, truth, a, b)
+    return probs, _labels(probs), cluster, truth
+
+
+def _without_wells(block: dict) -> dict:
+    return {key: value for key, value in block.items() if key != "per_well"}
+
+
+def _coverage_and_width(varies: bool, seed: int, per_fraction: int):
+    """Over wells (a fresh 12-well calibration each): coverage and mean width with and without the
+    per-well rows."""
+    rng = np.random.default_rng(seed)
+    covered, widths = {"wells": 0, "pooled": 0}, {"wells": 0.0, "pooled": 0.0}
+    n = 0
+    for fraction in (0.05, 0.3, 0.6, 0.9):
+        for _ in range(per_fraction):
+            block = _calibration_wells(rng, varies)
+            probs, labels, clusters, truth = _well_of_its_own(rng, fraction, varies)
+            new = _differentiated(probs, labels, clusters, block)
+            old = _differentiated(probs, labels, clusters, _without_wells(block))
+            assert new.estimate == pytest.approx(old.estimate)  # the point stays; only the interval widens
+            assert new.low <= old.low + 1e-9 and new.high >= old.high - 1e-9
+            for name, f in (("wells", new), ("pooled", old)):
+                covered[name] += f.low <= truth.mean() <= f.high
+                widths[name] += f.high - f.low
+            n += 1
+    return {k: v / n for k, v in covered.items()}, {k: v / n for k, v in widths.items()}, new.method
+
+
+def test_wells_whose_confusions_vary_are_covered_when_the_block_has_per_well_rows():
+    """Each well's model confusions drawn afresh (a around 0.85, sd 0.15; b around 0.06, sd 0.04),
+    calibration from 12 such wells. The pooled M with only its binomial error (the interval before
+    per-well rows) misses the truth in about half the wells; the prediction interval for a new well's
+    confusions covers it in at least 90 %."""
+    coverage, widths, method = _coverage_and_width(True, seed=31, per_fraction=75)
+    assert coverage["wells"] >= 0.9, f"coverage {coverage['wells']:.3f} with the per-well rows"
+    assert coverage["pooled"] < 0.85, f"the pooled M alone covered {coverage['pooled']:.3f}"
+    assert "a new well's confusions are a draw" in method and "spread over 12 calibration wells" in method
+
+
+def test_wells_that_share_their_confusions_barely_widen_the_interval():
+    coverage, widths, _ = _coverage_and_width(False, seed=32, per_fraction=25)
+    assert widths["wells"] <= 1.25 * widths["pooled"], widths
+    assert coverage["wells"] >= 0.95
+
+
+def test_the_t_quantile_matches_the_tables():
+    assert student_t_quantile(1, 0.95) == pytest.approx(12.7062, abs=1e-3)
+    assert student_t_quantile(2, 0.95) == pytest.approx(4.3027, abs=1e-3)
+    assert student_t_quantile(11, 0.95) == pytest.approx(2.2010, abs=1e-3)
+    assert student_t_quantile(30, 0.99) == pytest.approx(2.7500, abs=1e-3)
+
+
+def test_a_class_seen_in_too_few_wells_spans_every_wells_range_and_says_so():
+    rng = np.random.default_rng(33)
+    block = _calibration_wells(rng, True)
+    few = [r for r in block["per_well"] if r["class"] == 0]
+    few += [r for r in block["per_well"] if r["class"] == 1][:MIN_WELLS - 1]
+    block = {**block, "per_well": few}
+    probs, labels, clusters, _ = _well_of_its_own(rng, 0.3, True)
+    f = _differentiated(probs, labels, clusters, block)
+    assert f.kind == PACC and "could not be estimated for this class" in f.method
+    assert f"{MIN_WELLS - 1} calibration well(s)" in f.method
+    # a spans every own-class value of any calibration well: the clean class's wells put ~0.94 on theirs
+    own = [r["mean_probability"][r["class"]] for r in few]
+    a_low, a_high = (float(x) for x in f.method.split("a in [")[1].split("]")[0].split(", "))
+    assert a_low <= min(own) + 1e-3 and a_high >= max(own) - 1e-3
+    pooled = _differentiated(probs, labels, clusters, _without_wells(block))
+    assert f.high - f.low > pooled.high - pooled.low
+    # the other class's b leans on the thin row: it spans every other-class value, and says so
+    undifferentiated = estimate_fractions(probs, labels, clusters, block, CONFIDENCE, classes=CLASSES)[0]
+    assert "spread over 12 calibration wells" in undifferentiated.method
+    assert f"b: 1 of the other classes with < {MIN_WELLS} wells" in undifferentiated.method
+
+
+def test_without_a_usable_calibration_well_only_the_sampling_error_is_left():
+    rng = np.random.default_rng(34)
+    block = _calibration_wells(rng, True)
+    thin = {**block, "per_well": [{**r, "n": MIN_WELL_TILES - 1} for r in block["per_well"]]}
+    probs, labels, clusters, _ = _well_of_its_own(rng, 0.3, True)
+    f = _differentiated(probs, labels, clusters, thin)
+    old = _differentiated(probs, labels, clusters, _without_wells(block))
+    assert "between-well variation could not be estimated" in f.method
+    assert (f.low, f.high) == pytest.approx((old.low, old.high))
+
+
+def _per_well_row(**change):
+    return {"well": "A1", "class": 1, "n": 40, "mean_probability": [0.2, 0.8], **change}
+
+
+@pytest.mark.parametrize("per_well, says", [
+    ({"A1": [0.2, 0.8]}, "per_well must be a list"),
+    ([[0.2, 0.8]], "per_well[0] must be a mapping"),
+    ([{"well": "A1", "class": 1, "n": 40}], "per_well[0] lacks mean_probability"),
+    ([_per_well_row(well="")], "per_well[0].well must name"),
+    ([_per_well_row(**{"class": 2})], "per_well[0].class must be the true class's index, 0 to 1"),
+    ([_per_well_row(**{"class": "differentiated"})], "per_well[0].class"),
+    ([_per_well_row(n=0)], "per_well[0].n must count"),
+    ([_per_well_row(n=12.5)], "per_well[0].n must count"),
+    ([_per_well_row(mean_probability=[0.2, 0.3, 0.5])], "per_well[0].mean_probability must be 2 numbers"),
+    ([_per_well_row(mean_probability=[1.3, -0.3])], "per_well[0].mean_probability holds probabilities"),
+    ([_per_well_row(mean_probability=[0.5, 0.8])], "per_well[0].mean_probability sums to 1.300"),
+    ([_per_well_row(), _per_well_row(n=20)], "per_well[1]: a second row for well 'A1' and class 1"),
+    ([_per_well_row(n=150), _per_well_row(well="A2", n=150)], "rows of class 1 count 300 tiles, more than n_per_class[1] = 200"),
+])
+def test_a_malformed_per_well_block_is_named(per_well, says, tmp_path):
+    block = {"mean_probability": [[0.9, 0.1], [0.2, 0.8]], "n_per_class": [500, 200], "per_well": per_well}
+    assert says in quantification_problem(block, 2)
+    path = tmp_path / "quantification.json"
+    path.write_text(json.dumps({"tasks": {"differentiation": block}}))
+    with pytest.raises(ConfigError, match=r"quantification.json: tasks.differentiation: quantification.per_well"):
+        load_quantification(path, {"differentiation": CLASSES})
+
+
+def test_a_block_with_well_formed_per_well_rows_loads(tmp_path):
+    block = {"mean_probability": [[0.9, 0.1], [0.2, 0.8]], "n_per_class": [500, 200],
+             "per_well": [_per_well_row(), _per_well_row(well="A2"), _per_well_row(well="A2", **{"class": 0},
+                                                                                      mean_probability=[0.9, 0.1])]}
+    path = tmp_path / "quantification.json"
+    path.write_text(json.dumps({"tasks": {"differentiation": block}}))
+    assert load_quantification(path, {"differentiation": CLASSES})["differentiation"]["per_well"] == block["per_well"]
+    older = {"mean_probability": block["mean_probability"], "n_per_class": block["n_per_class"], "per_well": None}
+    assert quantification_problem(older, 2) is None  # the key is optional
