@@ -445,7 +445,8 @@ def _per_well_row(**change):
     ([_per_well_row(mean_probability=[1.3, -0.3])], "per_well[0].mean_probability holds probabilities"),
     ([_per_well_row(mean_probability=[0.5, 0.8])], "per_well[0].mean_probability sums to 1.300"),
     ([_per_well_row(), _per_well_row(n=20)], "per_well[1]: a second row for well 'A1' and class 1"),
-    ([_per_well_row(n=150), _per_well_row(well="A2", n=150)], "rows of class 1 count 300 tiles, more than n_per_class[1] = 200"),
+    ([_per_well_row(n=150), _per_well_row(well="A2", n=150)],
+     "rows of class 1 count 300 tiles, more than n_per_class[1] = 200"),
 ])
 def test_a_malformed_per_well_block_is_named(per_well, says, tmp_path):
     block = {"mean_probability": [[0.9, 0.1], [0.2, 0.8]], "n_per_class": [500, 200], "per_well": per_well}

@@ -250,7 +250,8 @@ def _between_wells(block: Mapping, matrix: np.ndarray, confidence: float) -> _Be
         elif own:
             rest = [c for c in range(k) if c != j]
             low[j, j], high[j, j] = min(matrix[j, j], min(own)), max(matrix[j, j], max(own))
-            low[j, rest], high[j, rest] = np.minimum(matrix[j, rest], min(other)), np.maximum(matrix[j, rest], max(other))
+            low[j, rest] = np.minimum(matrix[j, rest], min(other))
+            high[j, rest] = np.maximum(matrix[j, rest], max(other))
     return _BetweenWells(low, high, wells, bool(own))
 
 
