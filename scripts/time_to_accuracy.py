@@ -2,6 +2,7 @@
 """Time to accuracy of a training recipe: test balanced accuracy against wall-clock minutes (issue 19).
 
     python scripts/time_to_accuracy.py --out DIR [--baseline OLD/curve.json] [--config FILE ...] [KEY=VALUE ...]
+    python scripts/time_to_accuracy.py --out DIR --redraw [--baseline OLD/curve.json]   # the chart again
 
 Runs what `python scripts/train.py` runs (train, calibrate, evaluate, export and the station's report
 of the file), with one addition: after every training epoch the evaluated weights (the EMA when kept)
@@ -32,8 +33,15 @@ def main() -> int:
     parser.add_argument("--config", action="append", default=[], metavar="FILE")
     parser.add_argument("--baseline", type=Path, metavar="CURVE_JSON",
                         help="another recipe's curve.json, drawn dashed in the same chart (before vs after)")
+    parser.add_argument("--redraw", action="store_true",
+                        help="train nothing: draw OUT/curve.svg again from OUT/curve.json (and --baseline)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     args = parser.parse_args()
+    if args.redraw:
+        doc = json.loads((args.out / "curve.json").read_text(encoding="utf-8"))
+        baseline = json.loads(args.baseline.read_text(encoding="utf-8")) if args.baseline else None
+        (args.out / "curve.svg").write_text(chart(doc, baseline), encoding="utf-8")
+        return 0
 
     from mscvision.cli import guarded
 
@@ -110,7 +118,6 @@ def score_snapshots(config, result, snapshots, copy) -> list[dict]:
 
 def write_curve(out: Path, points: list[dict], total: float, result, args, baseline: dict | None = None) -> None:
     from mscvision.core.fileio import write_json_atomic, write_text_atomic
-    from mscvision.runtime.svg import Axes
 
     out.mkdir(parents=True, exist_ok=True)
     tasks = [k for k in points[0] if k not in ("epoch", "minutes")] if points else []
@@ -124,6 +131,15 @@ def write_curve(out: Path, points: list[dict], total: float, result, args, basel
         "run_dir": str(result.run_dir), "minutes_to_exported_and_evaluated_model": round(total, 2),
         "baseline": str(args.baseline) if args.baseline else None,
         "selected_checkpoint_test_balanced_accuracy": test, "points": points})
+    write_text_atomic(out / "curve.svg", chart(json.loads((out / "curve.json").read_text(encoding="utf-8")), baseline))
+
+
+def chart(doc: dict, baseline: dict | None) -> str:
+    """The SVG: each task's curve, the baseline's dashed, and when each command had its exported model."""
+    from mscvision.runtime.svg import Axes
+
+    points, total = doc["points"], doc["minutes_to_exported_and_evaluated_model"]
+    tasks = [k for k in points[0] if k not in ("epoch", "minutes")] if points else []
     old = baseline["points"] if baseline else []
     old_total = baseline["minutes_to_exported_and_evaluated_model"] if baseline else 0.0
     right = max([total, old_total, *[p["minutes"] for p in points + old]]) * 1.05
@@ -138,7 +154,7 @@ def write_curve(out: Path, points: list[dict], total: float, result, args, basel
     ax.vline(total, label=f"exported and evaluated: {total:.1f} min")
     if old:
         ax.vline(old_total, "#7f7f7f", f"baseline exported and evaluated: {old_total:.1f} min")
-    write_text_atomic(out / "curve.svg", ax.svg())
+    return ax.svg()
 
 
 if __name__ == "__main__":
