@@ -9,8 +9,16 @@ corrects its counts with confusions measured on tiles like the ones it judges. C
 field is scanned exactly as ``mscvision qc`` scans it, and for every usable tile (run, not flagged)
 whose grid box matches a labelled tissue tile, its calibrated probabilities are added to the row of
 its true class. Written: ``{"tasks": {TASK: {"mean_probability": KxK (rows: true class),
-"n_per_class": K}}}``, the shape ``core.quantify.load_quantification`` reads; point the spec's
-``quantification:`` at it.
+"n_per_class": K, "per_well": [...]}}}``, the shape ``core.quantify.load_quantification`` reads;
+point the spec's ``quantification:`` at it.
+
+``per_well`` (issue 17: the model's confusions differ from well to well, so a new well's are a draw,
+not the pooled mean): one row ``{"well", "class" (the true class's index), "n", "mean_probability"}``
+per calibration well and true class, the same sums split by well (the lot's ``layout.csv``; without
+one each image is its own well). Only where the well has >= ``core.quantify.MIN_WELL_TILES`` (10)
+tiles of the class: a mean over fewer tiles is mostly its own sampling noise, which the between-well
+spread would take for variation between wells (the reader skips such rows too). The pooled keys are
+as before, so older readers work.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from mscvision.core.fileio import write_json_atomic
+from mscvision.core.quantify import MIN_WELL_TILES
 from mscvision.runtime.model import load_model
 from mscvision.runtime.qc import usable
 from mscvision.runtime.tiles import scan_field
@@ -44,9 +53,11 @@ def main() -> int:
         for row in csv.DictReader(f):
             if row["tissue"] == "1":
                 truth[(row["path"], int(row["row"]), int(row["col"]))] = row
-    sums = {t: np.zeros((len(c), len(c))) for t, c in tasks.items()}
-    counts = {t: np.zeros(len(c), dtype=np.int64) for t, c in tasks.items()}
+    wells = well_of(args.lot)
+    sums = {t: {} for t in tasks}    # task -> well -> K x K sums of probability rows by true class
+    counts = {t: {} for t in tasks}  # task -> well -> K tile counts
     for image in sorted({k[0] for k in truth}):
+        well = wells.get(image, image)
         scan = scan_field(model, str(args.lot / image), min_foreground=args.min_foreground)
         if scan.error:
             print(f"{image}: skipped: {scan.error}", file=sys.stderr)
@@ -57,20 +68,47 @@ def main() -> int:
                 continue
             for task, classes in tasks.items():
                 k = classes.index(label[task])
-                sums[task][k] += tile.probabilities[task]
-                counts[task][k] += 1
+                sums[task].setdefault(well, np.zeros((len(classes), len(classes))))[k] += tile.probabilities[task]
+                counts[task].setdefault(well, np.zeros(len(classes), dtype=np.int64))[k] += 1
         print(f"{image}: {sum(usable(t) for t in scan.tiles)} usable tiles", file=sys.stderr)
     doc = {"source": {"lot": str(args.lot), "model_sha256": model.sha256}, "tasks": {}}
     for task, classes in tasks.items():
-        n = counts[task]
-        mean = np.where(n[:, None] > 0, sums[task] / np.maximum(n, 1)[:, None], 0.0)
+        k = len(classes)
+        n = sum(counts[task].values(), np.zeros(k, dtype=np.int64))
+        mean = _means(sum(sums[task].values(), np.zeros((k, k))), n)
+        per_well = []
+        for well in sorted(counts[task]):
+            well_mean = _means(sums[task][well], counts[task][well])
+            per_well += [{"well": well, "class": c, "n": int(counts[task][well][c]),
+                          "mean_probability": well_mean[c].round(6).tolist()}
+                         for c in range(k) if counts[task][well][c] >= MIN_WELL_TILES]
         doc["tasks"][task] = {"classes": classes, "mean_probability": mean.round(6).tolist(),
-                              "n_per_class": n.tolist()}
+                              "n_per_class": n.tolist(), "per_well": per_well}
         print(f"{task}: n per class {dict(zip(classes, n.tolist()))}; mean probability of the true class "
               f"{dict(zip(classes, np.diag(mean).round(3).tolist()))}")
+        for c, name in enumerate(classes):
+            own = [r["mean_probability"][c] for r in per_well if r["class"] == c]
+            spread = f", own-class mean {min(own):.3f} to {max(own):.3f}" if own else ""
+            print(f"  {name}: {len(own)} wells with >= {MIN_WELL_TILES} tiles{spread}")
     write_json_atomic(args.out, doc)
     print(f"wrote {args.out}")
     return 0
+
+
+def well_of(lot: Path) -> dict[str, str]:
+    """image path (as truth_tiles.csv writes it) -> its well, from the lot's layout.csv (the lot
+    prefixed when it names several lots); {} without one (each image is then its own well)."""
+    layout = lot / "layout.csv"
+    if not layout.is_file():
+        return {}
+    with open(layout, newline="") as f:
+        rows = list(csv.DictReader(f))
+    several = len({r.get("lot") or "" for r in rows}) > 1
+    return {r["path"]: f"{r['lot']}/{r['well']}" if several else r["well"] for r in rows}
+
+
+def _means(sums: np.ndarray, n: np.ndarray) -> np.ndarray:
+    return np.where(n[:, None] > 0, sums / np.maximum(n, 1)[:, None], 0.0)
 
 
 if __name__ == "__main__":
