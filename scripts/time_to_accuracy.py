@@ -49,10 +49,7 @@ def main() -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    import copy
-
     import lightning as L
-    import torch
 
     from mscvision.commands.deliver import export_and_report
     from mscvision.training.config import load_config
@@ -78,14 +75,16 @@ def run(args: argparse.Namespace) -> int:
     total = (time.perf_counter() - START - snapshots.excluded) / 60
     print(f"command done in {total:.1f} min (snapshot copies excluded); scoring {len(snapshots.snapshots)} epochs "
           "on the test donors", flush=True)
-    points = score_snapshots(config, result, snapshots.snapshots, copy)
+    points = score_snapshots(config, result, snapshots.snapshots)
     baseline = json.loads(args.baseline.read_text(encoding="utf-8")) if args.baseline else None
     write_curve(args.out, points, total, result, args, baseline)
     return code
 
 
-def score_snapshots(config, result, snapshots, copy) -> list[dict]:
+def score_snapshots(config, result, snapshots) -> list[dict]:
     """Each snapshot's plain-pass test balanced accuracy per task, on the run's own test rows."""
+    import copy
+
     import numpy as np
 
     from mscvision.core.metrics import classification_metrics
@@ -96,7 +95,8 @@ def score_snapshots(config, result, snapshots, copy) -> list[dict]:
 
     data = prepare_data(config, None)
     loaders = build_loaders(config, data)
-    assert np.array_equal(loaders.test_rows, result.test_rows), "the test split differs from the run's"
+    if not np.array_equal(loaders.test_rows, result.test_rows):  # the same config and seed must give the same split
+        raise RuntimeError("the test split rebuilt for scoring differs from the run's; the curve would be of other images")
     module = load_classifier(result.checkpoint)
     net = copy.deepcopy(module.eval_net)
     points = []
