@@ -67,7 +67,7 @@ def run_qc(args: argparse.Namespace) -> int:
 
     spec = load_spec(args.spec)
     station = load_station_config(args.station) if args.station else None
-    placements = _placements(args)
+    placements = load_placements(args.layout, args.inputs, args.pattern, args.recursive)
     _check_out(args.out, [p.path for p in placements], args.model, args.spec)
     approver_keys = _approver_keys(station)
     check = station_startup(args.model, spec, args.spec, spec_sha256=spec.sha256, approver_keys=approver_keys,
@@ -85,10 +85,6 @@ def run_qc(args: argparse.Namespace) -> int:
     print(f"wrote {args.out / 'summary.html'} and verdicts.json (a recommendation; the release decision belongs "
           "to the quality unit)")
     return code
-
-
-def _placements(args):
-    return load_placements(args.layout, args.inputs, args.pattern, args.recursive)
 
 
 def load_placements(layout: Path | None, inputs=(), pattern: str | None = None, recursive: bool = False) -> list:

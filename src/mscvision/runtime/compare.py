@@ -29,10 +29,9 @@ from __future__ import annotations
 import dataclasses
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
-
-from typing import Callable
 
 from mscvision.core.errors import ConfigError
 from mscvision.core.intervals import paired_group_bootstrap
