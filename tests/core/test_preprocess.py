@@ -5,7 +5,8 @@ import pytest
 from PIL import Image
 
 from mscvision.core.errors import ConfigError, ImageError
-from mscvision.core.preprocess import PreprocessSpec, crop_or_pad, percentile_normalize, preprocess, resize
+from mscvision.core.preprocess import (PreprocessSpec, channel_percentiles, crop_or_pad, percentile_normalize,
+                                       preprocess, resize)
 
 
 def test_resize_upscale_matches_hand_computation():
@@ -43,6 +44,21 @@ def test_percentile_normalisation_hand_computed():
     out = percentile_normalize(x, 10, 90)[:, 0, 0]
     assert out[10] == 0.0 and out[90] == 1.0 and out[0] == 0.0 and out[100] == 1.0
     np.testing.assert_allclose(out[50], 0.5)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+@pytest.mark.parametrize("as_dtype", [np.float32, np.float64])
+def test_channel_percentiles_equal_numpys(dtype, as_dtype):
+    # the sort-based percentiles of integer images are np.percentile's numbers, not approximately them:
+    # models were calibrated with np.percentile, and the station must scale exactly as training did
+    rng = np.random.default_rng(7)
+    for _ in range(300):
+        n, c = int(rng.integers(1, 2000)), int(rng.integers(1, 4))
+        top = int(rng.choice([2, 40, np.iinfo(dtype).max]))
+        values = rng.integers(0, top, (n, c), endpoint=True).astype(dtype)
+        qs = tuple(float(q) for q in rng.choice([0.0, 0.5, 1.0, 99.0, 99.8, 100.0, rng.uniform(0, 100)], 2))
+        expected = np.percentile(values.astype(as_dtype), qs, axis=0)
+        np.testing.assert_array_equal(channel_percentiles(values, qs, as_dtype), expected)
 
 
 def test_percentile_is_per_channel_and_flat_channel_is_zero():

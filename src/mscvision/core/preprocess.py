@@ -162,12 +162,12 @@ def scale_intensity(image: np.ndarray, spec: PreprocessSpec, source: str = "imag
     if spec.bit_depth and _bit_depth(image) != spec.bit_depth:
         raise ImageError(source, f"is {_bit_depth(image)}-bit; the model was trained on "
                                  f"{spec.bit_depth}-bit images. Fix: supply {spec.bit_depth}-bit images.")
-    x = image.astype(np.float32, copy=False)
     if spec.intensity == "fixed":
         _check_fixed_range(image, source)
-        return np.clip(x / np.float32(_dtype_max(image)), 0.0, 1.0)
-    if spec.percentile_scope == "image":  # measured over x itself; "field" will pass the field's bounds
-        return percentile_normalize(x, spec.percentile_low, spec.percentile_high)
+        return np.clip(image.astype(np.float32, copy=False) / np.float32(_dtype_max(image)), 0.0, 1.0)
+    if spec.percentile_scope == "image":  # measured over the image itself; "field" will pass the field's bounds
+        return percentile_normalize(image if np.issubdtype(image.dtype, np.integer)
+                                    else image.astype(np.float32, copy=False), spec.percentile_low, spec.percentile_high)
     raise ConfigError(f"preprocess.percentile_scope={spec.percentile_scope!r} is not implemented")
 
 
@@ -186,12 +186,40 @@ def _check_fixed_range(image: np.ndarray, source: str) -> None:
 def percentile_normalize(x: np.ndarray, low: float, high: float) -> np.ndarray:
     """Per channel: the ``low`` percentile maps to 0 and ``high`` to 1, clipped to [0, 1].
 
-    A flat channel (high == low) maps to 0 rather than dividing by zero.
+    A flat channel (high == low) maps to 0 rather than dividing by zero. An integer ``x`` is scaled as
+    its float32 values would be (the percentiles from ``channel_percentiles``' sort, the same numbers).
     """
     flat = x.reshape(-1, x.shape[2])
-    lo, hi = np.percentile(flat, [low, high], axis=0).astype(np.float32)
+    if np.issubdtype(x.dtype, np.integer):
+        lo, hi = channel_percentiles(flat, (low, high), np.float32).astype(np.float32)
+        x = x.astype(np.float32)
+    else:
+        lo, hi = np.percentile(flat, [low, high], axis=0).astype(np.float32)
     span = np.where(hi > lo, hi - lo, np.float32(1.0))
     return np.clip((x - lo) / span, 0.0, 1.0).astype(np.float32, copy=False)
+
+
+def channel_percentiles(values: np.ndarray, percentiles, dtype) -> np.ndarray:
+    """Per channel of integer ``values`` (n, C): the ``percentiles`` (0..100), (len, C), exactly
+    ``np.percentile(values.astype(dtype), percentiles, axis=0)`` (linear interpolation between order
+    statistics, numpy's own lerp), with ``dtype`` float32 or float64 (what numpy computes in for
+    integer input).
+
+    Why not np.percentile: uint8 / uint16 values sort by radix, so the sort and two lookups take
+    ~0.03 ms for a 128-px tile against ~0.15 ms for np.percentile of its float32 copy; a whole-field
+    scan scales every tile (issue 17: qc's throughput against the bare session). Tested equal to
+    np.percentile on random data of both depths."""
+    m = values.shape[0]
+    ordered = np.sort(values, axis=0)
+    virtual = (m - 1) * (np.asarray(percentiles, dtype=np.float64) / 100)
+    below = np.floor(virtual).astype(np.intp)
+    above = np.minimum(below + 1, m - 1)
+    gamma = (virtual - below)[:, None]
+    a, b = ordered[below].astype(dtype), ordered[above].astype(dtype)
+    diff = b - a  # numpy's _lerp: from the nearer end, so that gamma 1 gives b exactly
+    out = np.add(a, diff * gamma)
+    np.subtract(b, diff * (1 - gamma), out=out, where=gamma >= 0.5)
+    return out
 
 
 FLATNESS_PERCENTILES = (1.0, 99.0)  # what may be artefact on a blank frame: up to 1% of its pixels at each end
@@ -226,7 +254,10 @@ def flat_channels(image: np.ndarray, spec: PreprocessSpec, pixel_size_um: float 
     values = values[::max(1, len(values) // _FLATNESS_SAMPLE)]  # evenly strided: the cost stays per image, not per pixel
     if spec.intensity == "fixed":
         values = np.clip(values.astype(np.float64) / _dtype_max(image), 0.0, 1.0)
-    lo, hi = np.percentile(values, list(flatness_percentiles(spec)), axis=0)
+    if np.issubdtype(values.dtype, np.integer):
+        lo, hi = channel_percentiles(values, flatness_percentiles(spec), np.float64)
+    else:
+        lo, hi = np.percentile(values, list(flatness_percentiles(spec)), axis=0)
     if spec.intensity == "fixed":
         tolerance = np.full_like(lo, FIXED_FLATNESS_SPREAD)
     elif np.issubdtype(image.dtype, np.integer):

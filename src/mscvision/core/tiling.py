@@ -127,90 +127,111 @@ def foreground_fraction(window: np.ndarray, bit_depth: int) -> float:
         x = x[:, :, None]
     if x.ndim != 3 or x.shape[0] < 1 or x.shape[1] < 1:
         raise ValueError(f"window of shape {x.shape}: expected (h, w, C)")
+    return float(foreground_fractions(x[None], bit_depth)[0])
+
+
+def foreground_fractions(windows: np.ndarray, bit_depth: int) -> np.ndarray:
+    """``foreground_fraction`` of each of n equal-sized windows, (n, h, w, C) → (n,): the one
+    implementation (a single window is a batch of one). Every statistic is taken per window along
+    its own axes, so a window's result does not depend on the others; batched because a whole field
+    has thousands of tiles and the measure's many small medians cost more in per-call overhead than
+    in arithmetic (issue 17: qc's throughput against the bare session)."""
+    x = np.asarray(windows)
+    if x.ndim != 4 or min(x.shape[1:3]) < 1:
+        raise ValueError(f"windows of shape {x.shape}: expected (n, h, w, C)")
     x = x.astype(np.float32, copy=False)
     blocks, side = _block_means(x)
-    level = np.median(blocks.reshape(-1, blocks.shape[2]), axis=0)
+    n, gh, gw, c = blocks.shape
+    level = _median(blocks.reshape(n, -1, c))
     floor = _quantisation_floor(bit_depth, level)
     integer = bit_depth in (8, 16)
-    dy, dx = np.diff(blocks, axis=0), np.diff(blocks, axis=1)
+    dy, dx = np.diff(blocks, axis=1), np.diff(blocks, axis=2)
     # intensity, against the background plane
-    tilt_y, tilt_x = _tilt(blocks, 0), _tilt(blocks, 1)
-    rows, cols = np.arange(blocks.shape[0])[:, None, None], np.arange(blocks.shape[1])[None, :, None]
-    flat = blocks - tilt_y * rows - tilt_x * cols
+    tilt_y, tilt_x = _tilt(blocks, 1), _tilt(blocks, 2)
+    rows, cols = np.arange(gh)[None, :, None, None], np.arange(gw)[None, None, :, None]
+    flat = blocks - tilt_y[:, None, None, :] * rows - tilt_x[:, None, None, :] * cols
     sigma = np.maximum(_difference_sigma(dy, dx), floor)
     margin = FOREGROUND_Z * sigma
     if integer:
         margin = np.maximum(margin, FOREGROUND_CONTRAST * np.abs(level))
-    foreground = (np.abs(flat - np.median(flat.reshape(-1, flat.shape[2]), axis=0)) > margin).any(axis=2)
+    centre = _median(flat.reshape(n, -1, c))
+    foreground = (np.abs(flat - centre[:, None, None, :]) > margin[:, None, None, :]).any(axis=3)
     # texture, against the pixel noise
-    if blocks.shape[0] >= 3 and blocks.shape[1] >= 3:
-        laplacian = blocks[1:-1, 1:-1] - 0.25 * (blocks[:-2, 1:-1] + blocks[2:, 1:-1] + blocks[1:-1, :-2]
-                                                 + blocks[1:-1, 2:])
+    if gh >= 3 and gw >= 3:
+        laplacian = blocks[:, 1:-1, 1:-1] - 0.25 * (blocks[:, :-2, 1:-1] + blocks[:, 2:, 1:-1]
+                                                    + blocks[:, 1:-1, :-2] + blocks[:, 1:-1, 2:])
         # a b x b mean of white noise has sigma s / b; the Laplacian adds 4 neighbours at 1/4: x sqrt(1.25)
         margin = TEXTURE_Z * np.maximum(_pixel_sigma(x) * math.sqrt(1.25) / side, floor)
         if integer:
             margin = np.maximum(margin, TEXTURE_CONTRAST * np.abs(level))
-        foreground[1:-1, 1:-1] |= (np.abs(laplacian) > margin).any(axis=2)
-    return float(foreground.mean())
+        foreground[:, 1:-1, 1:-1] |= (np.abs(laplacian) > margin[:, None, None, :]).any(axis=3)
+    return foreground.mean(axis=(1, 2))
 
 
 def _block_means(x: np.ndarray) -> tuple[np.ndarray, int]:
-    """(h, w, C) → ((h // b, w // b, C) means of b x b blocks, b), b so that about FOREGROUND_BLOCKS
-    remain along the shorter side (b = 1 for a window that small); a ragged edge strip is dropped."""
-    h, w, c = x.shape
+    """(n, h, w, C) → ((n, h // b, w // b, C) means of b x b blocks, b), b so that about
+    FOREGROUND_BLOCKS remain along the shorter side (b = 1 for a window that small); a ragged edge
+    strip is dropped. Summed in float64 down the rows of each block, then across: the same means as one
+    mean over both block axes (exact for integer images), at a third of its cost on a row of tiles."""
+    n, h, w, c = x.shape
     b = max(1, min(h, w) // FOREGROUND_BLOCKS)
     gh, gw = h // b, w // b
-    return x[:gh * b, :gw * b].reshape(gh, b, gw, b, c).mean(axis=(1, 3), dtype=np.float64), b
+    rows = x[:, :gh * b, :gw * b].reshape(n, gh, b, gw * b * c).sum(axis=2, dtype=np.float64)
+    return rows.reshape(n, gh, gw, b, c).sum(axis=3) / (b * b), b
 
 
 def _difference_sigma(dy: np.ndarray, dx: np.ndarray) -> np.ndarray:
-    """Per channel, the noise sigma of one block (or pixel) from the differences to its neighbours
-    below (``dy``) and to the right (``dx``): the MAD of the differences, each direction about its own
-    median (a tilt), / (0.6745 * sqrt 2). Edges of cells are a minority of the differences, so the
-    median ignores them; a window with no neighbours gets 0 (the floor then applies)."""
-    c = dy.shape[-1]
-    parts = [d.reshape(-1, c) for d in (dy, dx) if d.size]
+    """Per window and channel, (n, C): the noise sigma of one block (or pixel) from the differences to
+    its neighbours below (``dy``) and to the right (``dx``), each (n, ..., C): the MAD of the
+    differences, each direction about its own median (a tilt), / (0.6745 * sqrt 2). Edges of cells
+    are a minority of the differences, so the median ignores them; a window with no neighbours gets
+    0 (the floor then applies)."""
+    n, c = dy.shape[0], dy.shape[-1]
+    parts = [d.reshape(n, -1, c) for d in (dy, dx) if d.size]
     if not parts:
-        return np.zeros(c)
-    d = np.concatenate([p - _median(p) for p in parts])
+        return np.zeros((n, c))
+    d = np.concatenate([p - _median(p)[:, None, :] for p in parts], axis=1)
     return _median(np.abs(d)) / (0.6745 * math.sqrt(2.0))
 
 
 def _tilt(blocks: np.ndarray, axis: int) -> np.ndarray:
-    """Per channel, the background's slope per block along ``axis``: the median of the differences
-    between blocks half the window apart, over that distance. The long baseline keeps the slope off
-    whole grey levels (1-px blocks of an integer gradient step by 0 or 1 between neighbours); cells
-    touch a minority of the pairs, so the median ignores them. 0 for a window one block deep."""
-    n = blocks.shape[axis]
-    half = n // 2
+    """Per window and channel, (n, C): the background's slope per block along ``axis`` (1 or 2 of
+    (n, gh, gw, C)): the median of the differences between blocks half the window apart, over that
+    distance. The long baseline keeps the slope off whole grey levels (1-px blocks of an integer
+    gradient step by 0 or 1 between neighbours); cells touch a minority of the pairs, so the median
+    ignores them. 0 for a window one block deep."""
+    n, size, c = blocks.shape[0], blocks.shape[axis], blocks.shape[3]
+    half = size // 2
     if half < 1:
-        return np.zeros(blocks.shape[2])
-    d = np.take(blocks, range(half, n), axis) - np.take(blocks, range(n - half), axis)
-    return np.median(d.reshape(-1, blocks.shape[2]), axis=0) / half
+        return np.zeros((n, c))
+    d = np.take(blocks, range(half, size), axis) - np.take(blocks, range(size - half), axis)
+    return _median(d.reshape(n, -1, c)) / half
 
 
 def _median(d: np.ndarray) -> np.ndarray:
-    """Per channel (last axis), the median of an (n, C) array; 0 where n == 0."""
-    return np.median(d, axis=0) if len(d) else np.zeros(d.shape[-1])
+    """Per window and channel, the median of an (n, m, C) array over m: (n, C); 0 where m == 0."""
+    return np.median(d, axis=1) if d.shape[1] else np.zeros((d.shape[0], d.shape[2]))
 
 
 def _pixel_sigma(x: np.ndarray) -> np.ndarray:
-    """Per channel, the camera's pixel noise sigma from the differences between neighbouring pixels:
-    horizontal ones on every other row, vertical ones on every other column (a quarter of the pairs is
-    plenty, and keeps this the cheap pass it must be on every tile of a field; both directions, so
-    that banding along rows or columns counts as noise). The estimate is the mean of the smaller half
-    of |differences| / (``_LOW_HALF_MEAN`` * sqrt 2): for Gaussian noise that mean is 0.3247 sigma of
-    a difference, and a difference has sigma sqrt 2 times the pixel's. As robust as the median (cell
-    edges, up to half of the pairs, are in the larger half) but not stuck on whole grey levels where
-    the noise is a grey level or two. At the pixel scale a tilt is far below the noise, so the
-    differences are not centred."""
-    out = np.zeros(x.shape[2])
-    for c in range(x.shape[2]):
-        d = np.concatenate([np.diff(x[::2, :, c], axis=1).ravel(), np.diff(x[:, ::2, c], axis=0).ravel()])
-        half = len(d) // 2
+    """Per window and channel, (n, C): the camera's pixel noise sigma from the differences between
+    neighbouring pixels of (n, h, w, C) windows: horizontal ones on every other row, vertical ones on
+    every other column (a quarter of the pairs is plenty, and keeps this the cheap pass it must be on
+    every tile of a field; both directions, so that banding along rows or columns counts as noise).
+    The estimate is the mean of the smaller half of |differences| / (``_LOW_HALF_MEAN`` * sqrt 2): for
+    Gaussian noise that mean is 0.3247 sigma of a difference, and a difference has sigma sqrt 2 times
+    the pixel's. As robust as the median (cell edges, up to half of the pairs, are in the larger half)
+    but not stuck on whole grey levels where the noise is a grey level or two. At the pixel scale a
+    tilt is far below the noise, so the differences are not centred."""
+    n, c = x.shape[0], x.shape[3]
+    out = np.zeros((n, c))
+    for k in range(c):
+        d = np.concatenate([np.diff(x[:, ::2, :, k], axis=2).reshape(n, -1),
+                            np.diff(x[:, :, ::2, k], axis=1).reshape(n, -1)], axis=1)
+        half = d.shape[1] // 2
         if half:
             np.abs(d, out=d)
-            out[c] = np.partition(d, half)[:half].mean(dtype=np.float64)
+            out[:, k] = np.partition(d, half, axis=1)[:, :half].mean(axis=1, dtype=np.float64)
     return out / (_LOW_HALF_MEAN * math.sqrt(2.0))
 
 
