@@ -200,41 +200,35 @@ def _sample(raw: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class _Values:
-    """One channel's sampled raw values as their distinct levels (as fractions of full scale,
-    ascending, not clipped) and counts: one pass over the pixels (``np.bincount`` for integer
-    images) serves every value check."""
+    """One channel's sampled raw values, sorted, as fractions of full scale (not clipped): one sort
+    (a radix sort for uint8 / uint16, ~0.03 ms for a 128-px tile) serves every value check by binary
+    search; counting distinct levels and binning them cost ~0.15 ms a tile (issue 17: qc measures
+    every tile of a whole field). The same shares, spread and histogram as counting them."""
 
-    levels: np.ndarray
-    counts: np.ndarray
+    levels: np.ndarray  # ascending (NaN last, as np.sort puts it)
 
     def share_at_least(self, level: float) -> float:
-        return float(self.counts[self.levels >= level].sum() / self.counts.sum())
+        return float((len(self.levels) - np.searchsorted(self.levels, level, side="left")) / len(self.levels))
 
     def share_at_most(self, level: float) -> float:
-        return float(self.counts[self.levels <= level].sum() / self.counts.sum())
+        return float(np.searchsorted(self.levels, level, side="right") / len(self.levels))
 
     def spread(self) -> float:
         """From the SPREAD_PERCENTILES' low to high one (nearest rank, as ``np.percentile``'s inverted_cdf)."""
-        cumulative = np.cumsum(self.counts)
-        low, high = (self.levels[np.searchsorted(cumulative, q / 100.0 * cumulative[-1], side="left")]
-                     for q in SPREAD_PERCENTILES)
+        n = len(self.levels)
+        low, high = (self.levels[max(0, math.ceil(q / 100.0 * n) - 1)] for q in SPREAD_PERCENTILES)
         return float(high - low)
 
     def histogram(self, edges: np.ndarray) -> np.ndarray:
         """Share of values per bin of [0, 1] (clipped); a value on an inner edge belongs to the bin above."""
-        bins = np.searchsorted(edges[1:-1], np.clip(self.levels, 0.0, 1.0), side="right")
-        return np.bincount(bins, weights=self.counts, minlength=len(edges) - 1) / self.counts.sum()
+        cuts = np.searchsorted(np.clip(self.levels, 0.0, 1.0), edges[1:-1], side="left")
+        return np.diff(np.concatenate([[0], cuts, [len(self.levels)]])) / len(self.levels)
 
 
 def _channel_values(raw: np.ndarray, channel: int, reference: dict) -> _Values:
     values = _sample(raw)[:, channel]
-    if np.issubdtype(values.dtype, np.integer):  # uint8 / uint16: counting beats sorting
-        counts = np.bincount(values)
-        levels = np.flatnonzero(counts)
-        counts = counts[levels]
-    else:
-        levels, counts = np.unique(values.astype(np.float64), return_counts=True)
-    return _Values(levels / full_scale(raw, reference), counts)
+    ordered = np.sort(values) if np.issubdtype(values.dtype, np.integer) else np.sort(values.astype(np.float64))
+    return _Values(ordered / full_scale(raw, reference))
 
 
 def _central(x: np.ndarray, side: int) -> np.ndarray:
