@@ -87,8 +87,9 @@ def fit_reference(raw_images: Sequence[np.ndarray], bit_depths: Sequence[int],
     return reference
 
 
-def measure(raw: np.ndarray, unit: np.ndarray, reference: dict) -> dict[str, float]:
-    """Every check's score for one image (``CHECKS`` order; higher = more unusual)."""
+def measure(raw: np.ndarray, unit: np.ndarray, reference: dict, ordered: np.ndarray | None = None) -> dict[str, float]:
+    """Every check's score for one image (``CHECKS`` order; higher = more unusual). ``ordered``:
+    ``preprocess.sorted_values(raw)`` when the caller has it (one sort per image for scaling and checks)."""
     raw = _hwc(raw)
     if raw.shape[2] != reference["channels"] or unit.ndim != 3 or unit.shape[2] != raw.shape[2]:
         raise ValueError(f"raw {raw.shape} / unit {unit.shape}: both need the model's {reference['channels']} "
@@ -96,7 +97,7 @@ def measure(raw: np.ndarray, unit: np.ndarray, reference: dict) -> dict[str, flo
     floor = _spread_floor(raw, full_scale(raw, reference))
     per_channel = []  # each channel's scores; the image's is the most unusual channel's
     for c, (edges, mean) in enumerate(zip(reference["histogram_edges"], reference["histogram_mean"])):
-        values = _channel_values(raw, c, reference)
+        values = _channel_values(raw, c, reference, ordered)
         focus = _focus(_central(raw[:, :, c], FOCUS_WINDOW))
         per_channel.append({"focus_low": -math.log(focus + _TINY), "focus_high": math.log(focus + _TINY),
                             "saturated": values.share_at_least(1.0), "zero_clipped": values.share_at_most(0.0),
@@ -225,10 +226,15 @@ class _Values:
         return np.diff(np.concatenate([[0], cuts, [len(self.levels)]])) / len(self.levels)
 
 
-def _channel_values(raw: np.ndarray, channel: int, reference: dict) -> _Values:
-    values = _sample(raw)[:, channel]
-    ordered = np.sort(values) if np.issubdtype(values.dtype, np.integer) else np.sort(values.astype(np.float64))
-    return _Values(ordered / full_scale(raw, reference))
+def _channel_values(raw: np.ndarray, channel: int, reference: dict, ordered: np.ndarray | None = None) -> _Values:
+    sample = _sample(raw)
+    if ordered is not None and len(sample) == len(ordered):  # the sample is every value: sorted already
+        values = ordered[:, channel]
+    elif sample.dtype.kind in "ui":
+        values = np.sort(sample[:, channel])
+    else:
+        values = np.sort(sample[:, channel].astype(np.float64))
+    return _Values(values / full_scale(raw, reference))
 
 
 def _central(x: np.ndarray, side: int) -> np.ndarray:

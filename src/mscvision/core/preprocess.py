@@ -97,9 +97,11 @@ def preprocess(image: np.ndarray, spec: PreprocessSpec, pixel_size_um: float | N
 
 
 def to_unit_range(image: np.ndarray, spec: PreprocessSpec, pixel_size_um: float | None = None,
-                  source: str = "image") -> np.ndarray:
+                  source: str = "image", ordered: np.ndarray | None = None) -> np.ndarray:
+    """``ordered``: ``sorted_values`` of the image's selected channels, when the caller has it (the
+    station sorts a tile once for this and its checks); computed here when needed otherwise."""
     x = select_channels(image, spec, source)
-    x = scale_intensity(x, spec, source)
+    x = scale_intensity(x, spec, source, ordered)
     target = rescaled_size(x.shape[0], x.shape[1], spec, pixel_size_um, source)
     if target != x.shape[:2]:
         x = resize(x, target)
@@ -159,8 +161,9 @@ def _is_grey_rgb(image: np.ndarray) -> bool:
     return bool(np.array_equal(image[:, :, 0], image[:, :, 1]) and np.array_equal(image[:, :, 0], image[:, :, 2]))
 
 
-def scale_intensity(image: np.ndarray, spec: PreprocessSpec, source: str = "image") -> np.ndarray:
-    """Raw intensities → float32 in [0, 1] by the spec's rule."""
+def scale_intensity(image: np.ndarray, spec: PreprocessSpec, source: str = "image",
+                    ordered: np.ndarray | None = None) -> np.ndarray:
+    """Raw intensities → float32 in [0, 1] by the spec's rule (``ordered``: as ``to_unit_range``)."""
     if spec.bit_depth and _bit_depth(image) != spec.bit_depth:
         raise ImageError(source, f"is {_bit_depth(image)}-bit; the model was trained on "
                                  f"{spec.bit_depth}-bit images. Fix: supply {spec.bit_depth}-bit images.")
@@ -168,8 +171,8 @@ def scale_intensity(image: np.ndarray, spec: PreprocessSpec, source: str = "imag
         _check_fixed_range(image, source)
         return np.clip(image.astype(np.float32, copy=False) / np.float32(_dtype_max(image)), 0.0, 1.0)
     if spec.percentile_scope == "image":  # measured over the image itself; "field" will pass the field's bounds
-        return percentile_normalize(image if np.issubdtype(image.dtype, np.integer)
-                                    else image.astype(np.float32, copy=False), spec.percentile_low, spec.percentile_high)
+        return percentile_normalize(image if image.dtype.kind in "ui" else image.astype(np.float32, copy=False),
+                                    spec.percentile_low, spec.percentile_high, ordered)
     raise ConfigError(f"preprocess.percentile_scope={spec.percentile_scope!r} is not implemented")
 
 
@@ -185,15 +188,16 @@ def _check_fixed_range(image: np.ndarray, source: str) -> None:
                                  "Fix: rescale the image to 0..1, or train with preprocess.intensity=percentile.")
 
 
-def percentile_normalize(x: np.ndarray, low: float, high: float) -> np.ndarray:
+def percentile_normalize(x: np.ndarray, low: float, high: float, ordered: np.ndarray | None = None) -> np.ndarray:
     """Per channel: the ``low`` percentile maps to 0 and ``high`` to 1, clipped to [0, 1].
 
     A flat channel (high == low) maps to 0 rather than dividing by zero. An integer ``x`` is scaled as
-    its float32 values would be (the percentiles from ``channel_percentiles``' sort, the same numbers).
+    its float32 values would be (the percentiles from ``channel_percentiles``' sort, the same numbers;
+    ``ordered``: ``sorted_values(x)`` if the caller has it).
     """
     flat = x.reshape(-1, x.shape[2])
-    if np.issubdtype(x.dtype, np.integer):
-        lo, hi = channel_percentiles(flat, (low, high), np.float32).astype(np.float32)
+    if x.dtype.kind in "ui":
+        lo, hi = channel_percentiles(flat, (low, high), np.float32, ordered).astype(np.float32)
         x = x.astype(np.float32)
     else:
         lo, hi = np.percentile(flat, [low, high], axis=0).astype(np.float32)
@@ -201,7 +205,17 @@ def percentile_normalize(x: np.ndarray, low: float, high: float) -> np.ndarray:
     return np.clip((x - lo) / span, 0.0, 1.0).astype(np.float32, copy=False)
 
 
-def channel_percentiles(values: np.ndarray, percentiles, dtype) -> np.ndarray:
+def sorted_values(image: np.ndarray) -> np.ndarray | None:
+    """Every value of an integer (H, W, C) image, sorted per channel: (H * W, C); None for a float
+    image. One sort serves the percentile scaling, the flatness rule and the OOD gate's value checks
+    of the same image (``ordered=``), which would each sort it again (issue 17: qc does this for every
+    tile of a whole field)."""
+    if image.dtype.kind not in "ui":
+        return None
+    return np.sort(image.reshape(-1, image.shape[2]), axis=0)
+
+
+def channel_percentiles(values: np.ndarray, percentiles, dtype, ordered: np.ndarray | None = None) -> np.ndarray:
     """Per channel of integer ``values`` (n, C): the ``percentiles`` (0..100), (len, C), exactly
     ``np.percentile(values.astype(dtype), percentiles, axis=0)`` (linear interpolation between order
     statistics, numpy's own lerp), with ``dtype`` float32 or float64 (what numpy computes in for
@@ -210,9 +224,9 @@ def channel_percentiles(values: np.ndarray, percentiles, dtype) -> np.ndarray:
     Why not np.percentile: uint8 / uint16 values sort by radix, so the sort and two lookups take
     ~0.03 ms for a 128-px tile against ~0.15 ms for np.percentile of its float32 copy; a whole-field
     scan scales every tile (issue 17: qc's throughput against the bare session). Tested equal to
-    np.percentile on random data of both depths."""
+    np.percentile on random data of both depths. ``ordered``: ``values`` already sorted per channel."""
     m = values.shape[0]
-    ordered = np.sort(values, axis=0)
+    ordered = np.sort(values, axis=0) if ordered is None else ordered
     virtual = (m - 1) * (np.asarray(percentiles, dtype=np.float64) / 100)
     below = np.floor(virtual).astype(np.intp)
     above = np.minimum(below + 1, m - 1)
@@ -235,7 +249,8 @@ def flatness_percentiles(spec: PreprocessSpec) -> tuple[float, float]:
 FIXED_FLATNESS_SPREAD = 2.0 / 255.0  # fixed mode: the floor on what the model sees, 2 levels at 8 bits
 
 
-def flat_channels(image: np.ndarray, spec: PreprocessSpec, pixel_size_um: float | None = None) -> list[int]:
+def flat_channels(image: np.ndarray, spec: PreprocessSpec, pixel_size_um: float | None = None,
+                  ordered: np.ndarray | None = None) -> list[int]:
     """Channels (of the selected ones) with no content to read: constant or near-constant, in the
     region the model sees (``seen_region``: with crop_or_pad, the centre crop, not the cropped-off edges).
 
@@ -253,11 +268,14 @@ def flat_channels(image: np.ndarray, spec: PreprocessSpec, pixel_size_um: float 
     """
     seen = seen_region(image, spec, pixel_size_um)
     values = seen.reshape(-1, seen.shape[2])
-    values = values[::max(1, len(values) // _FLATNESS_SAMPLE)]  # evenly strided: the cost stays per image, not per pixel
+    stride = max(1, len(values) // _FLATNESS_SAMPLE)
+    values = values[::stride]  # evenly strided: the cost stays per image, not per pixel
     if spec.intensity == "fixed":
         values = np.clip(values.astype(np.float64) / _dtype_max(image), 0.0, 1.0)
-    if np.issubdtype(values.dtype, np.integer):
-        lo, hi = channel_percentiles(values, flatness_percentiles(spec), np.float64)
+    if values.dtype.kind in "ui":
+        # ``ordered`` (sorted_values(image), if the caller has it) is this sample when it is every value
+        whole = ordered is not None and seen is image and stride == 1
+        lo, hi = channel_percentiles(values, flatness_percentiles(spec), np.float64, ordered if whole else None)
     else:
         lo, hi = np.percentile(values, list(flatness_percentiles(spec)), axis=0)
     if spec.intensity == "fixed":

@@ -25,8 +25,8 @@ import numpy as np
 from mscvision.core.errors import ImageError
 from mscvision.core.imageio import DEFAULT_MAX_PIXELS, DecodedImage, ImageHeader, is_image_file, open_image
 from mscvision.core.image_checks import measure, rule_reasons
-from mscvision.core.preprocess import (flat_channels, flatness_rule, rescaled_size, select_channels, standardize,
-                                       to_unit_range)
+from mscvision.core.preprocess import (flat_channels, flatness_rule, rescaled_size, select_channels, sorted_values,
+                                       standardize, to_unit_range)
 from mscvision.runtime.gate import image_check_reference
 from mscvision.runtime.metadata import ModelMetadata
 
@@ -127,18 +127,20 @@ def prepare_input(path: str | Path, metadata: ModelMetadata, budget: DecodeBudge
 def prepare_decoded(decoded: DecodedImage, metadata: ModelMetadata, source: str) -> PreparedInput:
     """A decoded image (a file, or one tile of a whole field) → the model's input, notes, doubts and
     the OOD gate's image checks: the one path from pixels to a tensor that predict and qc share."""
+    selected = select_channels(decoded.array, metadata.spec, source)
+    ordered = sorted_values(selected)  # one sort for the scaling, the flatness rule and the image checks
     with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused just below, by name
         # preprocess() in its two halves: the image checks read the unit-range image
-        unit = to_unit_range(decoded.array, metadata.spec, decoded.pixel_size_um, source=source)
+        unit = to_unit_range(decoded.array, metadata.spec, decoded.pixel_size_um, source=source, ordered=ordered)
         tensor = standardize(unit, metadata.spec)
     check_finite_tensor(tensor, decoded, source)
-    doubts = _doubts(decoded, metadata)
-    checks, rules = _image_checks(decoded, unit, metadata)
+    doubts = _doubts(selected, decoded.pixel_size_um, metadata, ordered)
+    checks, rules = _image_checks(decoded, selected, unit, metadata, ordered)
     return PreparedInput(tensor, (*decoded.notes, *_rescale_notes(decoded, metadata)), doubts, checks, rules)
 
 
-def _image_checks(decoded: DecodedImage, unit: np.ndarray,
-                  metadata: ModelMetadata) -> tuple[dict[str, float] | None, tuple[str, ...]]:
+def _image_checks(decoded: DecodedImage, selected: np.ndarray, unit: np.ndarray, metadata: ModelMetadata,
+                  ordered: np.ndarray | None) -> tuple[dict[str, float] | None, tuple[str, ...]]:
     """The OOD gate's image-check scores and rule reasons (runtime/gate.py); none without a gate."""
     reference = image_check_reference(metadata)
     if reference is None:
@@ -146,7 +148,7 @@ def _image_checks(decoded: DecodedImage, unit: np.ndarray,
     h, w = decoded.array.shape[:2]
     rescaled = rescaled_size(h, w, metadata.spec, decoded.pixel_size_um) != (h, w)
     rules = rule_reasons(decoded.bit_depth, decoded.pixel_size_um, reference, rescaled)
-    return measure(select_channels(decoded.array, metadata.spec), unit, reference), tuple(rules)
+    return measure(selected, unit, reference, ordered), tuple(rules)
 
 
 @contextmanager
@@ -233,9 +235,9 @@ def _check_padding(h: int, w: int, spec, size: str, source: str) -> None:
                                  "larger crop.")
 
 
-def _doubts(decoded: DecodedImage, metadata: ModelMetadata) -> tuple[str, ...]:
-    selected = select_channels(decoded.array, metadata.spec)
-    flat = flat_channels(selected, metadata.spec, decoded.pixel_size_um)
+def _doubts(selected: np.ndarray, pixel_size_um: float | None, metadata: ModelMetadata,
+            ordered: np.ndarray | None) -> tuple[str, ...]:
+    flat = flat_channels(selected, metadata.spec, pixel_size_um, ordered)
     if not flat:
         return ()
     which = "the image is" if len(flat) == selected.shape[2] else f"channel(s) {flat} of the model's input are"
