@@ -86,7 +86,7 @@ class Gate:
 
     def _reason(self, name: str, score: float, p: float, level: float) -> str:
         calibration = self.learned_calibration if name == LEARNED else self.check_calibration[name]
-        typical = float(np.median(calibration))
+        typical = _sorted_median(calibration)
         if name == LEARNED:
             return (f"learned OOD score ({self.learned_method}) {score:.3g} above the training images' (typical "
                     f"{typical:.3g}; p={p:.2g} <= {level:.2g}): its features are unlike the training data's")
@@ -102,6 +102,15 @@ class Gate:
                 out.append(f"{name} can never fire: {len(scores)} calibration scores, {need} needed at "
                            f"p <= {self.level(name):.2g}")
         return out
+
+
+def _sorted_median(ordered: np.ndarray) -> float:
+    """np.median of an already sorted array, without its sort (a flagged tile of a whole field asks
+    this for every reason it gives)."""
+    n, half = len(ordered), len(ordered) // 2
+    if not n:
+        return math.nan
+    return float(ordered[half]) if n % 2 else float((ordered[half - 1] + ordered[half]) / 2)
 
 
 def has_gate(metadata: ModelMetadata) -> bool:
