@@ -123,8 +123,38 @@ def _batch_rows(model: Model, chunk: list[str], loaded: list[tuple[PreparedInput
                 gate: Gate | None) -> list[dict]:
     """The rows of one batch; if the model (or anything after it) fails, that batch's rows say so and
     the run goes on: a provider error or out-of-memory late in a run costs one batch, not the run."""
+    return rows_from_outputs(model, chunk, loaded, gate, batch_outputs(model, loaded, gate))
+
+
+def batch_outputs(model: Model, loaded: list[tuple[PreparedInput | None, str]],
+                  gate: Gate | None) -> tuple[dict, np.ndarray | None] | Exception:
+    """The graph run of one batch's readable images: per-task probabilities and the learned OOD score
+    (None when the gate has none), or the exception that stopped it (``rows_from_outputs`` turns it into
+    the batch's error rows). Split from the rows so that qc builds one batch's rows while the session
+    runs the next (runtime/tiles.py)."""
     try:
-        return _predicted_rows(model, chunk, loaded, gate)
+        good = [x.tensor for x, _ in loaded if x is not None]
+        probs, ood = {}, None
+        if good and gate is not None and gate.learned_output:
+            probs, ood = model.predict_with_ood(np.stack(good))  # the learned score from the same graph run
+        elif good:
+            probs = model.predict(np.stack(good))
+        for task, p in probs.items():
+            if len(p) != len(good):
+                raise ValueError(f"{len(p)} {task} output row(s) for {len(good)} image(s)")
+        return probs, ood
+    except Exception as exc:
+        return exc
+
+
+def rows_from_outputs(model: Model, chunk: list[str], loaded: list[tuple[PreparedInput | None, str]],
+                      gate: Gate | None, outputs: tuple[dict, np.ndarray | None] | Exception) -> list[dict]:
+    """One batch's rows from ``batch_outputs``; every row an error row, naming the failure, when the
+    run (or building a row) failed."""
+    try:
+        if isinstance(outputs, Exception):
+            raise outputs
+        return _predicted_rows(model, chunk, loaded, gate, *outputs)
     except Exception as exc:
         failure = f"the model failed on this batch of {len(chunk)} image(s): {type(exc).__name__}: {exc}"
         return [error_row(path, reason or failure, model.metadata, prepared.notes if prepared else ())
@@ -132,16 +162,7 @@ def _batch_rows(model: Model, chunk: list[str], loaded: list[tuple[PreparedInput
 
 
 def _predicted_rows(model: Model, chunk: list[str], loaded: list[tuple[PreparedInput | None, str]],
-                    gate: Gate | None) -> list[dict]:
-    good = [x.tensor for x, _ in loaded if x is not None]
-    probs, ood = {}, None
-    if good and gate is not None and gate.learned_output:
-        probs, ood = model.predict_with_ood(np.stack(good))  # the learned score from the same graph run
-    elif good:
-        probs = model.predict(np.stack(good))
-    for task, p in probs.items():
-        if len(p) != len(good):
-            raise ValueError(f"{len(p)} {task} output row(s) for {len(good)} image(s)")
+                    gate: Gate | None, probs: dict, ood: np.ndarray | None) -> list[dict]:
     rows, k = [], 0
     for path, (prepared, reason) in zip(chunk, loaded):
         if prepared is None:
