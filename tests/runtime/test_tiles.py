@@ -173,3 +173,19 @@ def test_open_field_names_a_stack(tmp_path: Path) -> None:
     with pytest.raises(ImageError, match="planes"):
         with open_field(path):
             pass
+
+
+def test_the_scan_leaves_the_garbage_collector_as_it_found_it(tmp_path: Path, model) -> None:
+    import gc
+
+    path = tmp_path / "f.tif"
+    write_tiled_tiff(path, shapes_field(2, 2), None, tile=64)
+    assert gc.isenabled()
+    assert scan_field(model, str(path)).error == ""
+    assert gc.isenabled()  # paused for the scan only
+    gc.disable()
+    try:
+        scan_field(model, str(path / "missing.tif"))  # a failed scan restores it too
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

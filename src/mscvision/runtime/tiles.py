@@ -18,8 +18,10 @@ comes back with a ``doubt`` (its well goes to review).
 
 from __future__ import annotations
 
+import gc
 import math
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Callable, Iterator
@@ -78,7 +80,7 @@ def scan_field(model: Model, path: str, overlap_px: int = 0, min_foreground: flo
     """Every tile of one field through the model; never raises for a bad file (``error`` says why)."""
     scan = FieldScan(str(path), 0, 0, 0, 0, None, 0)
     try:
-        with open_field(path) as reader:
+        with open_field(path) as reader, _collector_paused():
             _describe(scan, reader, model.metadata, declared_pixel_size_um)
             try:
                 boxes = tile_grid(reader.height, reader.width, scan.tile_px, min(overlap_px, scan.tile_px - 1))
@@ -94,6 +96,21 @@ def scan_field(model: Model, path: str, overlap_px: int = 0, min_foreground: flo
     except Exception as exc:  # a decoder's surprise on one odd file must not end the lot; the image says what
         scan.error = f"unexpected {type(exc).__name__} while reading it: {exc}"
     return scan
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off for one field's scan, as it was afterwards. The scan keeps
+    every tile's result (tens of thousands of long-lived objects, no reference cycles), and each full
+    collection walks them all: ~2-3% of qc's time on a 5k field (measured, 4 alternating rounds).
+    Reference counting still frees everything that is dropped."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def _describe(scan: FieldScan, reader: FieldReader, metadata: ModelMetadata, declared: float | None) -> None:
