@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 from mscvision.core.conformal import p_value, smallest_p
-from mscvision.core.image_checks import (CHECKS, check_reason, fit_reference, full_scale, measure, measure_image,
-                                         rule_reasons)
+from mscvision.core.image_checks import (CHECKS, CHECKS_V1, check_reason, fit_reference, full_scale, measure,
+                                         measure_image, reference_checks, rule_reasons)
+from mscvision.core.image_shifts import fewer_photons, rescale
 from mscvision.core.preprocess import PreprocessSpec, to_unit_range
 from mscvision.synth.labels import build_donor, plan_labels
 from mscvision.synth.render import render_crop
@@ -70,12 +71,20 @@ def _crafted(name: str, x: np.ndarray) -> np.ndarray:
         return rng.integers(0, 256, x.shape).astype(np.uint8)
     if name == "exposure-shifted":  # half the exposure: percentile scaling hides it from the model's input
         return (x // 2).astype(np.uint8)
+    if name == "zoomed":  # objects 2x larger: a pixel size other than trained, not stated in the file
+        return rescale(x, 2.0, 255.0)
+    if name == "shrunk":  # objects 2x smaller
+        return rescale(x, 0.5, 255.0)
+    if name == "fewer-photons":  # shot noise of a 10x shorter exposure, brought back to the same brightness
+        return fewer_photons(x, 10.0, 255.0, rng)
     raise AssertionError(name)
 
 
 @pytest.mark.parametrize("name, check", [
     ("blurred", "focus_low"), ("noise", "focus_high"), ("saturated", "saturated"),
     ("zero-clipped", "zero_clipped"), ("blank", "empty"), ("exposure-shifted", "histogram"),
+    ("zoomed", "scale_profile"), ("shrunk", "scale_profile"),
+    ("fewer-photons", "noise_high"),
 ])
 def test_each_check_fires_on_its_crafted_image(fitted, name, check):
     _, scores, normal = fitted
@@ -143,3 +152,38 @@ def test_reasons_say_what_was_measured_against_what():
     text = check_reason("focus_low", -np.log(0.003), 0.001, -np.log(0.05))
     assert "focus 0.003 far below" in text and "0.05" in text and "p=0.001" in text
     assert "12.0% of pixels saturated" in check_reason("saturated", 0.12, 0.01, 0.0)
+    assert "another scale" in check_reason("scale_profile", 40.0, 0.001, 3.5)
+    assert "noise 4.00% of full scale" in check_reason("noise_high", 0.04, 0.001, 0.005)
+
+
+def test_a_version_1_reference_measures_its_six_checks_as_before(fitted):
+    """A model exported before the scale profile and noise checks: its reference (version 1) gets
+    the same six scores it was calibrated with, and nothing it has no calibration for."""
+    reference, _, normal = fitted
+    old = {k: v for k, v in reference.items() if k != "scale_profile"} | {"version": 1}
+    unit = to_unit_range(normal[0], SPEC)
+    now = measure(normal[0], unit, reference)
+    assert reference_checks(old) == CHECKS_V1 and reference_checks(reference) == CHECKS
+    assert measure(normal[0], unit, old) == {c: now[c] for c in CHECKS_V1}
+
+
+def test_the_scale_profile_needs_training_images_of_two_levels_and_a_window_as_large():
+    rng = np.random.default_rng(0)
+    tiny = fit_reference([rng.integers(0, 255, (3, 3)).astype(np.uint8) for _ in range(3)], [8])
+    assert "scale_profile" not in tiny and reference_checks(tiny) == tuple(c for c in CHECKS if c != "scale_profile")
+    reference = fit_reference([rng.integers(0, 255, (32, 32)).astype(np.uint8) for _ in range(5)], [8])
+    assert reference["scale_profile"]["levels"] == 3 and len(reference["scale_profile"]["mean"][0]) == 11
+    small = rng.integers(0, 255, (4, 4)).astype(np.uint8)  # 3 levels need 8 px: not measured, never "normal"
+    scores = measure(small, to_unit_range(small, SPEC), reference)
+    assert np.isnan(scores["scale_profile"]) and np.isfinite(scores["noise_high"])
+    constant = np.full((32, 32), 40, np.uint8)  # no structure at all: finite, far from any training image
+    scores = measure(constant, to_unit_range(constant, SPEC), reference)
+    assert np.isfinite(scores["scale_profile"]) and scores["noise_high"] == 0.0
+
+
+def test_noise_high_is_the_finest_scales_noise_sigma_as_a_share_of_full_scale():
+    rng = np.random.default_rng(1)
+    reference = fit_reference([np.full((64, 64), 100, np.uint8)], [8])
+    noisy = np.clip(np.round(100 + rng.normal(0, 10, (256, 256))), 0, 255).astype(np.uint8)
+    sigma = measure(noisy, to_unit_range(noisy, SPEC), reference)["noise_high"] * 255
+    assert sigma == pytest.approx(10, rel=0.05)

@@ -20,7 +20,7 @@ import pytest
 from mscvision.cli import main
 from mscvision.core.conformal import ALPHA_SHARING
 from mscvision.core.errors import ModelError
-from mscvision.core.image_checks import CHECKS, fit_reference, measure_image
+from mscvision.core.image_checks import CHECKS, CHECKS_V1, fit_reference, measure_image
 from mscvision.core.imageio import write_image
 from mscvision.runtime import predict
 from mscvision.runtime.gate import NO_GATE, NOT_TO_BE_USED, load_gate
@@ -145,7 +145,8 @@ def test_info_shows_the_gate(gated, capsys):
     assert main(["info", str(gated)]) == 0
     out = capsys.readouterr().out
     assert "OOD gate     alpha 0.05" in out and "bonferroni" in out
-    assert "focus_low, focus_high, saturated, zero_clipped, empty, histogram; 200 calibration images" in out
+    assert ("focus_low, focus_high, saturated, zero_clipped, empty, histogram, scale_profile, noise_high; "
+            "200 calibration images") in out
     assert "warning" not in out
 
 
@@ -153,7 +154,7 @@ def test_a_check_that_cannot_fire_is_warned_about(ood_block, tmp_path, capsys):
     block = copy.deepcopy(ood_block)
     block["image_checks"]["calibration_scores"] = {c: v[:50] for c, v in block["image_checks"]["calibration_scores"].items()}
     assert main(["info", str(with_metadata(_with_ood(block), tmp_path / "few.onnx"))]) == 0
-    assert "focus_low can never fire: 50 calibration scores, 119 needed" in capsys.readouterr().out
+    assert "focus_low can never fire: 50 calibration scores, 159 needed" in capsys.readouterr().out
 
 
 def test_an_image_whose_checks_were_not_measured_is_flagged(gated):
@@ -214,6 +215,10 @@ def test_a_learned_gate_on_a_graph_without_its_output_is_refused(ood_block, tmp_
     (lambda b: b.pop("image_checks"), "neither a learned score nor image checks"),
     (lambda b: b["image_checks"]["reference"].update(channels=3), "the model reads 1"),
     (lambda b: b["image_checks"]["reference"].pop("histogram_mean"), "needs histogram_mean"),
+    (lambda b: b["image_checks"]["reference"].update(version=3), "version 3"),
+    (lambda b: b["image_checks"]["reference"]["scale_profile"].update(levels=1), "needs scale_profile"),
+    (lambda b: b["image_checks"]["reference"]["scale_profile"]["mean"][0].pop(), "needs scale_profile"),
+    (lambda b: b["image_checks"]["reference"].update(version=1), "does not measure them"),
 ])
 def test_an_unusable_gate_refuses_the_model(ood_block, tmp_path, edit, says):
     block = copy.deepcopy(ood_block)
@@ -254,3 +259,21 @@ def test_an_unmeasured_score_flags_even_when_its_calibration_set_is_too_small_to
     warnings = station_warnings(metadata)
     assert any("can never fire" in line for line in warnings)
     assert any("no certified review threshold" in line for line in warnings)  # the fixture states none
+
+
+def test_a_model_exported_with_the_six_checks_of_reference_version_1_still_gates(ood_block, crafted, tmp_path):
+    """Before the scale profile and noise checks: a version 1 reference and six calibrated checks.
+    It loads, the station measures those six only, alpha is shared over them, and it still flags."""
+    block = copy.deepcopy(ood_block)
+    reference = block["image_checks"]["reference"]
+    reference.pop("scale_profile")
+    reference["version"] = 1
+    block["image_checks"]["calibration_scores"] = {c: block["image_checks"]["calibration_scores"][c] for c in CHECKS_V1}
+    path = with_metadata(_with_ood(block), tmp_path / "v1.onnx")
+    gate = load_gate(load_model(path, threads=1).metadata)
+    assert list(gate.check_calibration) == list(CHECKS_V1) and gate.level("focus_low") == pytest.approx(0.05 / 6)
+    out = tmp_path / "rows.csv"
+    main(["predict", "--threads", "1", str(path), str(crafted["noise"]), "--out", str(out)])
+    [row] = _rows(out)
+    assert row["gate"] == "flagged" and "focus" in row["reason"]
+    assert "structure across scales" not in row["reason"] and "of full scale, far above" not in row["reason"]

@@ -3,10 +3,10 @@ silent label (issue 16).
 
 The model's metadata carries it under ``"ood"`` (written at export):
 
-    {"learned": {"method": "knn" | "mahalanobis", "output": "ood.score",
+    {"learned": {"method": "mahalanobis_energy" | "mahalanobis" | "knn", "output": "ood.score",
                  "calibration_scores": [...], "fitted_on": "..."},          # absent: no learned score
-     "image_checks": {"reference": core.image_checks.fit_reference(...),
-                      "calibration_scores": {CHECK: [...]}},
+     "image_checks": {"reference": core.image_checks.fit_reference(...),   # version 1 or 2
+                      "calibration_scores": {CHECK: [...]}},   # the checks its version measures
      "alpha": 0.05, "alpha_sharing": "..."}
 
 Calibration scores are those of held-out in-distribution images (never trained on). Each score of
@@ -30,7 +30,7 @@ import numpy as np
 
 from mscvision.core.conformal import (ALPHA_SHARING, GateDecision, bonferroni_shares, calibration_needed, combine,
                                       p_value_sorted)
-from mscvision.core.image_checks import CHECKS, REFERENCE_VERSION, check_reason
+from mscvision.core.image_checks import CHECKS, READABLE_VERSIONS, check_reason, reference_checks
 from mscvision.runtime.metadata import ModelMetadata
 
 OOD_KEY = "ood"
@@ -170,6 +170,15 @@ def _reference_problem(reference: dict, channels: int) -> str:
             return f"needs {key} as {channels} non-empty list(s)"
     if not isinstance(reference.get("full_scale"), dict):
         return "needs full_scale as an object (bit depth -> value)"
+    profile = reference.get("scale_profile")
+    if profile is not None:
+        levels = profile.get("levels") if isinstance(profile, dict) else None
+        size = 4 * levels - 1 if isinstance(levels, int) and levels >= 2 else None
+        means, whitenings = (profile.get("mean"), profile.get("whitening")) if size else (None, None)
+        if not (isinstance(means, list) and isinstance(whitenings, list) and len(means) == len(whitenings) == channels
+                and all(np.shape(m) == (size,) for m in means) and all(np.shape(w) == (size, size) for w in whitenings)):
+            return ("needs scale_profile as levels (>= 2), and per channel a mean of 4 * levels - 1 numbers and a "
+                    "square whitening matrix of that size")
     return ""
 
 
@@ -196,13 +205,17 @@ def _image_checks(block: object) -> tuple[dict | None, dict[str, np.ndarray]]:
             or not isinstance(block.get("calibration_scores"), dict):
         raise GateMalformed("image_checks needs a 'reference' object and a 'calibration_scores' object")
     reference = block["reference"]
-    if reference.get("version") != REFERENCE_VERSION:
-        raise GateMalformed(f"image_checks.reference version {reference.get('version')!r} is not "
-                            f"{REFERENCE_VERSION}, the one this mscvision measures")
+    if reference.get("version") not in READABLE_VERSIONS:
+        raise GateMalformed(f"image_checks.reference version {reference.get('version')!r} is not one this "
+                            f"mscvision measures ({', '.join(map(str, READABLE_VERSIONS))})")
     unknown = sorted(set(block["calibration_scores"]) - set(CHECKS))
     if unknown:
         raise GateMalformed(f"image check(s) {unknown} are not ones this mscvision measures ({', '.join(CHECKS)}); "
                             "install the mscvision version that exported the model")
+    unmeasured = sorted(set(block["calibration_scores"]) - set(reference_checks(reference)))
+    if unmeasured:
+        raise GateMalformed(f"image check(s) {unmeasured} are calibrated but its reference (version "
+                            f"{reference.get('version')}) does not measure them")
     calibration = {name: _scores(scores, f"image_checks.calibration_scores.{name}")
                    for name, scores in block["calibration_scores"].items()}
     return reference, calibration

@@ -21,8 +21,8 @@ beyond every calibration image of score k gets q_k = 1 / ((n_k + 1) w_k) from it
 from k; about one in n_k + 1 of the in-distribution images does the same (exchangeability), so a
 source that score k alone catches, however clearly, ties with them: its combined AUROC is at most
 ``combined_auroc_ceiling[k]``, the AUROC of q_k against the in-distribution q (~0.99 for an image
-check with 300 calibration images beside five others; higher for the learned score, whose share is
-larger). A larger calibration set raises it.
+check with 500 calibration images beside seven others, which need 319 each to fire at all; higher
+for the learned score, whose share is larger). A larger calibration set raises it.
 
 Error rows (an image the station refused: wrong size, channels, unreadable) have no scores: they are
 counted per source (``n_error``) and left out of the figures; they never get a label either.
