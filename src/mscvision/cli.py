@@ -47,7 +47,7 @@ def _add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=0, help="onnxruntime threads for the parity check")
     parser.add_argument("--parity-images", type=int, default=1024, help="most held-out images to check")
     parser.add_argument("--calibration-images", type=int, default=256, help="training images for int8")
-    parser.add_argument("--ood-method", choices=("knn", "mahalanobis"), default=None,
+    parser.add_argument("--ood-method", choices=("knn", "mahalanobis", "mahalanobis_energy"), default=None,
                         help="the learned OOD score inside the graph (default: the run's ood.method)")
 
 

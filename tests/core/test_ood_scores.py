@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mscvision.core.ood_scores import knn_score, l2_normalise, mahalanobis_score, score_spread
+from mscvision.core.ood_scores import (energy_score, knn_score, l2_normalise, mahalanobis_energy_score,
+                                      mahalanobis_score, score_spread)
 
 
 def test_knn_score_is_one_minus_the_kth_cosine_similarity():
@@ -33,3 +34,21 @@ def test_mahalanobis_score_is_the_distance_to_the_nearest_mean():
 def test_score_spread_is_the_5_to_95_percentile_range():
     assert score_spread(np.arange(101.0)) == pytest.approx(90.0)
     assert score_spread(np.ones(10)) == pytest.approx(1e-12)  # never zero: tolerances are multiples of it
+
+
+def test_energy_score_is_minus_logsumexp_and_stays_finite_for_large_logits():
+    logits = np.array([[0.0, 0.0], [1000.0, 1000.0], [5.0, -5.0]], np.float32)
+    expected = [-np.log(2.0), -(1000.0 + np.log(2.0)), -(5.0 + np.log1p(np.exp(-10.0)))]
+    np.testing.assert_allclose(energy_score(logits), expected, rtol=1e-6)
+
+
+def test_mahalanobis_energy_score_sums_the_two_standardised_scores():
+    means = np.array([[0.0, 0.0], [3.0, 4.0]], np.float32)
+    features = np.array([[0.6, 0.8], [3.0, 4.0]], np.float32)
+    weight_t, bias = np.array([[1.0, -1.0], [0.0, 2.0]], np.float32), np.array([0.5, 0.0], np.float32)
+    standardise = np.array([1.0, 2.0, -3.0, 0.5], np.float32)
+    distance = mahalanobis_score(features, means, np.eye(2))  # 1 and 0
+    energy = energy_score(features @ weight_t + bias)
+    expected = (distance - 1.0) / 2.0 + (energy + 3.0) / 0.5
+    np.testing.assert_allclose(mahalanobis_energy_score(features, means, np.eye(2), weight_t, bias, standardise),
+                               expected, rtol=1e-6)

@@ -3,8 +3,8 @@ reference on the graph's own ``features``, its statistics travel inside the one 
 carries this file's calibration scores, int8 keeps the score in float and within its gate, verify
 checks it, and a run without a val split gets no learned gate and says so.
 
-Tiny shapes runs: one plain (kNN, with int8), one with TTA inside the graph (Mahalanobis), one
-without a val split.
+Tiny shapes runs: one plain (kNN, with int8; and the default Mahalanobis + energy), one with TTA
+inside the graph (Mahalanobis), one without a val split.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ onnx = pytest.importorskip("onnx")
 
 from conftest import train_tiny_ema_run  # noqa: E402
 from mscvision.cli import main  # noqa: E402
-from mscvision.core.ood_scores import knn_score, mahalanobis_score  # noqa: E402
+from mscvision.core.ood_scores import knn_score, mahalanobis_energy_score, mahalanobis_score  # noqa: E402
 from mscvision.runtime.inputs import load_input  # noqa: E402
 from mscvision.runtime.metadata import OOD_OUTPUT  # noqa: E402
 from mscvision.runtime.model import load_model  # noqa: E402
@@ -46,7 +46,15 @@ def mahalanobis_tta(tmp_path_factory) -> Path:
     from mscvision.export import export_run
 
     run = train_tiny_ema_run(tmp_path_factory.mktemp("tta"), "trainer.tta=true", "export.tta=true", epochs=2)
-    return export_run(run.run_dir, tmp_path_factory.mktemp("maha") / "maha.onnx", threads=1)
+    return export_run(run.run_dir, tmp_path_factory.mktemp("maha") / "maha.onnx", threads=1,
+                      ood_method="mahalanobis")
+
+
+@pytest.fixture(scope="module")
+def mahalanobis_energy(trained, tmp_path_factory) -> Path:
+    from mscvision.export import export_run
+
+    return export_run(trained.run_dir, tmp_path_factory.mktemp("maha_energy") / "me.onnx", threads=1)
 
 
 def _split_paths(run_dir: Path, *splits: str) -> list[str]:
@@ -80,7 +88,7 @@ def test_mahalanobis_score_of_a_tta_graph_equals_the_numpy_reference(mahalanobis
     """Under TTA the head reads the view-mean features, which is what the features output reports."""
     model = load_model(mahalanobis_tta, threads=1)
     learned = model.metadata.raw["ood"]["learned"]
-    assert learned["method"] == "mahalanobis" and learned["task"] == "shape"  # the default method, the first task
+    assert learned["method"] == "mahalanobis" and learned["task"] == "shape"  # the first task
     assert "8 dihedral views" in learned["features"]
     assert model.metadata.raw["test_time_augmentation"]
     run_dir = Path(model.metadata.raw["provenance"]["run_dir"])
@@ -95,6 +103,28 @@ def test_mahalanobis_score_of_a_tta_graph_equals_the_numpy_reference(mahalanobis
     precision = whitening.astype(np.float64) @ whitening.T
     assert np.allclose(precision, precision.T, atol=1e-6 * np.abs(precision).max())
     assert np.linalg.eigvalsh(precision).min() > 0
+
+
+def test_mahalanobis_energy_score_of_the_graph_equals_the_numpy_reference(trained, mahalanobis_energy):
+    """The default score: the standardised distance plus the standardised energy of the first task's
+    logits, computed by the head from the features with a copy of that task's linear layer."""
+    model = load_model(mahalanobis_energy, threads=1)
+    learned = model.metadata.raw["ood"]["learned"]
+    assert learned["method"] == "mahalanobis_energy" and learned["task"] == "shape"  # the default, first task
+    paths = _split_paths(trained.run_dir, "test", "val")
+    x = np.stack([load_input(p, model.metadata) for p in paths])
+    features, score, logits = model.session.run(["features", OOD_OUTPUT, "logits.shape"], {"input": x})
+    stored = _initialisers(mahalanobis_energy)
+    whitening, weight_t = stored["ood.whitening"], stored["ood.head_weight_t"]
+    bias = stored["net.heads.shape.bias"]  # the exporter keeps one copy of the head's bias for both uses
+    means = next(v for v in stored.values() if v.ndim == 3 and v.shape[2] == len(whitening)).reshape(-1, len(whitening))
+    np.testing.assert_allclose(features @ weight_t + bias, logits, atol=1e-4)  # the graph's own head, copied
+    # the four standardisation constants are folded into the graph's arithmetic; the metadata states them
+    reference = mahalanobis_energy_score(features, means, whitening, weight_t, bias, learned["standardise"])
+    np.testing.assert_allclose(score, reference, rtol=1e-5, atol=2e-5)
+    # each half moves the score: neither the distance nor the energy alone reproduces it
+    assert not np.allclose(score, (mahalanobis_score(features, means, whitening) - learned["standardise"][0])
+                           / learned["standardise"][1], atol=1e-3)
 
 
 def test_the_bank_is_inside_the_one_file(knn):

@@ -3,7 +3,7 @@
 An exported model computes its score itself, inside the graph (``export/ood.py`` appends it as the
 output ``ood.score``, float32 (N,), higher = more unusual). These are the reference definitions of
 the same numbers, from the graph's ``features`` output and the statistics stored in the file, so a
-station or a test can recompute what the graph says. Both keep the graph's arithmetic order.
+station or a test can recompute what the graph says. Each keeps the graph's arithmetic order.
 """
 
 from __future__ import annotations
@@ -47,3 +47,24 @@ def mahalanobis_score(features: np.ndarray, whitened_means: np.ndarray, whitenin
     z = np.asarray(features, np.float32) @ np.asarray(whitening, np.float32)
     squared = ((z[:, None, :] - np.asarray(whitened_means, np.float32)[None]) ** 2).sum(axis=2)
     return np.sqrt(squared.min(axis=1)).astype(np.float32)
+
+
+def energy_score(logits: np.ndarray) -> np.ndarray:
+    """The negative free energy of the logits (Liu et al. 2020), -logsumexp over the classes, written
+    as the max plus the log of the shifted exponentials' sum: higher = less mass = more unusual."""
+    z = np.asarray(logits, np.float32)
+    top = z.max(axis=1)
+    return -(top + np.log(np.exp(z - top[:, None]).sum(axis=1))).astype(np.float32)
+
+
+def mahalanobis_energy_score(features: np.ndarray, whitened_means: np.ndarray, whitening: np.ndarray,
+                             head_weight_t: np.ndarray, head_bias: np.ndarray, standardise: np.ndarray) -> np.ndarray:
+    """The Mahalanobis distance (``mahalanobis_score``) and the energy of the first task's logits
+    (``features @ head_weight_t + head_bias``: the graph's own linear head), each standardised by the
+    training images' mean and standard deviation (``standardise`` = [distance mean, distance sd,
+    energy mean, energy sd]), summed: the feature-space distance sees images far from every class,
+    the energy images the classifier has no class for (near-OOD: a phenotype absent from training)."""
+    distance = mahalanobis_score(features, whitened_means, whitening)
+    logits = np.asarray(features, np.float32) @ np.asarray(head_weight_t, np.float32) + np.asarray(head_bias, np.float32)
+    s = np.asarray(standardise, np.float32)
+    return ((distance - s[0]) / s[1] + (energy_score(logits) - s[2]) / s[3]).astype(np.float32)

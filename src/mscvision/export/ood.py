@@ -19,6 +19,13 @@ reference. Higher = more unusual.
   1 − the k-th largest cosine similarity to the L2-normalised bank (MatMul, then TopK).
 - ``mahalanobis`` (Lee et al. 2018): the smallest Mahalanobis distance to a class mean of the first
   task, one covariance shared by the classes, ridge-regularised (``RIDGE``).
+- ``mahalanobis_energy`` (the default): that distance plus the energy score of the first task's
+  logits (Liu et al. 2020: -logsumexp, from the graph's own linear head applied to the features),
+  each standardised by its mean and standard deviation over the bank. Measured on the MitoCheck
+  model with ADCCM, Folded and Grape held out (README): AUROC 0.820 on those classes against 0.766
+  for the distance alone, 0.782 for the relative Mahalanobis distance (Ren et al. 2021) and 0.802
+  for kNN (k = 10); the distance sees images far from every class (photographs, synthetic fields),
+  the energy the ones the classifier has no class for.
 """
 
 from __future__ import annotations
@@ -31,7 +38,8 @@ from torch import nn
 
 from mscvision.core.image_checks import fit_reference, measure_image
 from mscvision.core.imageio import decode_image
-from mscvision.core.ood_scores import NORM_EPS, knn_score, l2_normalise, mahalanobis_score
+from mscvision.core.ood_scores import (NORM_EPS, energy_score, knn_score, l2_normalise, mahalanobis_energy_score,
+                                      mahalanobis_score)
 from mscvision.core.preprocess import PreprocessSpec, select_channels
 from mscvision.core.tasks import IGNORE_INDEX, Task
 from mscvision.export.samples import Samples, load_samples
@@ -85,6 +93,30 @@ class MahalanobisScore(nn.Module):
         return mahalanobis_score(features, self.whitened_means.numpy(), self.whitening.numpy())
 
 
+class MahalanobisEnergyScore(MahalanobisScore):
+    """features (N, D) → the standardised Mahalanobis distance plus the standardised energy of the
+    first task's logits, f Wₕᵀ + b (its linear head's weights, copied), shape (N,)."""
+
+    def __init__(self, whitening: np.ndarray, whitened_means: np.ndarray, head_weight: np.ndarray,
+                 head_bias: np.ndarray, standardise: np.ndarray):
+        super().__init__(whitening, whitened_means)
+        self.register_buffer("head_weight_t", torch.from_numpy(np.ascontiguousarray(head_weight.T, np.float32)))
+        self.register_buffer("head_bias", torch.from_numpy(np.asarray(head_bias, np.float32)))
+        self.register_buffer("standardise", torch.from_numpy(np.asarray(standardise, np.float32)))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        distance = super().forward(features)
+        logits = features @ self.head_weight_t + self.head_bias
+        top = logits.amax(dim=1, keepdim=True)  # energy_score's arithmetic: max + log sum exp(z - max)
+        energy = -(top.squeeze(1) + torch.log(torch.exp(logits - top).sum(dim=1)))
+        s = self.standardise
+        return (distance - s[0]) / s[1] + (energy - s[2]) / s[3]
+
+    def reference(self, features: np.ndarray) -> np.ndarray:
+        return mahalanobis_energy_score(features, self.whitened_means.numpy(), self.whitening.numpy(),
+                                        self.head_weight_t.numpy(), self.head_bias.numpy(), self.standardise.numpy())
+
+
 @dataclass
 class LearnedOod:
     """A fitted score head, what the metadata says of it, and the images to calibrate it on."""
@@ -115,13 +147,14 @@ def fit_learned(deploy: nn.Module, rows: list[dict], tasks: list[Task], spec: Pr
                              f"at most {MAX_BANK_IMAGES}); calibration: val split, {len(calibration)} images "
                              "(groups never trained on), scored by this graph",
                 "reference": f"mscvision.core.ood_scores.{method}_score"}
-    head, parameters = _score_head(method, features, bank, tasks[0], k)
+    head, parameters = _score_head(method, features, bank, tasks[0], k, deploy)
     settings.update(parameters)
     log(f"learned OOD score: {method} on {len(bank)} training images, calibrated on {len(calibration)} val images")
     return LearnedOod(head, settings, calibration, bank.paths, bank.bit_depths)
 
 
-def _score_head(method: str, features: np.ndarray, bank: Samples, task: Task, k: int) -> tuple[nn.Module, dict]:
+def _score_head(method: str, features: np.ndarray, bank: Samples, task: Task, k: int,
+                deploy: nn.Module) -> tuple[nn.Module, dict]:
     """The head for ``method`` and its parameters, as the metadata states them."""
     if method == "knn":
         used_k = min(k, len(bank))
@@ -129,9 +162,22 @@ def _score_head(method: str, features: np.ndarray, bank: Samples, task: Task, k:
             "k": used_k, "k_configured": k, "bank_size": len(bank), "similarity": "cosine (L2-normalised features)",
             "score": "1 - the k-th largest cosine similarity to the bank (Sun et al. 2022)"}
     head, classes = mahalanobis_head(features, bank.targets[task.name], RIDGE)
-    return head, {"task": task.name, "classes": [task.classes[c] for c in classes], "ridge": RIDGE,
+    parameters = {"task": task.name, "classes": [task.classes[c] for c in classes], "ridge": RIDGE,
                   "bank_size": len(bank), "score": "min over the classes of the Mahalanobis distance, one shared "
                                                    "covariance + ridge * its mean eigenvalue (Lee et al. 2018)"}
+    if method == "mahalanobis":
+        return head, parameters
+    linear = deploy.net.heads[task.name]
+    weight, bias = linear.weight.detach().cpu().numpy().copy(), linear.bias.detach().cpu().numpy().copy()
+    distance = head.reference(features).astype(np.float64)
+    energy = energy_score(features.astype(np.float32) @ weight.T.astype(np.float32) + bias).astype(np.float64)
+    standardise = np.array([distance.mean(), max(distance.std(), 1e-6), energy.mean(), max(energy.std(), 1e-6)])
+    combined = MahalanobisEnergyScore(head.whitening.numpy(), head.whitened_means.numpy(), weight, bias, standardise)
+    return combined, {**parameters, "standardise": [float(v) for v in standardise],
+                      "score": "(d - mean d) / sd d + (e - mean e) / sd e: d the smallest Mahalanobis distance to a "
+                               "class mean (one shared covariance + ridge * its mean eigenvalue, Lee et al. 2018), "
+                               "e = -logsumexp of the task's logits (energy, Liu et al. 2020); means and sds over "
+                               "the bank"}
 
 
 def mahalanobis_head(features: np.ndarray, labels: np.ndarray, ridge: float) -> tuple[MahalanobisScore, list[int]]:
