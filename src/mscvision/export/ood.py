@@ -105,10 +105,16 @@ class MahalanobisEnergyScore(MahalanobisScore):
         self.register_buffer("standardise", torch.from_numpy(np.asarray(standardise, np.float32)))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        distance = super().forward(features)
+        # the parent's arithmetic, with the minimum and the maximum as TopK (k = 1) and the (N, 1)
+        # results summed over their one column: onnxruntime's symbolic shape inference (run by int8
+        # quantisation) loses the shape of ReduceMin / ReduceMax outputs (opset 18) when later
+        # arithmetic reads them, as it does here
+        z = features @ self.whitening
+        squared = (z.unsqueeze(1) - self.whitened_means.unsqueeze(0)).pow(2).sum(dim=2)
+        distance = torch.topk(squared, 1, dim=1, largest=False).values.sum(dim=1).sqrt()
         logits = features @ self.head_weight_t + self.head_bias
-        top = logits.amax(dim=1, keepdim=True)  # energy_score's arithmetic: max + log sum exp(z - max)
-        energy = -(top.squeeze(1) + torch.log(torch.exp(logits - top).sum(dim=1)))
+        top = torch.topk(logits, 1, dim=1).values  # energy_score's arithmetic: max + log sum exp(z - max)
+        energy = -(top + torch.log(torch.exp(logits - top).sum(dim=1, keepdim=True))).sum(dim=1)
         s = self.standardise
         return (distance - s[0]) / s[1] + (energy - s[2]) / s[3]
 
