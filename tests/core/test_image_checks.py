@@ -187,3 +187,13 @@ def test_noise_high_is_the_finest_scales_noise_sigma_as_a_share_of_full_scale():
     noisy = np.clip(np.round(100 + rng.normal(0, 10, (256, 256))), 0, 255).astype(np.uint8)
     sigma = measure(noisy, to_unit_range(noisy, SPEC), reference)["noise_high"] * 255
     assert sigma == pytest.approx(10, rel=0.05)
+
+
+def test_value_shares_leave_nan_out_of_every_share_but_count_it_in_the_whole():
+    # the shares as counting levels gave them (NaN is neither saturated nor clipped), from sorted values
+    from mscvision.core.image_checks import _Values
+
+    values = _Values(np.sort(np.array([0.2, np.nan, 1.0, 0.0, np.nan, 0.5])))
+    assert values.share_at_least(1.0) == pytest.approx(1 / 6)
+    assert values.share_at_most(0.0) == pytest.approx(1 / 6)
+    assert values.share_at_least(0.0) == pytest.approx(4 / 6)

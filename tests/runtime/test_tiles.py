@@ -189,3 +189,36 @@ def test_the_scan_leaves_the_garbage_collector_as_it_found_it(tmp_path: Path, mo
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+def test_a_failed_batch_leaves_nothing_for_the_paused_collector(model) -> None:
+    """qc pauses the cyclic collector for a field: a batch whose session run fails must not keep its
+    tensors alive through an exception-traceback cycle (a session failing every batch, e.g. out of
+    memory, would otherwise hold every batch until the field ends)."""
+    import gc
+    import weakref
+
+    from mscvision.runtime.inputs import PreparedInput
+    from mscvision.runtime.predict import batch_outputs, rows_from_outputs
+
+    seen = []
+
+    class FailingSession:
+        metadata = model.metadata
+
+        def predict(self, batch):
+            seen.append(weakref.ref(batch))
+            raise MemoryError("out of memory")
+
+    side = model.metadata.spec.size
+    loaded = [(PreparedInput(np.zeros((1, *side), np.float32)), "") for _ in range(4)]
+    gc.disable()
+    try:
+        outputs = batch_outputs(FailingSession(), loaded, None)
+        rows = rows_from_outputs(FailingSession(), [f"t{i}" for i in range(4)], loaded, None, outputs)
+        del outputs
+        assert seen and seen[0]() is None, "the failed batch is still held: only the cyclic collector frees it"
+    finally:
+        gc.enable()
+    assert [r["status"] for r in rows] == ["error"] * 4
+    assert "MemoryError: out of memory" in rows[0]["reason"]

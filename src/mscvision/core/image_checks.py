@@ -273,7 +273,8 @@ class _Values:
     levels: np.ndarray  # ascending (NaN last, as np.sort puts it)
 
     def share_at_least(self, level: float) -> float:
-        return float((len(self.levels) - np.searchsorted(self.levels, level, side="left")) / len(self.levels))
+        numbers = np.searchsorted(self.levels, np.inf, side="right")  # NaN (sorted last) is at least nothing
+        return float((numbers - np.searchsorted(self.levels, level, side="left")) / len(self.levels))
 
     def share_at_most(self, level: float) -> float:
         return float(np.searchsorted(self.levels, level, side="right") / len(self.levels))

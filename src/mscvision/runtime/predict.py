@@ -144,21 +144,28 @@ def batch_outputs(model: Model, loaded: list[tuple[PreparedInput | None, str]],
                 raise ValueError(f"{len(p)} {task} output row(s) for {len(good)} image(s)")
         return probs, ood
     except Exception as exc:
-        return exc
+        # without its traceback: the frames it holds (this batch's tensors) would form a cycle with it,
+        # which only the cyclic collector frees, and qc pauses that collector for a whole field
+        return exc.with_traceback(None)
 
 
 def rows_from_outputs(model: Model, chunk: list[str], loaded: list[tuple[PreparedInput | None, str]],
                       gate: Gate | None, outputs: tuple[dict, np.ndarray | None] | Exception) -> list[dict]:
     """One batch's rows from ``batch_outputs``; every row an error row, naming the failure, when the
     run (or building a row) failed."""
+    if isinstance(outputs, Exception):
+        return _failed_rows(model, chunk, loaded, outputs)
     try:
-        if isinstance(outputs, Exception):
-            raise outputs
         return _predicted_rows(model, chunk, loaded, gate, *outputs)
     except Exception as exc:
-        failure = f"the model failed on this batch of {len(chunk)} image(s): {type(exc).__name__}: {exc}"
-        return [error_row(path, reason or failure, model.metadata, prepared.notes if prepared else ())
-                for path, (prepared, reason) in zip(chunk, loaded)]
+        return _failed_rows(model, chunk, loaded, exc)
+
+
+def _failed_rows(model: Model, chunk: list[str], loaded: list[tuple[PreparedInput | None, str]],
+                 exc: Exception) -> list[dict]:
+    failure = f"the model failed on this batch of {len(chunk)} image(s): {type(exc).__name__}: {exc}"
+    return [error_row(path, reason or failure, model.metadata, prepared.notes if prepared else ())
+            for path, (prepared, reason) in zip(chunk, loaded)]
 
 
 def _predicted_rows(model: Model, chunk: list[str], loaded: list[tuple[PreparedInput | None, str]],
