@@ -128,7 +128,7 @@ def write_curve(out: Path, points: list[dict], total: float, result, args, basel
     write_json_atomic(out / "curve.json", {
         "command": "python scripts/time_to_accuracy.py " + " ".join(
             [*(f"--config {c}" for c in args.config), *args.overrides]),
-        "run_dir": str(result.run_dir), "minutes_to_exported_and_evaluated_model": round(total, 2),
+        "run_dir": str(result.run_dir), "minutes_to_exported_and_evaluated_model": round(total, 3),
         "baseline": str(args.baseline) if args.baseline else None,
         "selected_checkpoint_test_balanced_accuracy": test, "points": points})
     write_text_atomic(out / "curve.svg", chart(json.loads((out / "curve.json").read_text(encoding="utf-8")), baseline))
