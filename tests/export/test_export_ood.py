@@ -282,3 +282,32 @@ def test_the_station_scores_a_blank_frame_beyond_every_calibration_image(trained
         rows = {Path(r["path"]).name: r for r in csv.DictReader(f)}
     assert float(rows["blank.png"]["gate.p"]) == pytest.approx(1 / 19, rel=1e-4)
     assert {r["gate"] for r in rows.values()} == {"pass"}  # a gate, not "none"
+
+
+def test_a_calibration_image_too_small_for_a_check_leaves_the_gate_loadable(tmp_path):
+    # the scale profile of an image smaller than its Haar pyramid is NaN: that score is left out of the
+    # calibration (the station flags such an image as unmeasured), not stored to make the gate unloadable
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from mscvision.core.preprocess import PreprocessSpec
+    from mscvision.export.ood import image_checks_block
+    from mscvision.runtime.gate import gate_from_block
+
+    rng = np.random.default_rng(0)
+
+    def png(name: str, side: int) -> str:
+        path = tmp_path / name
+        Image.fromarray(rng.integers(20, 230, (side, side), dtype=np.uint8)).save(path)
+        return str(path)
+
+    bank = [png(f"bank{i}.png", 64) for i in range(6)]
+    calibration = [png(f"val{i}.png", 64) for i in range(5)] + [png("tiny.png", 3)]
+    learned = SimpleNamespace(bank_paths=bank, bank_bit_depths=(8,), calibration=SimpleNamespace(paths=calibration))
+    block = image_checks_block(learned, PreprocessSpec(in_channels=1, size=(32, 32)))
+    scores = block["calibration_scores"]
+    assert len(scores["scale_profile"]) == 5 and len(scores["histogram"]) == 6
+    assert all(np.isfinite(v) for values in scores.values() for v in values)
+    gate = gate_from_block({"image_checks": block, "alpha": 0.05})
+    assert gate is not None and "scale_profile" in gate.check_calibration

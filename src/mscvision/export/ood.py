@@ -30,6 +30,7 @@ reference. Higher = more unusual.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -254,5 +255,9 @@ def image_checks_block(learned: LearnedOod, spec: PreprocessSpec) -> dict:
     for path in learned.calibration.paths:
         decoded = decode_image(path)
         for check, value in measure_image(decoded.array, spec, decoded.pixel_size_um, reference, path).items():
-            scores.setdefault(check, []).append(float(value))
+            # a score a calibration image cannot give (NaN: e.g. the scale profile of an image smaller
+            # than its pyramid) is left out, not stored: the station flags such an image as unmeasured
+            # anyway, and one NaN among the scores would make the whole gate unloadable
+            if math.isfinite(value):
+                scores.setdefault(check, []).append(float(value))
     return {"reference": reference, "calibration_scores": scores}
