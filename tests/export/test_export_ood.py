@@ -311,3 +311,13 @@ def test_a_calibration_image_too_small_for_a_check_leaves_the_gate_loadable(tmp_
     assert all(np.isfinite(v) for values in scores.values() for v in values)
     gate = gate_from_block({"image_checks": block, "alpha": 0.05})
     assert gate is not None and "scale_profile" in gate.check_calibration
+
+
+def test_export_says_which_gate_scores_can_never_fire(trained, tmp_path):
+    # the tiny run's val split is far below the ~319 calibration images a check needs at alpha/16
+    from mscvision.export import export_run
+
+    lines: list[str] = []
+    export_run(trained.run_dir, tmp_path / "small-val.onnx", threads=1, log=lines.append)
+    warned = [line for line in lines if line.startswith("warning: OOD gate:")]
+    assert any("histogram can never fire" in line for line in warned), lines

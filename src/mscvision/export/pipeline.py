@@ -26,6 +26,7 @@ from mscvision.export.quantize import INT8_RECIPES, to_fp16, to_int8
 from mscvision.export.samples import Samples, load_samples, read_split
 from mscvision.export.vectors import write_vectors
 from mscvision.core.machine import cpu_flags
+from mscvision.runtime.gate import gate_from_block
 from mscvision.runtime.metadata import OOD_OUTPUT
 from mscvision.training.config import EXPORT_PRECISIONS as PRECISIONS  # one tuple: config checks it too
 from mscvision.training.config import OOD_METHODS
@@ -125,6 +126,9 @@ def _export_fp32(job: _Export, out: Path, report: dict) -> None:
     _remove_variants(out)
     proto = export_proto(job.deploy, job.module.config.preprocess)
     job.metadata = _with_own_calibration(job, proto, job.metadata, "fp32")
+    gate = gate_from_block(job.metadata.get("ood"))
+    for line in gate.never_fire() if gate else []:  # said when the file is made, not first at the station
+        job.log(f"warning: OOD gate: {line} (a larger val split would let it)")
     embed_metadata(proto, job.metadata)
     save_single_file(proto, out)
     failures = _measure(job, out, "fp32", report)
