@@ -96,7 +96,8 @@ def score_snapshots(config, result, snapshots) -> list[dict]:
     data = prepare_data(config, None)
     loaders = build_loaders(config, data)
     if not np.array_equal(loaders.test_rows, result.test_rows):  # the same config and seed must give the same split
-        raise RuntimeError("the test split rebuilt for scoring differs from the run's; the curve would be of other images")
+        raise RuntimeError("the test split rebuilt for scoring differs from the run's; the curve would be of "
+                           "other images")
     module = load_classifier(result.checkpoint)
     net = copy.deepcopy(module.eval_net)
     points = []

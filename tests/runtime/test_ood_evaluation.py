@@ -87,7 +87,8 @@ def evaluated(gated, data, frames, blur, tmp_path_factory) -> Path:
 
 def test_the_ood_block_has_every_score_for_every_source(evaluated):
     block = json.loads((evaluated / "metrics.json").read_text())["ood"]
-    names = ["focus_low", "focus_high", "saturated", "zero_clipped", "empty", "histogram", "scale_profile", "noise_high"]
+    names = ["focus_low", "focus_high", "saturated", "zero_clipped", "empty", "histogram", "scale_profile",
+             "noise_high"]
     assert block["gate"]["scores"] == names and block["gate"]["alpha"] == 0.05
     assert set(block["sources"]) == {"frames", "blur"}
     for source in block["sources"].values():

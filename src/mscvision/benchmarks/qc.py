@@ -5,8 +5,9 @@ Both sides run in this process, alternating, on one model and one thread budget:
   test, preprocessing, the OOD gate's image checks, the graph, rows);
 - the bare session: the same tiles' model inputs, pre-cut and prepared in memory beforehand, through
   ``Model.predict_with_ood`` in batches of the same size (the graph alone).
-The ratio is the median tiles/s of the first over the second's, 4 alternating rounds (target >= 0.8). Peak RSS is measured in a fresh
-subprocess per field size (5k and 10k a side), so one size's peak does not hide the other's.
+The ratio is the median tiles/s of the first over the second's, 4 alternating rounds (target >= 0.8).
+Peak RSS is measured in a fresh subprocess per field size (5k and 10k a side), so one size's peak
+does not hide the other's.
 """
 
 from __future__ import annotations

@@ -65,6 +65,7 @@ def mahalanobis_energy_score(features: np.ndarray, whitened_means: np.ndarray, w
     energy mean, energy sd]), summed: the feature-space distance sees images far from every class,
     the energy images the classifier has no class for (near-OOD: a phenotype absent from training)."""
     distance = mahalanobis_score(features, whitened_means, whitening)
-    logits = np.asarray(features, np.float32) @ np.asarray(head_weight_t, np.float32) + np.asarray(head_bias, np.float32)
+    logits = (np.asarray(features, np.float32) @ np.asarray(head_weight_t, np.float32)
+              + np.asarray(head_bias, np.float32))
     s = np.asarray(standardise, np.float32)
     return ((distance - s[0]) / s[1] + (energy_score(logits) - s[2]) / s[3]).astype(np.float32)

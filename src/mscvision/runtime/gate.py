@@ -176,7 +176,8 @@ def _reference_problem(reference: dict, channels: int) -> str:
         size = 4 * levels - 1 if isinstance(levels, int) and levels >= 2 else None
         means, whitenings = (profile.get("mean"), profile.get("whitening")) if size else (None, None)
         if not (isinstance(means, list) and isinstance(whitenings, list) and len(means) == len(whitenings) == channels
-                and all(np.shape(m) == (size,) for m in means) and all(np.shape(w) == (size, size) for w in whitenings)):
+                and all(np.shape(m) == (size,) for m in means)
+                and all(np.shape(w) == (size, size) for w in whitenings)):
             return ("needs scale_profile as levels (>= 2), and per channel a mean of 4 * levels - 1 numbers and a "
                     "square whitening matrix of that size")
     return ""
