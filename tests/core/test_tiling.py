@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mscvision.core.tiling import foreground_fraction, tile_grid
+from mscvision.core.tiling import _median, foreground_fraction, foreground_fractions, tile_grid
 from mscvision.synth.labels import build_donor
 from mscvision.synth.lot import LOT_DONOR_BASE, MIN_COVERAGE, WellTarget, lot_zones, tile_boxes, tile_truth
 from mscvision.synth.optics import expose
@@ -91,6 +91,29 @@ def test_sparse_cells_still_read_by_their_area() -> None:
     window = expose(rng, signal, 16)
     area = 3 * np.pi * 10 ** 2 / 128 ** 2
     assert 0.5 * area < foreground_fraction(window, 16) < 2.5 * area
+
+
+@pytest.mark.parametrize("m", [1, 2, 3, 8, 31, 1984])
+def test_the_measure_medians_are_numpys_on_ties_odd_and_even_counts_and_nan(m: int) -> None:
+    """``_median`` reads both middle values from one partition; it must give np.median's numbers exactly,
+    also where many values tie (block means of integer images) and where a float field has NaN."""
+    rng = np.random.default_rng(m)
+    for d in (rng.integers(0, 4, (5, m, 2)) / 3.0, rng.normal(size=(5, m, 2)).astype(np.float32)):
+        assert np.array_equal(_median(d), np.median(d, axis=1))
+    with_nan = rng.normal(size=(3, m, 1))
+    with_nan[1, 0, 0] = np.nan
+    assert np.array_equal(_median(with_nan), np.median(with_nan, axis=1), equal_nan=True)
+
+
+def test_a_batch_of_windows_measures_each_as_alone() -> None:
+    """foreground_fractions on n windows = foreground_fraction of each (qc measures 16 tiles at once)."""
+    rng = np.random.default_rng(3)
+    windows = rng.integers(900, 1100, (6, 64, 64, 1)).astype(np.uint16)
+    windows[2, 10:40, 10:40] += 400
+    windows[4] = 1000
+    batched = foreground_fractions(windows, 16)
+    assert batched.tolist() == [foreground_fraction(w, 16) for w in windows]
+    assert batched[2] > 0.1 and batched[4] == 0.0
 
 
 def test_tile_grid_covers_the_image_edge_aligned() -> None:
