@@ -222,3 +222,27 @@ def test_a_failed_batch_leaves_nothing_for_the_paused_collector(model) -> None:
         gc.enable()
     assert [r["status"] for r in rows] == ["error"] * 4
     assert "MemoryError: out of memory" in rows[0]["reason"]
+
+
+def test_a_batch_is_a_view_of_its_row_of_inputs_or_the_rows_joined(model) -> None:
+    """qc writes each tile row's model inputs into one array (its batches are not stacked on the
+    session's thread); a batch within one row is a view of it, one across rows joins the runs in order,
+    and tiles that could not be prepared (no slot) are left out, as predict leaves them out."""
+    from mscvision.runtime.tiles import _stacked
+
+    first, second = np.arange(4 * 3.0).reshape(4, 3), np.arange(100, 109.0).reshape(3, 3)
+    within = _stacked([(first, 1), None, (first, 2), (first, 3)])
+    assert np.shares_memory(within, first) and within.tolist() == first[1:4].tolist()
+    across = _stacked([(first, 2), (first, 3), None, (second, 0), (second, 1)])
+    assert across.tolist() == [*first[2:4].tolist(), *second[0:2].tolist()]
+    assert _stacked([None, None]) is None
+
+
+def test_a_batch_given_the_wrong_number_of_stacked_inputs_is_an_error_not_a_shifted_result(model) -> None:
+    from mscvision.runtime.inputs import PreparedInput
+    from mscvision.runtime.predict import batch_outputs
+
+    side = model.metadata.spec.size
+    loaded = [(PreparedInput(np.zeros((1, *side), np.float32)), "") for _ in range(3)]
+    outputs = batch_outputs(model, loaded, None, np.zeros((2, 1, *side), np.float32))
+    assert isinstance(outputs, ValueError) and "2 stacked input(s) for 3" in str(outputs)

@@ -127,18 +127,22 @@ def _batch_rows(model: Model, chunk: list[str], loaded: list[tuple[PreparedInput
 
 
 def batch_outputs(model: Model, loaded: list[tuple[PreparedInput | None, str]],
-                  gate: Gate | None) -> tuple[dict, np.ndarray | None] | Exception:
+                  gate: Gate | None, stacked: np.ndarray | None = None) -> tuple[dict, np.ndarray | None] | Exception:
     """The graph run of one batch's readable images: per-task probabilities and the learned OOD score
     (None when the gate has none), or the exception that stopped it (``rows_from_outputs`` turns it into
     the batch's error rows). Split from the rows so that qc builds one batch's rows while the session
-    runs the next (runtime/tiles.py)."""
+    runs the next (runtime/tiles.py). ``stacked``: the readable images' tensors as one array already
+    (qc stacks them off the session's thread), else stacked here."""
     try:
         good = [x.tensor for x, _ in loaded if x is not None]
+        if stacked is not None and len(stacked) != len(good):
+            raise ValueError(f"{len(stacked)} stacked input(s) for {len(good)} readable image(s)")
+        batch = stacked if stacked is not None else np.stack(good) if good else None
         probs, ood = {}, None
         if good and gate is not None and gate.learned_output:
-            probs, ood = model.predict_with_ood(np.stack(good))  # the learned score from the same graph run
+            probs, ood = model.predict_with_ood(batch)  # the learned score from the same graph run
         elif good:
-            probs = model.predict(np.stack(good))
+            probs = model.predict(batch)
         for task, p in probs.items():
             if len(p) != len(good):
                 raise ValueError(f"{len(p)} {task} output row(s) for {len(good)} image(s)")

@@ -22,7 +22,7 @@ import gc
 import math
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Callable, Iterator
 
@@ -155,7 +155,7 @@ def _scan_tiles(model: Model, reader: FieldReader, scan: FieldScan, boxes: list[
     Rows are consumed in order, so results, the thumbnail and a read error's place are as before.
     """
     gate = load_gate(model.metadata)
-    pending: list[tuple[TileBox, str, float, tuple]] = []
+    pending: list[tuple[TileBox, str, float, tuple, tuple | None]] = []
     rows = _tile_rows(boxes)
     prepare = partial(_prepare_row, reader, scan, model.metadata, thumb, min_foreground)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="qc-tiles") as pool, \
@@ -202,8 +202,14 @@ def _one_ahead(pool: ThreadPoolExecutor, work: Callable, items: list) -> Iterato
 
 def _prepare_row(reader: FieldReader, scan: FieldScan, metadata: ModelMetadata, thumb: "_Thumbnail",
                  min_foreground: float, row_boxes: list[TileBox]) -> list | ImageError:
-    """One tile row read and prepared (on the worker thread): a background TileResult or predict's
-    ``(box, name, foreground, (prepared, reason))`` per tile; the band's ImageError when it cannot be read."""
+    """One tile row read and prepared (on the worker thread): a background TileResult or
+    ``(box, name, foreground, (prepared, reason), slot)`` per tile, predict's ``(prepared, reason)`` with
+    ``slot``, ``(row_inputs, k)``, the row of model inputs its tensor was written into (None when it
+    could not be prepared); the band's ImageError when it cannot be read.
+
+    Why one array per row: stacking a batch's 32 tensors on the session's thread cost ~2 ms a batch in qc
+    (numpy drops the GIL for each array's copy, and the preparing thread holds it in between), time the
+    session stood idle; a batch is now a slice of this array (issue 17)."""
     y0, y1 = row_boxes[0].y0, row_boxes[0].y1
     try:
         band = reader.read_band(y0, y1)
@@ -211,13 +217,22 @@ def _prepare_row(reader: FieldReader, scan: FieldScan, metadata: ModelMetadata, 
         return exc
     thumb.add(band, y0)
     out: list = []
+    row_inputs = np.empty((len(row_boxes), *metadata.input_shape), np.float32)
+    k = 0
     for box, window, fg in _measured_windows(band, row_boxes, reader.bit_depth):
         if fg < min_foreground:
             out.append(TileResult(box, fg, "background", False, {}, "too little tissue", None, {}))
             continue
         decoded = DecodedImage(window, reader.bit_depth, scan.pixel_size_um, ())
         name = _tile_name(scan, box)
-        out.append((box, name, fg, _try_prepare_decoded(decoded, metadata, name)))
+        prepared, reason = _try_prepare_decoded(decoded, metadata, name)
+        slot = None
+        if prepared is not None and prepared.tensor.shape != row_inputs.shape[1:]:  # a should-never, kept per tile
+            prepared, reason = None, f"unexpected model input of shape {prepared.tensor.shape} from preparing it"
+        if prepared is not None:
+            row_inputs[k] = prepared.tensor
+            prepared, slot, k = replace(prepared, tensor=row_inputs[k]), (row_inputs, k), k + 1
+        out.append((box, name, fg, (prepared, reason), slot))
     return out
 
 
@@ -244,16 +259,35 @@ def _flush(model: Model, gate, scan: FieldScan, rows_pool: ThreadPoolExecutor, k
     first: batches are appended in order, at most one waits in memory, and its failure is raised here."""
     if not pending:
         return building
-    loaded = [loaded for *_, loaded in pending]
-    outputs = batch_outputs(model, loaded, gate)
+    loaded = [loaded for *_, loaded, _ in pending]
+    outputs = batch_outputs(model, loaded, gate, _stacked([slot for *_, slot in pending]))
     if building is not None:
         building.result()
     return rows_pool.submit(_append_rows, model, gate, scan, keep_rows, pending, loaded, outputs)
 
 
+def _stacked(slots: list[tuple[np.ndarray, int] | None]) -> np.ndarray | None:
+    """A batch's model inputs as one array from their rows' slots (``_prepare_row``): a view when they
+    are consecutive in one row, else the rows' runs joined (a copy per row, not per tile)."""
+    runs: list[list] = []  # [row_inputs, first, end]
+    for slot in slots:
+        if slot is None:
+            continue
+        row_inputs, k = slot
+        if runs and runs[-1][0] is row_inputs and runs[-1][2] == k:
+            runs[-1][2] = k + 1
+        else:
+            runs.append([row_inputs, k, k + 1])
+    if not runs:
+        return None
+    if len(runs) == 1:
+        return runs[0][0][runs[0][1]:runs[0][2]]
+    return np.concatenate([row_inputs[a:b] for row_inputs, a, b in runs])
+
+
 def _append_rows(model: Model, gate, scan: FieldScan, keep_rows: bool, pending: list, loaded: list, outputs) -> None:
-    rows = rows_from_outputs(model, [name for _, name, _, _ in pending], loaded, gate, outputs)
-    for (box, _, fg, _), row in zip(pending, rows):
+    rows = rows_from_outputs(model, [name for _, name, *_ in pending], loaded, gate, outputs)
+    for (box, _, fg, *_), row in zip(pending, rows):
         scan.tiles.append(tile_result(box, fg, row, model.metadata, keep_rows))
 
 
