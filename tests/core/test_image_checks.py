@@ -197,3 +197,17 @@ def test_value_shares_leave_nan_out_of_every_share_but_count_it_in_the_whole():
     assert values.share_at_least(1.0) == pytest.approx(1 / 6)
     assert values.share_at_most(0.0) == pytest.approx(1 / 6)
     assert values.share_at_least(0.0) == pytest.approx(4 / 6)
+
+
+def test_measuring_several_images_at_once_gives_each_its_own_scores(fitted):
+    """qc measures 16 tiles at a time (measure_many, the Haar pyramid as one array): each image's
+    scores must equal measuring it alone, whatever the others are (blurred, noisy, another size)."""
+    from mscvision.core.image_checks import measure_many
+
+    reference, _, normal = fitted
+    images = [normal[0], _crafted("blurred", normal[1]), _crafted("noise", normal[2]), normal[3][:40, :52]]
+    units = [to_unit_range(x, SPEC) for x in images]
+    alone = [measure(x, u, reference) for x, u in zip(images, units)]
+    assert measure_many(images, units, reference) == alone
+    assert measure_many(images[::-1], units[::-1], reference) == alone[::-1]
+    assert alone[1]["focus_low"] > alone[0]["focus_low"]  # the blurred one is told apart inside the batch

@@ -277,3 +277,25 @@ def test_a_model_exported_with_the_six_checks_of_reference_version_1_still_gates
     [row] = _rows(out)
     assert row["gate"] == "flagged" and "focus" in row["reason"]
     assert "structure across scales" not in row["reason"] and "of full scale, far above" not in row["reason"]
+
+
+def test_a_tile_whose_image_checks_fail_costs_only_itself_in_its_chunk(gated, monkeypatch) -> None:
+    """qc measures a chunk's image checks at once; when that fails, each tile is measured alone, so the
+    one that fails is named and the others keep their checks (runtime/predict._try_prepare_decoded_many)."""
+    from mscvision.core.imageio import DecodedImage
+    from mscvision.runtime import inputs
+
+    metadata = load_model(gated).metadata
+    tiles = shapes(21, 3)
+    real = inputs.measure_many
+
+    def failing_on_the_second(raws, units, reference, ordered):
+        if any(np.array_equal(r[:, :, 0], tiles[1]) for r in raws):
+            raise FloatingPointError("odd tile")
+        return real(raws, units, reference, ordered)
+
+    monkeypatch.setattr(inputs, "measure_many", failing_on_the_second)
+    out = predict._try_prepare_decoded_many([DecodedImage(x, 8, None, ()) for x in tiles], metadata, ["a", "b", "c"])
+    assert [p is None for p, _ in out] == [False, True, False]
+    assert out[1][1] == "unexpected FloatingPointError while preparing it: odd tile"
+    assert set(out[0][0].checks) == set(CHECKS) and set(out[2][0].checks) == set(CHECKS)

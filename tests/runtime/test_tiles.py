@@ -246,3 +246,21 @@ def test_a_batch_given_the_wrong_number_of_stacked_inputs_is_an_error_not_a_shif
     loaded = [(PreparedInput(np.zeros((1, *side), np.float32)), "") for _ in range(3)]
     outputs = batch_outputs(model, loaded, None, np.zeros((2, 1, *side), np.float32))
     assert isinstance(outputs, ValueError) and "2 stacked input(s) for 3" in str(outputs)
+
+
+def test_a_tile_that_cannot_be_prepared_costs_only_itself_in_its_chunk(model) -> None:
+    """qc prepares a chunk's tiles together (their image checks measured at once): a tile whose input
+    overflows float32 is that tile's reason, the others are prepared (a failing check: test_gate.py)."""
+    from mscvision.core.imageio import DecodedImage
+    from mscvision.runtime.predict import _try_prepare_decoded_many
+
+    rng = np.random.default_rng(0)
+    side = model.metadata.spec.size
+    good = [rng.random((*side, 1)).astype(np.float32) for _ in range(3)]
+    bad = np.full((*side, 1), 3e38, np.float32)
+    bad[::2] = -3e38  # a span float32 cannot hold: x - low overflows
+    tiles = [DecodedImage(x, 32, None, ()) for x in (good[0], bad, good[1], good[2])]
+    out = _try_prepare_decoded_many(tiles, model.metadata, ["a", "b", "c", "d"])
+    assert [p is None for p, _ in out] == [False, True, False, False]
+    assert "overflow float32" in out[1][1]
+

@@ -129,30 +129,56 @@ def _fit_scale_profile(images: list[np.ndarray], levels: int, reference: dict) -
 def measure(raw: np.ndarray, unit: np.ndarray, reference: dict, ordered: np.ndarray | None = None) -> dict[str, float]:
     """Every check's score for one image (``CHECKS`` order; higher = more unusual). ``ordered``:
     ``preprocess.sorted_values(raw)`` when the caller has it (one sort per image for scaling and checks)."""
-    raw = _hwc(raw)
-    if raw.shape[2] != reference["channels"] or unit.ndim != 3 or unit.shape[2] != raw.shape[2]:
-        raise ValueError(f"raw {raw.shape} / unit {unit.shape}: both need the model's {reference['channels']} "
-                         "channel(s), channels last (select the model's channels before measuring)")
-    scale = full_scale(raw, reference)
-    floor = _spread_floor(raw, scale)
+    return measure_many([raw], [unit], reference, [ordered])[0]
+
+
+def measure_many(raws: Sequence[np.ndarray], units: Sequence[np.ndarray], reference: dict,
+                 ordered: Sequence[np.ndarray | None] | None = None) -> list[dict[str, float]]:
+    """``measure`` of several images: the one implementation (one image is a list of one). The Haar
+    pyramid of same-sized windows runs as one array (qc measures the tiles of a field 16 at a time: on a
+    128-px tile its three levels' many small numpy calls cost more in overhead than in arithmetic); every
+    statistic is still each image's own, so an image's scores do not depend on the others."""
+    ordered = list(ordered) if ordered is not None else [None] * len(raws)
     checks = reference_checks(reference)
     profile = reference.get("scale_profile") if "scale_profile" in checks else None
-    per_channel = []  # each channel's scores; the image's is the most unusual channel's
-    for c, (edges, mean) in enumerate(zip(reference["histogram_edges"], reference["histogram_mean"])):
-        values = _channel_values(raw, c, reference, ordered)
-        window = _window(raw, c)
-        focus = _focus(window)
-        scores = {"focus_low": -math.log(focus + _TINY), "focus_high": math.log(focus + _TINY),
-                  "saturated": values.share_at_least(1.0), "zero_clipped": values.share_at_most(0.0),
-                  "empty": -math.log(values.spread() + floor),
-                  "histogram": _jensen_shannon(values.histogram(np.asarray(edges)), np.asarray(mean))}
-        if "noise_high" in checks:
-            vector, noise = _haar_statistics(window, profile["levels"] if profile else 1, scale)
+    per_image, windows = [], []  # each image's per-channel scores; (image, channel, window, full scale)
+    for i, (raw, unit) in enumerate(zip(raws, units)):
+        raw = _hwc(raw)
+        if raw.shape[2] != reference["channels"] or unit.ndim != 3 or unit.shape[2] != raw.shape[2]:
+            raise ValueError(f"raw {raw.shape} / unit {unit.shape}: both need the model's {reference['channels']} "
+                             "channel(s), channels last (select the model's channels before measuring)")
+        scale = full_scale(raw, reference)
+        floor = _spread_floor(raw, scale)
+        per_channel = []  # the image's score is its most unusual channel's
+        for c, (edges, mean) in enumerate(_histogram_reference(reference)):
+            values = _channel_values(raw, c, reference, ordered[i])
+            window = _window(raw, c)
+            focus = _focus(window)
+            per_channel.append({"focus_low": -math.log(focus + _TINY), "focus_high": math.log(focus + _TINY),
+                                "saturated": values.share_at_least(1.0), "zero_clipped": values.share_at_most(0.0),
+                                "empty": -math.log(values.spread() + floor),
+                                "histogram": _jensen_shannon(values.histogram(edges), mean)})
+            if "noise_high" in checks:
+                windows.append((i, c, window, scale))
+        per_image.append(per_channel)
+    levels = profile["levels"] if profile else 1
+    for group in _same_shape(windows):
+        vectors, noises = _haar_statistics_many(np.stack([w for _, _, w, _ in group]), levels)
+        for (i, c, _, scale), vector, noise in zip(group, vectors, noises):
+            scores = per_image[i][c]
             scores["noise_high"] = noise / scale
             if profile:
-                scores["scale_profile"] = _scale_distance(vector, profile, c)
-        per_channel.append(scores)
-    return {check: float(max(scores[check] for scores in per_channel)) for check in checks}
+                scores["scale_profile"] = _scale_distance(_scale_vector(vector, levels, scale), profile, c)
+    return [{check: float(max(scores[check] for scores in per_channel)) for check in checks}
+            for per_channel in per_image]
+
+
+def _same_shape(windows: list[tuple]) -> list[list[tuple]]:
+    """The windows grouped by shape, in order of first appearance (tiles of one field share one)."""
+    groups: dict[tuple[int, ...], list[tuple]] = {}
+    for item in windows:
+        groups.setdefault(item[2].shape, []).append(item)
+    return list(groups.values())
 
 
 def reference_checks(reference: dict) -> tuple[str, ...]:
@@ -333,44 +359,79 @@ def _window(raw: np.ndarray, channel: int) -> np.ndarray:
 
 
 def _haar_statistics(u: np.ndarray, levels: int, scale: float) -> tuple[np.ndarray, float]:
-    """The scale profile's vector and the finest level's noise sigma (raw units) of a float32 window.
+    """The scale profile's vector and the finest level's noise sigma (raw units) of one float32 window
+    (``_haar_statistics_many`` of one)."""
+    sums, noises = _haar_statistics_many(u[None], levels)
+    return _scale_vector(sums[0], levels, scale), float(noises[0])
+
+
+def _haar_statistics_many(u: np.ndarray, levels: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per window of an (n, h, w) float32 stack: the Haar sums ``_scale_vector`` turns into the scale
+    profile, (n, levels, 4): per level the horizontal, vertical and diagonal detail energies and the
+    sum of |details|, in the mean image's units; and the finest level's noise sigma, (n,).
 
     Per Haar level j (2x2 blocks a b / c d; h, v, d the horizontal, vertical and diagonal details
-    a+b-c-d, a-b+c-d, a-b-c+d): E_j = the detail energy, and the vector holds log(E_j / sum E)
+    a+b-c-d, a-b+c-d, a-b-c+d). The noise sigma is the median of a quarter of the finest diagonal
+    details (every other row and column: a quarter of the partition's cost, a few percent noisier),
+    / 0.6745 (Donoho). A window too small for ``levels`` gives NaN (not measured: flagged by the gate).
+    The next level is the 2x2 block sum, not the mean (one operation less a level): level j's details
+    are 4**j times the mean's, undone on the energies (16**j) and the absolute values (4**j); exact in
+    float32 for 16-bit values up to level 3 (64 * 65535 < 2**24). Every reduction runs over each
+    window's own contiguous block, so a window's numbers do not depend on the others in the stack."""
+    n = u.shape[0]
+    sums = np.full((n, levels, 4), math.nan)
+    noise = np.full(n, math.nan)
+    for level in range(levels):
+        h, w = u.shape[1] & ~1, u.shape[2] & ~1
+        if h == 0 or w == 0:
+            return np.full((n, levels, 4), math.nan), noise
+        rows_sum, rows_diff = u[:, 0:h:2] + u[:, 1:h:2], u[:, 0:h:2] - u[:, 1:h:2]  # a+b, c+d / a-b, c-d
+        details = np.empty((n, 3, h // 2, w // 2), np.float32)  # twice the orthonormal h, v, d coefficients
+        np.subtract(rows_sum[:, :, 0:w:2], rows_sum[:, :, 1:w:2], out=details[:, 0])
+        np.add(rows_diff[:, :, 0:w:2], rows_diff[:, :, 1:w:2], out=details[:, 1])
+        np.subtract(rows_diff[:, :, 0:w:2], rows_diff[:, :, 1:w:2], out=details[:, 2])
+        count = 4.0 * details[0, 0].size * 16.0 ** level  # per block, in the mean image's units
+        flat = details.reshape(n, 3, -1)
+        sums[:, level, :3] = np.einsum("nkm,nkm->nk", flat, flat) / count
+        np.abs(details, out=details)
+        sums[:, level, 3] = details.reshape(n, -1).sum(axis=1) / (1.5 * count / 4.0 ** level)
+        if level == 0:  # median |orthonormal diagonal coefficient| / 0.6745
+            diagonal = details[:, 2, ::2, ::2].reshape(n, -1)
+            half = diagonal.shape[1] // 2
+            noise = 0.5 * np.partition(diagonal, half, axis=1)[:, half].astype(np.float64) / MAD_TO_SIGMA
+        u = rows_sum[:, :, 0:w:2] + rows_sum[:, :, 1:w:2]
+    return sums, noise
+
+
+def _scale_vector(sums: np.ndarray, levels: int, scale: float) -> np.ndarray:
+    """One window's (levels, 4) Haar sums → the scale profile's 4 * levels - 1 numbers: log(E_j / sum E)
     (all levels but the coarsest: the shares sum to one), log(mean |detail| / rms detail) (sparsity),
     log(E_h / E_v) and log(E_d / (E_h + E_v)). Floors of 1e-6 of full scale keep a constant window
-    finite. The noise sigma is the median of a quarter of the finest diagonal details (every other
-    row and column: a quarter of the partition's cost, a few percent noisier). A window too small for
-    ``levels`` gives NaN (not measured: flagged by the gate). The next level is the 2x2 block sum,
-    not the mean (one operation less a level): level j's details are 4**j times the mean's, undone on
-    the energies (16**j) and the absolute values (4**j); exact in float32 for 16-bit values up to
-    level 3 (64 * 65535 < 2**24). About 0.05 ms on a 128-px tile (3 levels)."""
-    energies, rows = [], []
-    noise = math.nan
+    finite; NaN sums (a window too small) give NaN."""
     e_floor, l1_floor = (1e-6 * scale) ** 2, 1e-6 * scale
-    for level in range(levels):
-        h, w = u.shape[0] & ~1, u.shape[1] & ~1
-        if h == 0 or w == 0:
-            return np.full(4 * levels - 1, math.nan), noise
-        rows_sum, rows_diff = u[0:h:2] + u[1:h:2], u[0:h:2] - u[1:h:2]  # a+b, c+d / a-b, c-d, interleaved
-        details = np.empty((3, h // 2, w // 2), np.float32)  # twice the orthonormal h, v, d coefficients
-        np.subtract(rows_sum[:, 0:w:2], rows_sum[:, 1:w:2], out=details[0])
-        np.add(rows_diff[:, 0:w:2], rows_diff[:, 1:w:2], out=details[1])
-        np.subtract(rows_diff[:, 0:w:2], rows_diff[:, 1:w:2], out=details[2])
-        n = 4.0 * details[0].size * 16.0 ** level  # per block, in the mean image's units
-        eh, ev, ed = (float(np.vdot(details[k], details[k])) / n for k in range(3))
-        np.abs(details, out=details)
-        l1 = float(details.sum()) / (1.5 * n / 4.0 ** level)
-        if level == 0:  # median |orthonormal diagonal coefficient| / 0.6745
-            flat = details[2, ::2, ::2].ravel()
-            noise = 0.5 * float(np.partition(flat, flat.size // 2)[flat.size // 2]) / MAD_TO_SIGMA
-        energy = eh + ev + ed
-        energies.append(energy + e_floor)
-        rows.append((math.log((l1 + l1_floor) / math.sqrt(energy / 3.0 + e_floor)),
-                     math.log((eh + e_floor) / (ev + e_floor)), math.log((ed + e_floor) / (eh + ev + 2 * e_floor))))
-        u = rows_sum[:, 0:w:2] + rows_sum[:, 1:w:2]
-    shares = np.log(np.asarray(energies) / sum(energies))[:-1]
-    return np.concatenate([shares, np.asarray(rows).T.ravel()]), noise
+    eh, ev, ed, l1 = sums[:, 0], sums[:, 1], sums[:, 2], sums[:, 3]
+    energy = eh + ev + ed
+    energies = energy + e_floor
+    with np.errstate(invalid="ignore"):
+        shares = np.log(energies / energies.sum())[:-1]
+        rows = np.stack([np.log((l1 + l1_floor) / np.sqrt(energy / 3.0 + e_floor)),
+                         np.log((eh + e_floor) / (ev + e_floor)), np.log((ed + e_floor) / (eh + ev + 2 * e_floor))])
+    return np.concatenate([shares, rows.ravel()])
+
+
+_HISTOGRAM_ARRAYS: dict[int, tuple[dict, list[tuple[np.ndarray, np.ndarray]]]] = {}
+
+
+def _histogram_reference(reference: dict) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per channel the histogram check's (edges, training mean) as arrays, made once per reference."""
+    cached = _HISTOGRAM_ARRAYS.get(id(reference))
+    if cached is None or cached[0] is not reference:
+        cached = (reference, [(np.asarray(e, np.float64), np.asarray(m, np.float64))
+                              for e, m in zip(reference["histogram_edges"], reference["histogram_mean"])])
+        if len(_HISTOGRAM_ARRAYS) > 16:
+            _HISTOGRAM_ARRAYS.clear()
+        _HISTOGRAM_ARRAYS[id(reference)] = cached
+    return cached[1]
 
 
 _PROFILE_ARRAYS: dict[int, tuple[dict, list[np.ndarray], list[np.ndarray]]] = {}

@@ -16,7 +16,7 @@ import math
 import os
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -24,7 +24,7 @@ import numpy as np
 
 from mscvision.core.errors import ImageError
 from mscvision.core.imageio import DEFAULT_MAX_PIXELS, DecodedImage, ImageHeader, is_image_file, open_image
-from mscvision.core.image_checks import measure, rule_reasons
+from mscvision.core.image_checks import measure_many, rule_reasons
 from mscvision.core.preprocess import (flat_channels, flatness_rule, rescaled_size, select_channels, sorted_values,
                                        standardize, to_unit_range)
 from mscvision.runtime.gate import image_check_reference
@@ -127,6 +127,22 @@ def prepare_input(path: str | Path, metadata: ModelMetadata, budget: DecodeBudge
 def prepare_decoded(decoded: DecodedImage, metadata: ModelMetadata, source: str) -> PreparedInput:
     """A decoded image (a file, or one tile of a whole field) → the model's input, notes, doubts and
     the OOD gate's image checks: the one path from pixels to a tensor that predict and qc share."""
+    return with_image_checks([scale_decoded(decoded, metadata, source)], metadata)[0]
+
+
+@dataclass(frozen=True)
+class ScaledInput:
+    """``prepare_decoded``'s first half: the model's input and what the image checks read."""
+
+    decoded: DecodedImage
+    selected: np.ndarray  # the model's channels of the decoded values
+    ordered: np.ndarray  # preprocess.sorted_values(selected)
+    unit: np.ndarray
+    prepared: PreparedInput  # without the image checks yet
+
+
+def scale_decoded(decoded: DecodedImage, metadata: ModelMetadata, source: str) -> ScaledInput:
+    """The model's input (``ImageError`` when it cannot be made), notes and doubts of one image."""
     selected = select_channels(decoded.array, metadata.spec, source)
     ordered = sorted_values(selected)  # one sort for the scaling, the flatness rule and the image checks
     with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused just below, by name
@@ -135,20 +151,26 @@ def prepare_decoded(decoded: DecodedImage, metadata: ModelMetadata, source: str)
         tensor = standardize(unit, metadata.spec)
     check_finite_tensor(tensor, decoded, source)
     doubts = _doubts(selected, decoded.pixel_size_um, metadata, ordered)
-    checks, rules = _image_checks(decoded, selected, unit, metadata, ordered)
-    return PreparedInput(tensor, (*decoded.notes, *_rescale_notes(decoded, metadata)), doubts, checks, rules)
+    prepared = PreparedInput(tensor, (*decoded.notes, *_rescale_notes(decoded, metadata)), doubts)
+    return ScaledInput(decoded, selected, ordered, unit, prepared)
 
 
-def _image_checks(decoded: DecodedImage, selected: np.ndarray, unit: np.ndarray, metadata: ModelMetadata,
-                  ordered: np.ndarray | None) -> tuple[dict[str, float] | None, tuple[str, ...]]:
-    """The OOD gate's image-check scores and rule reasons (runtime/gate.py); none without a gate."""
+def with_image_checks(scaled: list[ScaledInput], metadata: ModelMetadata) -> list[PreparedInput]:
+    """``prepare_decoded``'s second half: the OOD gate's image-check scores and rule reasons
+    (runtime/gate.py; none without a gate), measured on all of ``scaled`` at once
+    (``core.image_checks.measure_many``: qc passes the tiles of a field 16 at a time)."""
     reference = image_check_reference(metadata)
     if reference is None:
-        return None, ()
-    h, w = decoded.array.shape[:2]
-    rescaled = rescaled_size(h, w, metadata.spec, decoded.pixel_size_um) != (h, w)
-    rules = rule_reasons(decoded.bit_depth, decoded.pixel_size_um, reference, rescaled)
-    return measure(selected, unit, reference, ordered), tuple(rules)
+        return [x.prepared for x in scaled]
+    scores = measure_many([x.selected for x in scaled], [x.unit for x in scaled], reference,
+                          [x.ordered for x in scaled])
+    out = []
+    for x, checks in zip(scaled, scores):
+        h, w = x.decoded.array.shape[:2]
+        rescaled = rescaled_size(h, w, metadata.spec, x.decoded.pixel_size_um) != (h, w)
+        rules = rule_reasons(x.decoded.bit_depth, x.decoded.pixel_size_um, reference, rescaled)
+        out.append(replace(x.prepared, checks=checks, rules=tuple(rules)))
+    return out
 
 
 @contextmanager

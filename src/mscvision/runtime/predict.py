@@ -50,7 +50,8 @@ from mscvision.runtime.gate import NOT_TO_BE_USED, Gate, has_gate, load_gate
 from mscvision.runtime.metadata import ModelMetadata
 from mscvision.runtime.model import Model
 
-from mscvision.runtime.inputs import DEFAULT_MAX_PIXELS, DecodeBudget, PreparedInput, prepare_decoded, prepare_input
+from mscvision.runtime.inputs import (DEFAULT_MAX_PIXELS, DecodeBudget, PreparedInput, prepare_input, scale_decoded,
+                                     with_image_checks)
 
 NOTES = "notes"
 GATE, GATE_P = "gate", "gate.p"
@@ -109,10 +110,24 @@ def _try_prepare(path: str, metadata: ModelMetadata, budget: DecodeBudget | None
         return None, f"unexpected {type(exc).__name__} while reading it: {exc}"
 
 
-def _try_prepare_decoded(decoded, metadata: ModelMetadata, source: str) -> tuple[PreparedInput | None, str]:
-    """``_try_prepare`` for pixels already decoded (a tile of a whole field, runtime/tiles.py)."""
+def _try_prepare_decoded_many(decoded: list, metadata: ModelMetadata,
+                              sources: list[str]) -> list[tuple[PreparedInput | None, str]]:
+    """``_try_prepare`` for pixels already decoded: several same-sized tiles of a whole field
+    (runtime/tiles.py), scaled one by one, their image checks measured together. A tile that fails is
+    that tile's reason: when the checks fail as a group, each is measured alone, so the one that fails
+    is named and the others keep theirs."""
+    scaled = [_attempt(scale_decoded, d, metadata, s) for d, s in zip(decoded, sources)]
+    good = [x for x, _ in scaled if x is not None]
     try:
-        return prepare_decoded(decoded, metadata, source), ""
+        checked = iter([(x, "") for x in with_image_checks(good, metadata)])
+    except Exception:
+        checked = iter([_attempt(lambda one: with_image_checks([one], metadata)[0], x) for x in good])
+    return [(None, reason) if x is None else next(checked) for x, reason in scaled]
+
+
+def _attempt(work, *args) -> tuple[object | None, str]:
+    try:
+        return work(*args), ""
     except ImageError as exc:
         return None, exc.reason
     except Exception as exc:  # as in _try_prepare: one odd tile must not end the field

@@ -37,11 +37,11 @@ from mscvision.runtime.gate import load_gate
 from mscvision.runtime.inputs import check_bit_depth, prepare_decoded
 from mscvision.runtime.metadata import ModelMetadata
 from mscvision.runtime.model import Model
-from mscvision.runtime.predict import GATE, _try_prepare_decoded, batch_outputs, rows_from_outputs
+from mscvision.runtime.predict import GATE, _try_prepare_decoded_many, batch_outputs, rows_from_outputs
 
 THUMBNAIL_SIDE = 1024  # px: the overlay's base picture, at most this a side
 DEFAULT_MIN_FOREGROUND = 0.05
-FOREGROUND_CHUNK = 16  # tiles measured together (_measured_windows)
+FOREGROUND_CHUNK = 16  # tiles measured together (_measured_chunks)
 
 
 @dataclass(slots=True)  # slots: thousands per field are kept for the report
@@ -219,32 +219,51 @@ def _prepare_row(reader: FieldReader, scan: FieldScan, metadata: ModelMetadata, 
     out: list = []
     row_inputs = np.empty((len(row_boxes), *metadata.input_shape), np.float32)
     k = 0
-    for box, window, fg in _measured_windows(band, row_boxes, reader.bit_depth):
-        if fg < min_foreground:
-            out.append(TileResult(box, fg, "background", False, {}, "too little tissue", None, {}))
-            continue
-        decoded = DecodedImage(window, reader.bit_depth, scan.pixel_size_um, ())
-        name = _tile_name(scan, box)
-        prepared, reason = _try_prepare_decoded(decoded, metadata, name)
-        slot = None
-        if prepared is not None and prepared.tensor.shape != row_inputs.shape[1:]:  # a should-never, kept per tile
-            prepared, reason = None, f"unexpected model input of shape {prepared.tensor.shape} from preparing it"
-        if prepared is not None:
-            row_inputs[k] = prepared.tensor
-            prepared, slot, k = replace(prepared, tensor=row_inputs[k]), (row_inputs, k), k + 1
-        out.append((box, name, fg, (prepared, reason), slot))
+    for chunk in _measured_chunks(band, row_boxes, reader.bit_depth):
+        for item in _prepared_chunk(chunk, scan, metadata, reader.bit_depth, min_foreground):
+            if isinstance(item, TileResult):
+                out.append(item)
+                continue
+            box, name, fg, (prepared, reason) = item
+            item, k = _into_row(box, name, fg, prepared, reason, row_inputs, k)
+            out.append(item)
     return out
 
 
-def _measured_windows(band: np.ndarray, row_boxes: list[TileBox], bit_depth: int) -> Iterator[tuple]:
-    """(box, window, foreground fraction) for each tile of one row. The foreground measure runs on
-    FOREGROUND_CHUNK tiles at a time (the row's tiles are one size): its many small medians cost more in
-    per-call overhead than in arithmetic, and a chunk bounds its temporaries (a whole row of small tiles
-    at once held ~8 MiB more, measured)."""
+def _prepared_chunk(chunk: list[tuple], scan: FieldScan, metadata: ModelMetadata, bit_depth: int,
+                    min_foreground: float) -> list:
+    """One chunk's tiles in order: a background TileResult, or ``(box, name, foreground, (prepared,
+    reason))``; the tissue tiles' image checks are measured together (predict._try_prepare_decoded_many)."""
+    tissue = [(box, window, fg) for box, window, fg in chunk if fg >= min_foreground]
+    names = [_tile_name(scan, box) for box, _, _ in tissue]
+    decoded = [DecodedImage(window, bit_depth, scan.pixel_size_um, ()) for _, window, _ in tissue]
+    loaded = iter(_try_prepare_decoded_many(decoded, metadata, names))
+    names_iter = iter(names)
+    return [TileResult(box, fg, "background", False, {}, "too little tissue", None, {}) if fg < min_foreground
+            else (box, next(names_iter), fg, next(loaded)) for box, _, fg in chunk]
+
+
+def _into_row(box: TileBox, name: str, fg: float, prepared, reason: str, row_inputs: np.ndarray,
+              k: int) -> tuple[tuple, int]:
+    """The tile's pending item, its tensor moved into slot ``k`` of its row's inputs; the next free slot."""
+    slot = None
+    if prepared is not None and prepared.tensor.shape != row_inputs.shape[1:]:  # a should-never, kept per tile
+        prepared, reason = None, f"unexpected model input of shape {prepared.tensor.shape} from preparing it"
+    if prepared is not None:
+        row_inputs[k] = prepared.tensor
+        prepared, slot, k = replace(prepared, tensor=row_inputs[k]), (row_inputs, k), k + 1
+    return (box, name, fg, (prepared, reason), slot), k
+
+
+def _measured_chunks(band: np.ndarray, row_boxes: list[TileBox], bit_depth: int) -> Iterator[list[tuple]]:
+    """[(box, window, foreground fraction)] of one row's tiles, FOREGROUND_CHUNK tiles at a time. The
+    foreground measure and the image checks' Haar pyramid run on a chunk at once (the row's tiles are one
+    size): their many small numpy calls cost more in per-call overhead than in arithmetic, and a chunk
+    bounds their temporaries (a whole row of small tiles at once held ~8 MiB more, measured)."""
     for i in range(0, len(row_boxes), FOREGROUND_CHUNK):
         boxes = row_boxes[i:i + FOREGROUND_CHUNK]
         windows = np.stack([band[:, box.x0:box.x1] for box in boxes])
-        yield from zip(boxes, windows, foreground_fractions(windows, bit_depth).tolist())
+        yield list(zip(boxes, windows, foreground_fractions(windows, bit_depth).tolist()))
 
 
 def _tile_name(scan: FieldScan, box: TileBox) -> str:
