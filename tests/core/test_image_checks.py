@@ -211,3 +211,23 @@ def test_measuring_several_images_at_once_gives_each_its_own_scores(fitted):
     assert measure_many(images, units, reference) == alone
     assert measure_many(images[::-1], units[::-1], reference) == alone[::-1]
     assert alone[1]["focus_low"] > alone[0]["focus_low"]  # the blurred one is told apart inside the batch
+
+
+@pytest.mark.parametrize("side", [64, 512])
+def test_the_haar_sums_are_the_float64_ones_on_a_full_window_of_bright_16_bit_values(side: int):
+    """The scale profile's energies and |detail| sums in float32 must stay close to float64's on the
+    largest window measured (512 px) of bright 16-bit values, where float32 running sums drift most."""
+    from mscvision.core.image_checks import _haar_statistics_many
+
+    rng = np.random.default_rng(side)
+    u = rng.poisson(30000, (side, side)).astype(np.float32)
+    sums, _ = _haar_statistics_many(u[None], 3)
+    exact, x = [], u.astype(np.float64)
+    for level in range(3):
+        a, b, c, d = x[0::2, 0::2], x[0::2, 1::2], x[1::2, 0::2], x[1::2, 1::2]
+        details = [a - b + c - d, a + b - c - d, a - b - c + d]  # the code's h, v, d: twice the orthonormal ones
+        count = 4.0 * details[0].size * 16.0 ** level
+        exact.append([*(float((t * t).sum()) / count for t in details),
+                      sum(float(np.abs(t).sum()) for t in details) / (1.5 * count / 4.0 ** level)])
+        x = a + b + c + d
+    np.testing.assert_allclose(sums[0], np.array(exact), rtol=1e-5)  # einsum's float32 sums: 6e-5 off at 512 px

@@ -299,3 +299,48 @@ def test_a_tile_whose_image_checks_fail_costs_only_itself_in_its_chunk(gated, mo
     assert [p is None for p, _ in out] == [False, True, False]
     assert out[1][1] == "unexpected FloatingPointError while preparing it: odd tile"
     assert set(out[0][0].checks) == set(CHECKS) and set(out[2][0].checks) == set(CHECKS)
+
+
+def test_a_gated_scan_gives_each_tile_what_predict_gives_the_same_crop(gated, tmp_path) -> None:
+    """qc prepares 16 tiles of a row at once (image checks measured together, inputs written into one
+    array per row, batches sliced from it across row ends): with a gate, every tile must get predict's
+    own row for the same crop (checks, gate, reasons, probabilities). Rows of 20 tiles, background tiles
+    among them, batches of 5: chunks, slices and joins at row ends are all crossed."""
+    from mscvision.core.imageio import write_tiled_tiff
+    from mscvision.runtime.tiles import scan_field
+
+    model = load_model(gated)
+    crops = shapes(31, 40)
+    blank = {3, 17, 25}
+    for i in blank:
+        crops[i] = np.full((32, 32), 51, np.uint8)
+    crops[30] = crops[30] // 4  # a quarter of the exposure: the gate flags it
+    path = tmp_path / "field.tif"
+    write_tiled_tiff(path, np.block([[crops[r * 20 + c] for c in range(20)] for r in range(2)]), None, tile=64)
+    scan = scan_field(model, str(path), batch_size=5, keep_rows=True)
+    files = []
+    for i, crop in enumerate(crops):
+        write_image(tmp_path / f"{i:02d}.png", crop)
+        files.append(str(tmp_path / f"{i:02d}.png"))
+    rows = list(predict.predict_files(model, files))
+    assert scan.error == "" and len(scan.tiles) == 40
+    assert {i for i, t in enumerate(scan.tiles) if t.status == "background"} == blank
+    assert scan.tiles[30].flagged
+    compared = [k for k in rows[0] if k not in ("path", "notes")]
+    for i, (tile, row) in enumerate(zip(scan.tiles, rows)):
+        if i in blank:
+            continue
+        assert {k: tile.row[k] for k in compared} == {k: row[k] for k in compared}, i
+
+
+def test_a_chunk_of_tiles_is_measured_in_one_call(gated, monkeypatch) -> None:
+    """The chunked path is the one taken (not a silent fallback to one tile at a time)."""
+    from mscvision.core.imageio import DecodedImage
+    from mscvision.runtime import inputs
+
+    calls = []
+    real = inputs.measure_many
+    monkeypatch.setattr(inputs, "measure_many", lambda *a: calls.append(len(a[0])) or real(*a))
+    out = predict._try_prepare_decoded_many([DecodedImage(x, 8, None, ()) for x in shapes(22, 5)],
+                                            load_model(gated).metadata, list("abcde"))
+    assert calls == [5] and all(p is not None and p.checks for p, _ in out)

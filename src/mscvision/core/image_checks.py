@@ -142,7 +142,7 @@ def measure_many(raws: Sequence[np.ndarray], units: Sequence[np.ndarray], refere
     checks = reference_checks(reference)
     profile = reference.get("scale_profile") if "scale_profile" in checks else None
     per_image, windows = [], []  # each image's per-channel scores; (image, channel, window, full scale)
-    for i, (raw, unit) in enumerate(zip(raws, units)):
+    for i, (raw, unit) in enumerate(zip(raws, units, strict=True)):
         raw = _hwc(raw)
         if raw.shape[2] != reference["channels"] or unit.ndim != 3 or unit.shape[2] != raw.shape[2]:
             raise ValueError(f"raw {raw.shape} / unit {unit.shape}: both need the model's {reference['channels']} "
@@ -392,9 +392,13 @@ def _haar_statistics_many(u: np.ndarray, levels: int) -> tuple[np.ndarray, np.nd
         np.subtract(rows_diff[:, :, 0:w:2], rows_diff[:, :, 1:w:2], out=details[:, 2])
         count = 4.0 * details[0, 0].size * 16.0 ** level  # per block, in the mean image's units
         flat = details.reshape(n, 3, -1)
-        sums[:, level, :3] = np.einsum("nkm,nkm->nk", flat, flat) / count
+        # energies as a batched matmul of each detail with itself: bitwise np.vdot's, which the scale
+        # profiles of earlier exports were calibrated with (einsum's float32 sums drifted by 6e-5 on a
+        # 512-px window); divided in float64, as before
+        energies = np.matmul(flat[:, :, None, :], flat[:, :, :, None])[:, :, 0, 0]
+        sums[:, level, :3] = energies.astype(np.float64) / count
         np.abs(details, out=details)
-        sums[:, level, 3] = details.reshape(n, -1).sum(axis=1) / (1.5 * count / 4.0 ** level)
+        sums[:, level, 3] = details.reshape(n, -1).sum(axis=1).astype(np.float64) / (1.5 * count / 4.0 ** level)
         if level == 0:  # median |orthonormal diagonal coefficient| / 0.6745
             diagonal = details[:, 2, ::2, ::2].reshape(n, -1)
             half = diagonal.shape[1] // 2

@@ -31,8 +31,8 @@ from mscvision.runtime.gate import image_check_reference
 from mscvision.runtime.metadata import ModelMetadata
 
 __all__ = ["DEFAULT_MAX_PIXELS", "DEFAULT_DECODE_BUDGET_BYTES", "MIN_INPUT_SIDE", "CollectedInputs",
-           "DecodeBudget", "PreparedInput", "check_input", "collect_inputs", "decode_budget", "load_input", "prepare_decoded",
-           "prepare_input"]
+           "DecodeBudget", "PreparedInput", "ScaledInput", "check_input", "collect_inputs", "decode_budget",
+           "load_input", "prepare_decoded", "prepare_input", "scale_decoded", "with_image_checks"]
 
 _GLOB_CHARS = "*?["
 # An image (after rescaling to the trained pixel size) must be at least this many pixels a side, and at
@@ -165,7 +165,7 @@ def with_image_checks(scaled: list[ScaledInput], metadata: ModelMetadata) -> lis
     scores = measure_many([x.selected for x in scaled], [x.unit for x in scaled], reference,
                           [x.ordered for x in scaled])
     out = []
-    for x, checks in zip(scaled, scores):
+    for x, checks in zip(scaled, scores, strict=True):
         h, w = x.decoded.array.shape[:2]
         rescaled = rescaled_size(h, w, metadata.spec, x.decoded.pixel_size_um) != (h, w)
         rules = rule_reasons(x.decoded.bit_depth, x.decoded.pixel_size_um, reference, rescaled)

@@ -34,7 +34,7 @@ from mscvision.core.imageio import DecodedImage
 from mscvision.core.preprocess import PIXEL_SIZE_RANGE_UM
 from mscvision.core.tiling import TileBox, foreground_fractions, tile_grid
 from mscvision.runtime.gate import load_gate
-from mscvision.runtime.inputs import check_bit_depth, prepare_decoded
+from mscvision.runtime.inputs import check_bit_depth
 from mscvision.runtime.metadata import ModelMetadata
 from mscvision.runtime.model import Model
 from mscvision.runtime.predict import GATE, _try_prepare_decoded_many, batch_outputs, rows_from_outputs
@@ -234,13 +234,19 @@ def _prepared_chunk(chunk: list[tuple], scan: FieldScan, metadata: ModelMetadata
                     min_foreground: float) -> list:
     """One chunk's tiles in order: a background TileResult, or ``(box, name, foreground, (prepared,
     reason))``; the tissue tiles' image checks are measured together (predict._try_prepare_decoded_many)."""
-    tissue = [(box, window, fg) for box, window, fg in chunk if fg >= min_foreground]
-    names = [_tile_name(scan, box) for box, _, _ in tissue]
-    decoded = [DecodedImage(window, bit_depth, scan.pixel_size_um, ()) for _, window, _ in tissue]
-    loaded = iter(_try_prepare_decoded_many(decoded, metadata, names))
-    names_iter = iter(names)
-    return [TileResult(box, fg, "background", False, {}, "too little tissue", None, {}) if fg < min_foreground
-            else (box, next(names_iter), fg, next(loaded)) for box, _, fg in chunk]
+    background = [fg < min_foreground for _, _, fg in chunk]  # one test per tile, used for both lists below
+    tissue = [(box, window) for (box, window, _), skip in zip(chunk, background) if not skip]
+    names = [_tile_name(scan, box) for box, _ in tissue]
+    decoded = [DecodedImage(window, bit_depth, scan.pixel_size_um, ()) for _, window in tissue]
+    loaded = iter(zip(names, _try_prepare_decoded_many(decoded, metadata, names), strict=True))
+    out = []
+    for (box, _, fg), skip in zip(chunk, background):
+        if skip:
+            out.append(TileResult(box, fg, "background", False, {}, "too little tissue", None, {}))
+        else:
+            name, prepared = next(loaded)
+            out.append((box, name, fg, prepared))
+    return out
 
 
 def _into_row(box: TileBox, name: str, fg: float, prepared, reason: str, row_inputs: np.ndarray,
