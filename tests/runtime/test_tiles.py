@@ -278,3 +278,19 @@ def test_a_tile_whose_input_has_another_shape_is_that_tiles_error_and_takes_no_s
     (_, _, _, (prepared, _), slot), k = _into_row(None, "t", 0.5, fine, "", row_inputs, 2)
     assert k == 3 and slot == (row_inputs, 2) and np.shares_memory(prepared.tensor, row_inputs)
     assert row_inputs[2].sum() == fine.tensor.size
+
+
+def test_the_qc_benchmark_pairs_each_qc_pass_with_a_bare_session_pass(tmp_path: Path) -> None:
+    """benchmarks.qc (issue 17's throughput figure): the same tiles on both sides, and the ratio is the
+    median of each round's own ratio (a slow spell on a shared machine cancels within a round)."""
+    from runtime_fixtures import FIXTURE
+
+    from mscvision.benchmarks.qc import qc_vs_session
+
+    path = tmp_path / "f.tif"
+    write_tiled_tiff(path, shapes_field(3, 4, blank_rows=1), None, tile=64)
+    figures = qc_vs_session(FIXTURE, path, threads=1, rounds=3)
+    assert figures["evaluated_tiles"] == 12 and len(figures["round_ratios"]) == 3
+    # within the rounding of the recorded figures (3 decimals; rates to 0.1 tile/s)
+    assert abs(figures["ratio"] - np.median(figures["round_ratios"])) <= 1e-3
+    assert abs(figures["ratio_of_medians"] - figures["qc_tiles_s"] / figures["session_tiles_s"]) <= 5e-3
