@@ -272,10 +272,10 @@ def test_a_tile_whose_input_has_another_shape_is_that_tiles_error_and_takes_no_s
 
     row_inputs = np.zeros((4, *model.metadata.input_shape), np.float32)
     odd = PreparedInput(np.ones((1, 5, 5), np.float32))
-    (_, _, _, (prepared, reason), slot), k = _into_row(None, "t", 0.5, odd, "", row_inputs, 2)
+    (_, _, _, (prepared, reason), slot), k = _into_row((None, "t", 0.5, (odd, "")), row_inputs, 2)
     assert prepared is None and slot is None and k == 2 and "unexpected model input" in reason
     fine = PreparedInput(np.ones(model.metadata.input_shape, np.float32))
-    (_, _, _, (prepared, _), slot), k = _into_row(None, "t", 0.5, fine, "", row_inputs, 2)
+    (_, _, _, (prepared, _), slot), k = _into_row((None, "t", 0.5, (fine, "")), row_inputs, 2)
     assert k == 3 and slot == (row_inputs, 2) and np.shares_memory(prepared.tensor, row_inputs)
     assert row_inputs[2].sum() == fine.tensor.size
 

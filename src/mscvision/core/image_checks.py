@@ -423,35 +423,32 @@ def _scale_vector(sums: np.ndarray, levels: int, scale: float) -> np.ndarray:
     return np.concatenate([shares, rows.ravel()])
 
 
-_HISTOGRAM_ARRAYS: dict[int, tuple[dict, list[tuple[np.ndarray, np.ndarray]]]] = {}
+_ARRAYS: dict[int, tuple[dict, object]] = {}
 
 
-def _histogram_reference(reference: dict) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Per channel the histogram check's (edges, training mean) as arrays, made once per reference."""
-    cached = _HISTOGRAM_ARRAYS.get(id(reference))
-    if cached is None or cached[0] is not reference:
-        cached = (reference, [(np.asarray(e, np.float64), np.asarray(m, np.float64))
-                              for e, m in zip(reference["histogram_edges"], reference["histogram_mean"])])
-        if len(_HISTOGRAM_ARRAYS) > 16:
-            _HISTOGRAM_ARRAYS.clear()
-        _HISTOGRAM_ARRAYS[id(reference)] = cached
+def _arrays_of(block: dict, build):
+    """``build(block)``: a reference's lists as numpy arrays, made once per reference block (the
+    station asks for them per tile of a whole field) and cached by identity (the entry keeps the
+    block alive, so its id is not reused)."""
+    cached = _ARRAYS.get(id(block))
+    if cached is None or cached[0] is not block:
+        if len(_ARRAYS) > 32:
+            _ARRAYS.clear()
+        cached = _ARRAYS[id(block)] = (block, build(block))
     return cached[1]
 
 
-_PROFILE_ARRAYS: dict[int, tuple[dict, list[np.ndarray], list[np.ndarray]]] = {}
+def _histogram_reference(reference: dict) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per channel the histogram check's (edges, training mean) as arrays."""
+    return _arrays_of(reference, lambda r: [(np.asarray(e, np.float64), np.asarray(m, np.float64))
+                                            for e, m in zip(r["histogram_edges"], r["histogram_mean"])])
 
 
 def _scale_distance(vector: np.ndarray, profile: dict, channel: int) -> float:
-    """Mahalanobis distance of a scale-profile vector to the training images' (NaN stays NaN). The
-    reference's lists become arrays once per reference (it is asked per tile of a whole field)."""
-    cached = _PROFILE_ARRAYS.get(id(profile))
-    if cached is None or cached[0] is not profile:
-        cached = (profile, [np.asarray(m, np.float64) for m in profile["mean"]],
-                  [np.asarray(w, np.float64) for w in profile["whitening"]])
-        if len(_PROFILE_ARRAYS) > 16:
-            _PROFILE_ARRAYS.clear()
-        _PROFILE_ARRAYS[id(profile)] = cached
-    z = (vector - cached[1][channel]) @ cached[2][channel]
+    """Mahalanobis distance of a scale-profile vector to the training images' (NaN stays NaN)."""
+    means, whitenings = _arrays_of(profile, lambda p: ([np.asarray(m, np.float64) for m in p["mean"]],
+                                                       [np.asarray(w, np.float64) for w in p["whitening"]]))
+    z = (vector - means[channel]) @ whitenings[channel]
     return float(math.sqrt(np.dot(z, z)))
 
 

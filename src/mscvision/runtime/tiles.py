@@ -221,11 +221,8 @@ def _prepare_row(reader: FieldReader, scan: FieldScan, metadata: ModelMetadata, 
     k = 0
     for chunk in _measured_chunks(band, row_boxes, reader.bit_depth):
         for item in _prepared_chunk(chunk, scan, metadata, reader.bit_depth, min_foreground):
-            if isinstance(item, TileResult):
-                out.append(item)
-                continue
-            box, name, fg, (prepared, reason) = item
-            item, k = _into_row(box, name, fg, prepared, reason, row_inputs, k)
+            if not isinstance(item, TileResult):
+                item, k = _into_row(item, row_inputs, k)
             out.append(item)
     return out
 
@@ -249,9 +246,10 @@ def _prepared_chunk(chunk: list[tuple], scan: FieldScan, metadata: ModelMetadata
     return out
 
 
-def _into_row(box: TileBox, name: str, fg: float, prepared, reason: str, row_inputs: np.ndarray,
-              k: int) -> tuple[tuple, int]:
-    """The tile's pending item, its tensor moved into slot ``k`` of its row's inputs; the next free slot."""
+def _into_row(item: tuple, row_inputs: np.ndarray, k: int) -> tuple[tuple, int]:
+    """A prepared tile ``(box, name, foreground, (prepared, reason))`` → its pending item, its tensor
+    moved into slot ``k`` of its row's inputs (``slot`` appended); the next free slot."""
+    box, name, fg, (prepared, reason) = item
     slot = None
     if prepared is not None and prepared.tensor.shape != row_inputs.shape[1:]:  # a should-never, kept per tile
         prepared, reason = None, f"unexpected model input of shape {prepared.tensor.shape} from preparing it"
