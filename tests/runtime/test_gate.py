@@ -299,6 +299,9 @@ def test_a_tile_whose_image_checks_fail_costs_only_itself_in_its_chunk(gated, mo
     assert [p is None for p, _ in out] == [False, True, False]
     assert out[1][1] == "unexpected FloatingPointError while preparing it: odd tile"
     assert set(out[0][0].checks) == set(CHECKS) and set(out[2][0].checks) == set(CHECKS)
+    # the group's failure is not swallowed: the tiles measured alone say why in their notes
+    assert any("measuring its chunk of 3 tiles together failed (FloatingPointError: odd tile)" in n
+               for n in out[0][0].notes)
 
 
 def test_a_gated_scan_gives_each_tile_what_predict_gives_the_same_crop(gated, tmp_path) -> None:

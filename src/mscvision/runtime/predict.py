@@ -36,7 +36,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence, TextIO
 
@@ -115,14 +115,22 @@ def _try_prepare_decoded_many(decoded: list, metadata: ModelMetadata,
     """``_try_prepare`` for pixels already decoded: several same-sized tiles of a whole field
     (runtime/tiles.py), scaled one by one, their image checks measured together. A tile that fails is
     that tile's reason: when the checks fail as a group, each is measured alone, so the one that fails
-    is named and the others keep theirs."""
+    is named (an error row, never a label) and the others keep theirs, each with a note naming the
+    group's failure (it is not swallowed: the row's notes say it)."""
     scaled = [_attempt(scale_decoded, d, metadata, s) for d, s in zip(decoded, sources)]
     good = [x for x, _ in scaled if x is not None]
     try:
         checked = iter([(x, "") for x in with_image_checks(good, metadata)])
-    except Exception:
-        checked = iter([_attempt(lambda one: with_image_checks([one], metadata)[0], x) for x in good])
+    except Exception as exc:  # any failure: named in every tile's note or reason below
+        failure = (f"image checks measured alone: measuring its chunk of {len(good)} tiles together failed "
+                   f"({type(exc).__name__}: {exc})")
+        checked = iter([_attempt(_checked_alone, x, metadata, failure) for x in good])
     return [(None, reason) if x is None else next(checked) for x, reason in scaled]
+
+
+def _checked_alone(scaled, metadata: ModelMetadata, note: str) -> PreparedInput:
+    prepared = with_image_checks([scaled], metadata)[0]
+    return replace(prepared, notes=(*prepared.notes, note))
 
 
 def _attempt(work, *args) -> tuple[object | None, str]:
